@@ -1,0 +1,287 @@
+"""Forward SDEs of Song et al. 2021 (Section 3.4, Appendix B) and their reversals.
+
+Every SDE-specific choice lives here, as a method, so that losses, samplers and
+score wrappers never branch on the SDE type.
+"""
+
+import abc
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_jax.utils import batch_mul, choice_error, flat_sum
+
+
+class SDE(abc.ABC):
+  """dx = f(x, t) dt + g(t) dw on t in [0, T]; `N` is the number of discretisation steps."""
+
+  N: int
+  T = 1.0
+
+  @abc.abstractmethod
+  def sde(self, x, t):
+    """Returns (drift shaped like x, diffusion `(B,)`)."""
+
+  @abc.abstractmethod
+  def marginal_prob(self, x0, t):
+    """Returns the mean and `(B,)` std of the perturbation kernel p_0t(x(t) | x(0))."""
+
+  @abc.abstractmethod
+  def prior_sampling(self, rng, shape):
+    """Draws x(T) from the prior p_T."""
+
+  @abc.abstractmethod
+  def prior_logp(self, z):
+    """Log-density of the prior in nats, `(B,)`."""
+
+  def discrete_index(self, t):
+    """The reference's step index `int(t (N - 1) / T)` (truncated)."""
+    return (t * (self.N - 1) / self.T).astype(jnp.int32)
+
+  def discretize(self, x, t):
+    """Euler-Maruyama discretisation x_{i+1} = x_i + f + G z (Eq. (45) of Song et al. 2021)."""
+    dt = 1.0 / self.N
+    drift, diffusion = self.sde(x, t)
+    return drift * dt, diffusion * jnp.sqrt(dt)
+
+  @abc.abstractmethod
+  def network_labels(self, t, continuous):
+    """What the reference network receives as its second argument at SDE time `t`."""
+
+  @abc.abstractmethod
+  def output_to_score(self, output, t, continuous):
+    """Turns the raw network output at time `t` into the score."""
+
+  def langevin_alpha(self, t):
+    """The per-sample factor alpha_i of the Langevin step size (Algorithms 4-5 of Song et al. 2021)."""
+    return jnp.ones_like(t)
+
+  def reverse(self, score_fn, probability_flow=False):
+    """The reverse-time SDE (Eq. (6)) or, with `probability_flow`, the probability-flow ODE (Eq. (13))."""
+    return ReverseSDE(self, score_fn, probability_flow)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseSDE:
+  """Reverse-time process of `forward`; drift and diffusion are expressed in forward time."""
+
+  forward: SDE
+  score_fn: object
+  probability_flow: bool = False
+
+  @property
+  def N(self):
+    return self.forward.N
+
+  @property
+  def T(self):
+    return self.forward.T
+
+  def _reverse(self, x, t, f, g):
+    weight = 0.5 if self.probability_flow else 1.0
+    f = f - batch_mul(g**2 * weight, self.score_fn(x, t))
+    g = jnp.zeros_like(g) if self.probability_flow else g
+    return f, g
+
+  def sde(self, x, t):
+    return self._reverse(x, t, *self.forward.sde(x, t))
+
+  def discretize(self, x, t):
+    return self._reverse(x, t, *self.forward.discretize(x, t))
+
+
+def _vp_betas(sde):
+  return np.linspace(sde.beta_min / sde.N, sde.beta_max / sde.N, sde.N, dtype=np.float64)
+
+
+def _standard_normal_logp(z, scale=1.0):
+  dim = np.prod(z.shape[1:])
+  return -0.5 * dim * jnp.log(2 * jnp.pi * scale**2) - flat_sum(z**2) / (2 * scale**2)
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(SDE):
+  """Variance-preserving SDE, the continuous limit of DDPM (Eq. (11))."""
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = 1000
+
+  # DDPM tables (Ho et al. 2020), computed in float64 on the host, stored as float32.
+  @property
+  def discrete_betas(self):
+    return jnp.asarray(_vp_betas(self), jnp.float32)
+
+  @property
+  def alphas(self):
+    return jnp.asarray(1.0 - _vp_betas(self), jnp.float32)
+
+  @property
+  def alphas_cumprod(self):
+    return jnp.asarray(np.cumprod(1.0 - _vp_betas(self)), jnp.float32)
+
+  @property
+  def sqrt_alphas_cumprod(self):
+    return jnp.asarray(np.sqrt(np.cumprod(1.0 - _vp_betas(self))), jnp.float32)
+
+  @property
+  def sqrt_1m_alphas_cumprod(self):
+    return jnp.asarray(np.sqrt(1.0 - np.cumprod(1.0 - _vp_betas(self))), jnp.float32)
+
+  def beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def log_mean_coeff(self, t):
+    """log of the marginal mean's scale: -1/4 t^2 (b1 - b0) - 1/2 t b0 (Eq. (29))."""
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
+
+  def marginal_prob(self, x0, t):
+    log_mean_coeff = self.log_mean_coeff(t)
+    return batch_mul(jnp.exp(log_mean_coeff), x0), jnp.sqrt(1.0 - jnp.exp(2.0 * log_mean_coeff))
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z)
+
+  def discretize(self, x, t):
+    """DDPM ancestral form: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
+    i = self.discrete_index(t)
+    beta = self.discrete_betas[i]
+    return batch_mul(jnp.sqrt(1.0 - beta), x) - x, jnp.sqrt(beta)
+
+  def network_labels(self, t, continuous):
+    # Continuous models were trained on t * 999 whatever N is (the reference's constant).
+    return t * 999 if continuous else t * (self.N - 1)
+
+  def output_to_score(self, output, t, continuous):
+    if continuous:
+      std = self.marginal_prob(jnp.zeros_like(output), t)[1]
+    else:
+      std = self.sqrt_1m_alphas_cumprod[self.discrete_index(t)]
+    return batch_mul(-1.0 / std, output)
+
+  def langevin_alpha(self, t):
+    return self.alphas[self.discrete_index(t)]
+
+
+@dataclasses.dataclass(frozen=True)
+class subVPSDE(SDE):  # noqa: N801 -- the paper's and the reference's name
+  """Sub-VP SDE (Eq. (16)): its variance is bounded by the VP SDE's at every t."""
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = 1000
+
+  def beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def log_mean_coeff(self, t):
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    discount = 1.0 - jnp.exp(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
+
+  def marginal_prob(self, x0, t):
+    log_mean_coeff = self.log_mean_coeff(t)
+    # The sub-VP std is 1 - exp(2 lmc): no square root (Eq. (29)).
+    return batch_mul(jnp.exp(log_mean_coeff), x0), 1.0 - jnp.exp(2.0 * log_mean_coeff)
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z)
+
+  def network_labels(self, t, continuous):
+    del continuous  # The reference feeds t * 999 for discrete sub-VP models too.
+    return t * 999
+
+  def output_to_score(self, output, t, continuous):
+    del continuous
+    std = self.marginal_prob(jnp.zeros_like(output), t)[1]
+    return batch_mul(-1.0 / std, output)
+
+  def langevin_alpha(self, t):
+    # The reference reads `sde.alphas`, which sub-VP lacks (bug B2); the sub-VP SDE
+    # shares the VP beta schedule, so the VP alphas are the natural choice.
+    return jnp.asarray(1.0 - _vp_betas(self), jnp.float32)[self.discrete_index(t)]
+
+
+@dataclasses.dataclass(frozen=True)
+class VESDE(SDE):
+  """Variance-exploding SDE, the continuous limit of SMLD / NCSN (Eq. (9))."""
+
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  N: int = 1000
+
+  @property
+  def discrete_sigmas(self):
+    """Ascending noise levels sigma_0 < ... < sigma_{N-1}."""
+    return jnp.asarray(np.exp(np.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N)),
+                       jnp.float32)
+
+  def sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def sde(self, x, t):
+    diffusion = self.sigma(t) * math.sqrt(2 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+    return jnp.zeros_like(x), diffusion
+
+  def marginal_prob(self, x0, t):
+    return x0, self.sigma(t)
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, self.sigma_max)
+
+  def adjacent_sigmas(self, t):
+    """(sigma_i, sigma_{i-1}) at the step index of `t`, with sigma_{-1} = 0."""
+    i = self.discrete_index(t)
+    sigmas = self.discrete_sigmas
+    return sigmas[i], jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+
+  def discretize(self, x, t):
+    """SMLD form: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z."""
+    sigma, adjacent_sigma = self.adjacent_sigmas(t)
+    return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent_sigma**2)
+
+  def network_labels(self, t, continuous):
+    if continuous:
+      return self.sigma(t)
+    # Index into the descending table of `get_sigmas` (sigma_max first).
+    return jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
+
+  def output_to_score(self, output, t, continuous):
+    del t, continuous  # VE networks divide by sigma themselves (`scale_by_sigma`).
+    return output
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+
+
+def get_sde(config):
+  """Builds the SDE named by `config.training.sde`; returns `(sde, sampling_eps)`.
+
+  The sampling eps is the reference's: 1e-3 for VP and sub-VP, 1e-5 for VE.
+  """
+  name = config.training.sde.lower()
+  if name not in SDES:
+    raise choice_error("training.sde", config.training.sde, SDES)
+  model = config.model
+  if name == "vesde":
+    return VESDE(sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales), 1e-5
+  return SDES[name](beta_min=model.beta_min, beta_max=model.beta_max, N=model.num_scales), 1e-3
