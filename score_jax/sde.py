@@ -20,6 +20,7 @@ class SDE(abc.ABC):
 
   N: int
   T = 1.0
+  discrete_loss = None  # the discrete-time objective of `training.continuous=False`, if any
 
   @abc.abstractmethod
   def sde(self, x, t):
@@ -106,6 +107,8 @@ def _standard_normal_logp(z, scale=1.0):
 class VPSDE(SDE):
   """Variance-preserving SDE, the continuous limit of DDPM (Eq. (11))."""
 
+  discrete_loss = "ddpm"
+
   beta_min: float = 0.1
   beta_max: float = 20.0
   N: int = 1000
@@ -172,6 +175,14 @@ class VPSDE(SDE):
   def langevin_alpha(self, t):
     return self.alphas[self.discrete_index(t)]
 
+  def ancestral_step(self, x, t, score):
+    """DDPM ancestral step (Eq. (4) of Song et al. 2021); returns (x_mean, noise std `(B,)`).
+
+    x_{i-1} = (x_i + beta_i s) / sqrt(1 - beta_i) + sqrt(beta_i) z.
+    """
+    beta = self.discrete_betas[self.discrete_index(t)]
+    return batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score)), jnp.sqrt(beta)
+
 
 @dataclasses.dataclass(frozen=True)
 class subVPSDE(SDE):  # noqa: N801 -- the paper's and the reference's name
@@ -222,6 +233,8 @@ class subVPSDE(SDE):  # noqa: N801 -- the paper's and the reference's name
 class VESDE(SDE):
   """Variance-exploding SDE, the continuous limit of SMLD / NCSN (Eq. (9))."""
 
+  discrete_loss = "smld"
+
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   N: int = 1000
@@ -258,6 +271,15 @@ class VESDE(SDE):
     """SMLD form: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z."""
     sigma, adjacent_sigma = self.adjacent_sigmas(t)
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent_sigma**2)
+
+  def ancestral_step(self, x, t, score):
+    """SMLD ancestral step (Appendix F of Song et al. 2021); returns (x_mean, noise std `(B,)`).
+
+    x_{i-1} = x_i + (sigma_i^2 - sigma_{i-1}^2) s + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) z.
+    """
+    sigma, adjacent_sigma = self.adjacent_sigmas(t)
+    variance_step = sigma**2 - adjacent_sigma**2
+    return x + batch_mul(variance_step, score), jnp.sqrt(adjacent_sigma**2 * variance_step / sigma**2)
 
   def network_labels(self, t, continuous):
     if continuous:

@@ -1,0 +1,60 @@
+"""score_jax command line: flags only; the work is in the library.
+
+  python main.py --config=configs/toy/checkerboard.py --workdir=runs/checkerboard --mode=train
+  python main.py --config=configs/toy/checkerboard.py --workdir=runs/checkerboard --mode=eval
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "Run training or evaluation.")
+flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
+
+
+class _QuietLibraries:
+  """Keeps orbax's INFO chatter out of the readable log; its warnings still pass."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  del argv
+  if FLAGS.workdir is None:
+    sys.exit("main.py: --workdir is required (the directory for checkpoints, logs and samples).")
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  logging.get_absl_handler().use_absl_log_file("log", FLAGS.workdir)
+  logging.set_stderrthreshold(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from score_jax import evaluate, train  # after flag parsing: a bad flag fails fast
+
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
+  except (ValueError, train.NonFiniteLossError) as error:
+    sys.exit(f"main.py: {error}")
+
+
+def _config_error_in_one_line():
+  """Turns a missing or broken --config into a one-line message instead of a traceback."""
+  for arg in sys.argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":")[0]
+      if not os.path.isfile(path):
+        sys.exit(f"main.py: cannot read config file {path!r}")
+      return
+  if "--helpfull" not in sys.argv and "--help" not in sys.argv:
+    sys.exit("main.py: --config=PATH is required (for example configs/toy/checkerboard.py)")
+
+
+if __name__ == "__main__":
+  _config_error_in_one_line()
+  app.run(main)

@@ -1,0 +1,53 @@
+"""Config validation: every mistake we can see stops here, before any compile."""
+
+import jax
+
+from score_jax import datasets, sde as sde_lib
+from score_jax.models import model_names
+from score_jax.utils import choice_error
+
+PREDICTOR_NAMES = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
+CORRECTOR_NAMES = ("langevin", "ald", "none")
+SAMPLING_METHODS = ("pc", "ode")
+BPD_DATASETS = ("train", "test")
+
+
+def _check_choice(key, value, choices, lower=True):
+  if (value.lower() if lower else value) not in choices:
+    raise choice_error(key, value, choices)
+
+
+def validate_config(config):
+  """Raises one `ValueError` naming the first bad key and its valid values."""
+  training, sampling = config.training, config.sampling
+  _check_choice("training.sde", training.sde, sde_lib.SDES)
+  _check_choice("model.name", config.model.name, model_names(), lower=False)
+  _check_choice("data.dataset", config.data.dataset, datasets.DATASETS, lower=False)
+  _check_choice("sampling.method", sampling.method, SAMPLING_METHODS)
+  _check_choice("sampling.predictor", sampling.predictor, PREDICTOR_NAMES)
+  _check_choice("sampling.corrector", sampling.corrector, CORRECTOR_NAMES)
+  _check_choice("eval.bpd_dataset", config.eval.bpd_dataset, BPD_DATASETS)
+  if config.optim.optimizer.lower() != "adam":
+    raise choice_error("optim.optimizer", config.optim.optimizer, ["Adam"])
+  if not training.continuous and training.sde.lower() == "subvpsde":
+    raise ValueError("training.continuous=False is defined for vesde (SMLD) and vpsde (DDPM), not subvpsde")
+  if not training.continuous and training.likelihood_weighting:
+    raise ValueError("training.likelihood_weighting=True needs training.continuous=True")
+
+  devices = jax.device_count()
+  for key in ("training.batch_size", "eval.batch_size", "sampling.batch_size"):
+    section, name = key.split(".")
+    value = config[section][name]
+    if value <= 0 or value % devices:
+      raise ValueError(f"{key}={value} must be a positive multiple of the device count ({devices})")
+  n = training.n_jitted_steps
+  if n <= 0:
+    raise ValueError(f"training.n_jitted_steps={n} must be positive")
+  for key in ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
+    value = training[key]
+    if value <= 0 or value % n:
+      raise ValueError(f"training.{key}={value} must be a positive multiple of training.n_jitted_steps ({n})")
+  if training.n_iters <= 0:
+    raise ValueError(f"training.n_iters={training.n_iters} must be positive")
+  if not 0.0 <= config.model.ema_rate < 1.0:
+    raise ValueError(f"model.ema_rate={config.model.ema_rate} must lie in [0, 1)")

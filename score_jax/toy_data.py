@@ -1,0 +1,50 @@
+"""2-D toy distributions that need no download: pure `sampler(rng, n) -> (n, 2)` functions."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def checkerboard(rng, n):
+  """Uniform on the 8 alternating unit squares of [-2, 2]^2 (FFJORD, Grathwohl et al. 2019)."""
+  k1, k2, k3 = jax.random.split(rng, 3)
+  x1 = jax.random.uniform(k1, (n,), minval=-2.0, maxval=2.0)
+  x2 = jax.random.uniform(k2, (n,)) - 2.0 * jax.random.randint(k3, (n,), 0, 2)
+  x2 = x2 + jnp.mod(jnp.floor(x1), 2)
+  return jnp.stack([x1, x2], axis=1)
+
+
+def moons(rng, n, noise=0.08):
+  """Two interleaving half circles, centred and scaled to about [-2, 2]."""
+  k1, k2, k3 = jax.random.split(rng, 3)
+  angle = jax.random.uniform(k1, (n,), maxval=math.pi)
+  upper = jax.random.bernoulli(k2, 0.5, (n,))
+  x = jnp.where(upper, jnp.cos(angle), 1.0 - jnp.cos(angle))
+  y = jnp.where(upper, jnp.sin(angle), 0.5 - jnp.sin(angle))
+  points = jnp.stack([x - 0.5, y - 0.25], axis=1) * 1.6
+  return points + noise * jax.random.normal(k3, (n, 2))
+
+
+def eight_gaussians(rng, n, radius=2.0, std=0.1):
+  """Equal mixture of 8 Gaussians on a circle of radius 2."""
+  k1, k2 = jax.random.split(rng)
+  angle = jax.random.randint(k1, (n,), 0, 8) * (2 * math.pi / 8)
+  centers = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
+  return centers + std * jax.random.normal(k2, (n, 2))
+
+
+def swissroll(rng, n, noise=0.5):
+  """The 2-D swiss roll (x, z coordinates of the 3-D roll), scaled to about [-2.5, 2.5]."""
+  k1, k2 = jax.random.split(rng)
+  t = 1.5 * math.pi * (1.0 + 2.0 * jax.random.uniform(k1, (n,)))
+  points = jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], axis=1)
+  return (points + noise * jax.random.normal(k2, (n, 2))) / 5.0
+
+
+TOY_DATASETS = {
+    "checkerboard": checkerboard,
+    "moons": moons,
+    "8gaussians": eight_gaussians,
+    "swissroll": swissroll,
+}

@@ -1,0 +1,143 @@
+"""Losses against the reference's numbers and closed forms; optimizer and EMA semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from score_jax import losses, sde as sde_lib
+from score_jax.models import get_model_fn, get_score_fn
+from score_jax.train_state import get_train_step, init_train_state
+from score_jax.models import get_model
+from tests.helpers import ReferenceToyModel, nhwc, tiny_toy_config
+
+FIXTURE_SDES = {"vp": sde_lib.VPSDE(0.1, 20.0, 10), "subvp": sde_lib.subVPSDE(0.1, 20.0, 10),
+                "ve": sde_lib.VESDE(0.01, 50.0, 10)}
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("likelihood_weighting", [False, True])
+@pytest.mark.parametrize("reduce_mean", [False, True])
+def test_dsm_loss_replays_reference(refcheck, name, likelihood_weighting, reduce_mean):
+  ref = refcheck("toy_pipelines")
+  case = f"loss/sde/{name}/lw{int(likelihood_weighting)}_rm{int(reduce_mean)}"
+  sde = FIXTURE_SDES[name]
+  data = nhwc(ref["inputs/data_01" if name == "ve" else "inputs/data_centered"])
+  eps = 1e-5
+  t = jnp.asarray(ref[f"{case}/draw000"]) * (sde.T - eps) + eps  # torch.rand * (T - eps) + eps
+  z = nhwc(ref[f"{case}/draw001"])
+  score_fn = get_score_fn(sde, ReferenceToyModel(), {}, continuous=True)
+  out = losses.dsm_loss(score_fn, sde, data, t, z, reduce_mean=reduce_mean,
+                        likelihood_weighting=likelihood_weighting)
+  np.testing.assert_allclose(out.loss, ref[f"{case}/out0"], rtol=2e-6)
+
+
+def test_smld_and_ddpm_losses_replay_reference(refcheck):
+  ref = refcheck("toy_pipelines")
+  model_fn = get_model_fn(ReferenceToyModel(), {})
+  out = losses.smld_loss(model_fn, FIXTURE_SDES["ve"], nhwc(ref["inputs/data_01"]),
+                         jnp.asarray(ref["loss/smld/ve/draw000"]), nhwc(ref["loss/smld/ve/draw001"]))
+  np.testing.assert_allclose(out.loss, ref["loss/smld/ve/out0"], rtol=2e-6)
+  out = losses.ddpm_loss(model_fn, FIXTURE_SDES["vp"], nhwc(ref["inputs/data_centered"]),
+                         jnp.asarray(ref["loss/ddpm/vp/draw000"]), nhwc(ref["loss/ddpm/vp/draw001"]))
+  np.testing.assert_allclose(out.loss, ref["loss/ddpm/vp/out0"], rtol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_dsm_loss_of_exact_gaussian_score_is_closed_form(name):
+  """For x0 ~ N(0, s^2), E||std * score + z||^2 / D = m^2 s^2 / (m^2 s^2 + std^2), and any other
+  score does worse."""
+  sde = sde_lib.VPSDE() if name == "vp" else sde_lib.subVPSDE() if name == "subvp" else sde_lib.VESDE()
+  s, n, dim = 0.7, 20000, 4
+  t = jnp.full((n,), 0.3)
+  mean_scale = sde.marginal_prob(jnp.ones((1, 1)), t[:1])[0][0, 0]
+  std = sde.marginal_prob(jnp.ones((1, 1)), t[:1])[1][0]
+  var = mean_scale**2 * s**2 + std**2
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  x0 = s * jax.random.normal(k1, (n, dim))
+  z = jax.random.normal(k2, (n, dim))
+  exact = lambda x, t: -x / var
+  out = losses.dsm_loss(exact, sde, x0, t, z, reduce_mean=True)
+  expected = mean_scale**2 * s**2 / var
+  standard_error = np.std(out.per_example) / np.sqrt(n)
+  assert abs(float(out.loss) - float(expected)) < 4 * standard_error + 1e-6
+  worse = losses.dsm_loss(lambda x, t: 1.1 * exact(x, t), sde, x0, t, z, reduce_mean=True)
+  assert float(worse.loss) > float(out.loss)
+  summed = losses.dsm_loss(exact, sde, x0, t, z, reduce_mean=False)
+  np.testing.assert_allclose(summed.loss, 0.5 * dim * out.loss, rtol=1e-5)  # B20: 0.5 * sum
+
+
+def test_per_example_randomness_does_not_depend_on_batch_size():
+  config = tiny_toy_config()
+  sde = sde_lib.VPSDE(N=20)
+  model = get_model(config)
+  state = init_train_state(jax.random.PRNGKey(0), config, optax.adam(1e-3))
+  loss_fn = losses.get_loss_fn(sde, model, losses.LossConfig(), train=False)
+  batch = jax.random.normal(jax.random.PRNGKey(1), (8, 2))
+  rng = jax.random.PRNGKey(2)
+  big = loss_fn(rng, state.variables(), batch).per_example
+  small = loss_fn(rng, state.variables(), batch[:4]).per_example
+  np.testing.assert_allclose(big[:4], small, rtol=1e-6)
+
+
+def _reference_adam(grads_seq, params, lr, warmup, clip, beta1=0.9, beta2=0.999, eps=1e-8):
+  """The reference's optimize_fn + flax.optim.Adam, step by step, in numpy float64."""
+  m = np.zeros_like(params)
+  v = np.zeros_like(params)
+  for step, g in enumerate(grads_seq):
+    g = g * clip / max(np.linalg.norm(g), clip)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g**2
+    m_hat = m / (1 - beta1 ** (step + 1))
+    v_hat = v / (1 - beta2 ** (step + 1))
+    params = params - lr * min(step / warmup, 1.0) * m_hat / (np.sqrt(v_hat) + eps)
+  return params
+
+
+def test_optimizer_matches_reference_warmup_and_clipping():
+  config = tiny_toy_config(**{"optim.lr": 0.1, "optim.warmup": 3, "optim.grad_clip": 1.0})
+  optimizer = losses.get_optimizer(config)
+  rng = np.random.default_rng(0)
+  grads_seq = [rng.normal(size=5) * scale for scale in (3.0, 0.1, 2.0, 0.5, 4.0)]
+  params = jnp.asarray(rng.normal(size=5), jnp.float32)
+  opt_state = optimizer.init(params)
+  first = None
+  for g in grads_seq:
+    updates, opt_state = optimizer.update(jnp.asarray(g, jnp.float32), opt_state, params)
+    params_next = optax.apply_updates(params, updates)
+    if first is None:
+      first = params_next
+      np.testing.assert_array_equal(first, params)  # B21: the first update has learning rate 0
+    params = params_next
+  expected = _reference_adam(grads_seq, np.asarray(first, np.float64), 0.1, 3, 1.0)
+  np.testing.assert_allclose(params, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_updates_ema_and_derives_rng_from_step():
+  config = tiny_toy_config(**{"optim.warmup": 0})
+  sde = sde_lib.VPSDE(N=20)
+  model = get_model(config)
+  optimizer = losses.get_optimizer(config)
+  state = init_train_state(jax.random.PRNGKey(0), config, optimizer)
+  step = jax.jit(get_train_step(sde, model, optimizer, losses.LossConfig(), ema_rate=0.9,
+                                rng=jax.random.PRNGKey(3)))
+  batch = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
+  new_state, loss = step(state, batch)
+  assert int(new_state.step) == 1 and np.isfinite(loss)
+  leaves = jax.tree_util.tree_leaves
+  for old, new, ema in zip(leaves(state.params), leaves(new_state.params), leaves(new_state.ema_params)):
+    np.testing.assert_allclose(ema, 0.9 * old + 0.1 * new, rtol=1e-5, atol=1e-7)
+  # Same state and batch -> same loss; a different step number -> different noise.
+  _, again = step(state, batch)
+  _, other = step(state.replace(step=state.step + 7), batch)
+  assert float(again) == float(loss) and float(other) != float(loss)
+
+
+def test_discrete_loss_errors():
+  model = ReferenceToyModel()
+  with pytest.raises(ValueError, match="subVPSDE"):
+    losses.get_loss_fn(sde_lib.subVPSDE(), model, losses.LossConfig(continuous=False), train=True)
+  with pytest.raises(ValueError, match="likelihood_weighting"):
+    losses.get_loss_fn(sde_lib.VPSDE(), model,
+                       losses.LossConfig(continuous=False, likelihood_weighting=True), train=True)
