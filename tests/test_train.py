@@ -1,0 +1,172 @@
+"""The training loop: a real run, exact resumption, kill -9, corrupt checkpoints, NaN losses, errors."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import logging as absl_logging
+
+from score_jax import checkpoint, datasets, train
+from score_jax.config_utils import validate_config
+from score_jax.metric_writer import read_metrics
+from tests.helpers import tiny_toy_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _final_state(config, workdir):
+  """The newest snapshot of `workdir`, restored."""
+  run = train._Setup(config)
+  manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))
+  return checkpoint.restore(manager, manager.latest_step(), run.init_state())
+
+
+def _assert_same_state(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.ema_params, a.opt_state)),
+                  jax.tree_util.tree_leaves((b.params, b.ema_params, b.opt_state))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """One uninterrupted 40-step run that the other tests compare against."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  config = tiny_toy_config()
+  state = train.train_and_evaluate(config, workdir)
+  return config, workdir, state
+
+
+def test_training_writes_logs_checkpoints_and_learns(uninterrupted):
+  config, workdir, state = uninterrupted
+  assert int(state.step) == 40
+  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]
+  assert [r["step"] for r in records if "eval_loss" in r] == [20, 40]
+  assert all(np.isfinite(r.get("loss", r.get("eval_loss"))) for r in records)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(os.listdir(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))) == ["20", "40"]
+  assert sorted(os.listdir(os.path.join(workdir, checkpoint.PREEMPTION_DIR))) == ["10", "30"]
+
+
+def test_resume_continues_exactly(uninterrupted, tmp_path):
+  config, _, reference = uninterrupted
+  workdir = str(tmp_path)
+  half = tiny_toy_config(**{"training.n_iters": 25})
+  train.train_and_evaluate(half, workdir)          # stops at step 25: snapshot 25
+  resumed = train.train_and_evaluate(config, workdir)
+  _assert_same_state(resumed, reference)
+  steps = [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+  assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_warning(uninterrupted, tmp_path, caplog):
+  config, source, reference = uninterrupted
+  workdir = str(tmp_path / "run")
+  shutil.copytree(source, workdir)
+  latest = os.path.join(workdir, checkpoint.SNAPSHOT_DIR, "40")
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\0garbage")
+  # A half-written step (orbax's temporary directory) must be ignored too.
+  os.makedirs(os.path.join(workdir, checkpoint.SNAPSHOT_DIR, "50.orbax-checkpoint-tmp-1"))
+  run = train._Setup(config)
+  managers = [checkpoint.get_manager(os.path.join(workdir, d)) for d in
+              (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
+  with caplog.at_level("WARNING"):
+    absl_logging.get_absl_logger().propagate = True
+    _, step = checkpoint.restore_latest(managers, run.init_state())
+  assert step == 30
+  assert any("unreadable" in r.getMessage() for r in caplog.records)
+  shutil.rmtree(latest)  # the corrupt step is recomputed from step 30
+  resumed = train.train_and_evaluate(config, workdir)
+  _assert_same_state(resumed, reference)
+
+
+def test_nan_loss_stops_without_saving_nans(tmp_path, monkeypatch):
+  original = datasets.ToyDataset.train_batches
+
+  def poisoned(self, step, n):
+    batches = original(self, step, n)
+    return batches * np.nan if step >= 20 else batches
+
+  monkeypatch.setattr(datasets.ToyDataset, "train_batches", poisoned)
+  config = tiny_toy_config()
+  with pytest.raises(train.NonFiniteLossError, match="step 20"):
+    train.train_and_evaluate(config, str(tmp_path))
+  for directory in (checkpoint.SNAPSHOT_DIR, checkpoint.PREEMPTION_DIR):
+    for step in os.listdir(tmp_path / directory):
+      assert int(step) <= 20
+  state = _final_state(config, str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
+
+
+def _main(workdir, *extra):
+  """Starts `main.py` on the tiny config; its output goes to `<workdir>.out` (a pipe could fill and block)."""
+  cmd = [sys.executable, "main.py", "--config=tests/configs/tiny_checkerboard.py", f"--workdir={workdir}", *extra]
+  log = open(f"{workdir}.out", "a")
+  return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_and_restart_gives_identical_parameters(tmp_path):
+  """Kill the trainer at a random moment after its first checkpoint; the restarted run ends bit-identical."""
+  overrides = ["--config.training.n_iters=80", "--config.training.snapshot_freq=40"]
+  config = tiny_toy_config(**{"training.n_iters": 80, "training.snapshot_freq": 40})
+  reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+  process = _main(killed_dir, *overrides)
+  meta = killed_dir / checkpoint.PREEMPTION_DIR
+  deadline = time.time() + 240
+  while not (meta.exists() and any(p.name.isdigit() for p in meta.iterdir())):
+    assert process.poll() is None, open(f"{killed_dir}.out").read()
+    assert time.time() < deadline
+    time.sleep(0.05)
+  time.sleep(random.uniform(0.0, 0.5))
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  assert not (killed_dir / checkpoint.SNAPSHOT_DIR / "80").exists(), "killed too late to test anything"
+  restarted = _main(killed_dir, *overrides)
+  assert restarted.wait(timeout=300) == 0
+  output = open(f"{killed_dir}.out").read()
+  assert "Resuming from the checkpoint of step" in output
+  train.train_and_evaluate(config, str(reference_dir))  # the uninterrupted run
+  _assert_same_state(_final_state(config, str(killed_dir)), _final_state(config, str(reference_dir)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=tests/configs/tiny_checkerboard.py"], "--workdir is required"),
+    (["--config=configs/no_such_file.py", "--workdir=/tmp/x"], "cannot read config file"),
+    (["--workdir=/tmp/x"], "--config=PATH is required"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.sde=cosine"],
+     "training.sde='cosine' is not valid; choose one of: subvpsde, vesde, vpsde"),
+])
+def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
+  args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+  result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert message in last_line and last_line.startswith("main.py:")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("training.sde", "vp", "training.sde='vp' is not valid; choose one of: subvpsde, vesde, vpsde"),
+    ("model.name", "unet", "model.name='unet' is not valid; choose one of:"),
+    ("data.dataset", "cifar100", "data.dataset='cifar100' is not valid"),
+    ("sampling.predictor", "heun", "sampling.predictor='heun' is not valid"),
+    ("sampling.corrector", "hmc", "sampling.corrector='hmc' is not valid"),
+    ("training.log_freq", 7, "training.log_freq=7 must be a positive multiple of training.n_jitted_steps"),
+    ("training.batch_size", 0, "training.batch_size=0 must be a positive multiple of the device count"),
+    ("model.ema_rate", 1.0, "model.ema_rate=1.0 must lie in"),
+])
+def test_validate_config_names_the_bad_key(key, value, message):
+  section, name = key.split(".")
+  config = tiny_toy_config()
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    validate_config(config)
