@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from score_jax.toy_data import TOY_DATASETS
+from score_jax.toy_data import IMAGE_TOY_DATASETS, TOY_DATASETS
 from score_jax.utils import choice_error
 
 
@@ -62,7 +62,7 @@ def _sample_batches(sampler, keys, batch_size):
   return jax.vmap(lambda key: sampler(key, batch_size))(keys)
 
 
-DATASETS = dict(TOY_DATASETS)
+DATASETS = {**TOY_DATASETS, **IMAGE_TOY_DATASETS}
 
 
 def get_dataset(config):
@@ -70,5 +70,10 @@ def get_dataset(config):
   name = config.data.dataset
   if name not in DATASETS:
     raise choice_error("data.dataset", name, DATASETS)
-  return ToyDataset(sampler=TOY_DATASETS[name], seed=config.seed, batch_size=config.training.batch_size,
-                    eval_batch_size=config.eval.batch_size, num_eval=config.data.num_eval)
+  if name in IMAGE_TOY_DATASETS:
+    sampler = functools.partial(IMAGE_TOY_DATASETS[name], image_size=config.data.image_size,
+                                num_channels=config.data.num_channels)
+  else:
+    sampler = TOY_DATASETS[name]
+  return ToyDataset(sampler=sampler, seed=config.seed, batch_size=config.training.batch_size,
+                    eval_batch_size=config.eval.batch_size, num_eval=config.data.get("num_eval", 1024))

@@ -48,3 +48,24 @@ TOY_DATASETS = {
     "8gaussians": eight_gaussians,
     "swissroll": swissroll,
 }
+
+
+def blobs(rng, n, image_size=16, num_channels=3, max_blobs=3):
+  """Synthetic images in [0, 1]: 1 to `max_blobs` coloured Gaussian bumps on black.
+
+  A download-free image set for tests, benchmarks and the offline image path.
+  """
+  k_count, k_center, k_width, k_color = jax.random.split(rng, 4)
+  count = jax.random.randint(k_count, (n, 1), 1, max_blobs + 1)
+  centers = jax.random.uniform(k_center, (n, max_blobs, 2), minval=0.2, maxval=0.8) * image_size
+  widths = jax.random.uniform(k_width, (n, max_blobs), minval=0.06, maxval=0.18) * image_size
+  colors = jax.random.uniform(k_color, (n, max_blobs, num_channels), minval=0.3, maxval=1.0)
+  colors = colors * (jnp.arange(max_blobs)[None, :, None] < count[:, :, None])
+  grid = jnp.arange(image_size, dtype=jnp.float32) + 0.5
+  dy = (grid[None, None, :] - centers[..., 0:1]) ** 2  # (n, blobs, H)
+  dx = (grid[None, None, :] - centers[..., 1:2]) ** 2  # (n, blobs, W)
+  bumps = jnp.exp(-(dy[..., :, None] + dx[..., None, :]) / (2 * widths[..., None, None] ** 2))
+  return jnp.clip(jnp.einsum("nbhw,nbc->nhwc", bumps, colors), 0.0, 1.0)
+
+
+IMAGE_TOY_DATASETS = {"blobs": blobs}
