@@ -4,6 +4,7 @@
   python main.py --config=configs/toy/checkerboard.py --workdir=runs/checkerboard --mode=eval
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -21,7 +22,7 @@ class _QuietLibraries:
   """Keeps orbax's INFO chatter out of the readable log; its warnings still pass."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
 def main(argv):

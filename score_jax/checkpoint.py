@@ -30,6 +30,7 @@ def save(manager, step, state):
     return
   manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
+  logging.info("Saved checkpoint %s/%d", manager.directory, step)
 
 
 def latest_step(manager):
