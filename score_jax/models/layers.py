@@ -1,15 +1,45 @@
-"""Layers shared by the score networks."""
+"""Layers shared by the score networks (DDPM and NCSN++ blocks).
 
+Modules create their sub-modules in the order of the JAX original, so that Flax's
+automatic names (`Conv_0`, `GroupNorm_1`, `NIN_3`, ...) match its checkpoints and
+the PyTorch port's attribute names (INVENTORY.md §7.8).
+"""
+
+import functools
 import math
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from score_jax.models import up_or_down_sampling as resample
+from score_jax.utils import choice_error
+
+ACTIVATIONS = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "swish": nn.swish,
+}
+
+
+def get_act(name):
+  """The activation named by `config.model.nonlinearity`."""
+  if name.lower() not in ACTIVATIONS:
+    raise choice_error("model.nonlinearity", name, ACTIVATIONS)
+  return ACTIVATIONS[name.lower()]
 
 
 def default_init(scale=1.0):
   """The reference's `variance_scaling(scale, 'fan_avg', 'uniform')`; scale 0 becomes 1e-10 (B16)."""
   return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def sigma_table(sigma_min, sigma_max, num_scales):
+  """The reference's descending noise levels (`get_sigmas`), float64 numpy; index 0 is sigma_max."""
+  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
 
 
 def get_timestep_embedding(timesteps, embedding_dim, max_positions=10000):
@@ -41,3 +71,180 @@ class GaussianFourierProjection(nn.Module):
                       lambda: self.scale * jax.random.normal(self.make_rng("params"), (self.embedding_size,)))
     x_proj = x[:, None] * W.value[None, :] * 2 * jnp.pi
     return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
+
+
+def conv3x3(out_ch, stride=1, bias=True, dilation=1, init_scale=1.0):
+  """The reference's `ddpm_conv3x3`: SAME padding, `default_init(init_scale)` kernel, zero bias."""
+  return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding="SAME", use_bias=bias,
+                 kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale))
+
+
+def conv1x1(out_ch, stride=1, bias=True, init_scale=1.0):
+  """The reference's `ddpm_conv1x1`."""
+  return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding="SAME", use_bias=bias,
+                 kernel_init=default_init(init_scale))
+
+
+def group_norm(channels, num_groups=None):
+  """GroupNorm with epsilon 1e-6; `num_groups=None` is NCSN++'s `min(C // 4, 32)`."""
+  return nn.GroupNorm(num_groups=num_groups or min(channels // 4, 32), epsilon=1e-6)
+
+
+class NIN(nn.Module):
+  """A per-pixel dense layer ("network in network"): params `W` (in, out) and `b`."""
+
+  num_units: int
+  init_scale: float = 0.1
+
+  @nn.compact
+  def __call__(self, x):
+    W = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
+    b = self.param("b", nn.initializers.zeros, (self.num_units,))
+    return jnp.tensordot(x, W, axes=1) + b
+
+
+class AttnBlockpp(nn.Module):
+  """Single-head self-attention over all H*W positions (DDPM's block; NCSN++ variant)."""
+
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  num_groups: Optional[int] = None  # None: min(C // 4, 32)
+
+  @nn.compact
+  def __call__(self, x):
+    batch, height, width, channels = x.shape
+    h = group_norm(channels, self.num_groups)(x)
+    q, k, v = NIN(channels)(h), NIN(channels)(h), NIN(channels)(h)
+    w = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (channels ** -0.5)
+    w = jax.nn.softmax(w.reshape(batch, height, width, height * width), axis=-1)
+    h = jnp.einsum("bhwHW,bHWc->bhwc", w.reshape(batch, height, width, height, width), v)
+    h = NIN(channels, init_scale=self.init_scale)(h)
+    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class AttnBlock(AttnBlockpp):
+  """DDPM's attention block: 32 groups, no rescaling, (almost) zero-initialised output."""
+
+  num_groups: Optional[int] = 32
+
+
+class Upsample(nn.Module):
+  """2x upsampling: nearest (+ 3x3 conv) or FIR (+ fused transposed conv)."""
+
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      h = resample.naive_upsample_2d(x)
+      return conv3x3(out_ch)(h) if self.with_conv else h
+    if not self.with_conv:
+      return resample.upsample_2d(x, self.fir_kernel)
+    return resample.Conv2d(out_ch, 3, up=True, resample_kernel=self.fir_kernel, kernel_init=default_init())(x)
+
+
+class Downsample(nn.Module):
+  """2x downsampling: stride-2 3x3 conv or 2x2 mean; FIR filter (+ fused conv)."""
+
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      return conv3x3(out_ch, stride=2)(x) if self.with_conv else resample.naive_downsample_2d(x)
+    if not self.with_conv:
+      return resample.downsample_2d(x, self.fir_kernel)
+    return resample.Conv2d(out_ch, 3, down=True, resample_kernel=self.fir_kernel, kernel_init=default_init())(x)
+
+
+class ResnetBlockDDPMpp(nn.Module):
+  """DDPM residual block: GN-act-conv, + Dense(temb), GN-act-dropout-conv, NIN/conv shortcut."""
+
+  act: Callable = nn.swish
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  num_groups: Optional[int] = None  # None: min(C // 4, 32)
+
+  @nn.compact
+  def __call__(self, x, temb=None, train=False):
+    channels = x.shape[-1]
+    out_ch = self.out_ch or channels
+    h = self.act(group_norm(channels, self.num_groups)(x))
+    h = conv3x3(out_ch)(h)
+    if temb is not None:
+      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch, self.num_groups)(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(out_ch, init_scale=self.init_scale)(h)
+    if channels != out_ch:
+      x = conv3x3(out_ch)(x) if self.conv_shortcut else NIN(out_ch)(x)
+    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class ResnetBlockDDPM(ResnetBlockDDPMpp):
+  """The original DDPM block (Ho et al. 2020): 32 groups, no rescaling."""
+
+  num_groups: Optional[int] = 32
+
+
+class ResnetBlockBigGANpp(nn.Module):
+  """BigGAN residual block with optional FIR/naive up- or down-sampling of both branches."""
+
+  act: Callable = nn.swish
+  up: bool = False
+  down: bool = False
+  out_ch: Optional[int] = None
+  dropout: float = 0.1
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  init_scale: float = 0.0
+
+  def _resample(self, x):
+    if self.up:
+      return resample.upsample_2d(x, self.fir_kernel) if self.fir else resample.naive_upsample_2d(x)
+    if self.down:
+      return resample.downsample_2d(x, self.fir_kernel) if self.fir else resample.naive_downsample_2d(x)
+    return x
+
+  @nn.compact
+  def __call__(self, x, temb=None, train=False):
+    channels = x.shape[-1]
+    out_ch = self.out_ch or channels
+    h = self.act(group_norm(channels)(x))
+    h, x = self._resample(h), self._resample(x)
+    h = conv3x3(out_ch)(h)
+    if temb is not None:
+      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch)(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(out_ch, init_scale=self.init_scale)(h)
+    if channels != out_ch or self.up or self.down:
+      x = conv1x1(out_ch)(x)
+    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class Combine(nn.Module):
+  """Merges the input pyramid `x` into `y`: 1x1 conv to y's channels, then concat or sum."""
+
+  method: str = "cat"
+
+  @nn.compact
+  def __call__(self, x, y):
+    h = conv1x1(y.shape[-1])(x)
+    if self.method == "cat":
+      return jnp.concatenate([h, y], axis=-1)
+    if self.method == "sum":
+      return h + y
+    raise choice_error("model.progressive_combine", self.method, ("cat", "sum"))

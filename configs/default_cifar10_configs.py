@@ -1,0 +1,107 @@
+"""Base config for CIFAR-10 (32 px): every key, with a one-line comment.
+
+Values are the reference's `configs/default_cifar10_configs.py`; the model section
+holds the NCSN++ (VE, continuous) architecture, and experiment files under
+`configs/{ve,vp,subvp}/` only override. Keys that the reference lacks but score_jax
+uses (training.keep_checkpoints, training.eps, sampling.batch_size/rtol/atol,
+eval.num_eval_batches, data.num_eval) take the reference's hard-coded behaviour.
+"""
+
+import ml_collections
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+
+  config.training = training = ml_collections.ConfigDict()
+  training.sde = "vesde"                    # vpsde | subvpsde | vesde
+  training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
+  training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
+  training.reduce_mean = False              # per-sample mean over dims (False: 0.5 * sum, as the reference, B20)
+  training.batch_size = 128                 # global batch size, split over all devices
+  training.n_iters = 1300001                # number of optimisation steps
+  training.n_jitted_steps = 5               # optimisation steps per device dispatch (lax.scan)
+  training.log_freq = 50                    # steps between loss logs
+  training.eval_freq = 100                  # steps between held-out loss evaluations
+  training.snapshot_freq = 50000            # steps between kept checkpoints (+ snapshot samples)
+  training.snapshot_freq_for_preemption = 10000  # steps between preemption checkpoints
+  training.snapshot_sampling = True         # draw samples at every snapshot
+  training.keep_checkpoints = 0             # snapshot checkpoints kept (0 keeps all, as the reference)
+  training.eps = 1e-5                       # smallest diffusion time of the loss (reference constant, B19)
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "pc"                    # pc | ode
+  sampling.predictor = "reverse_diffusion"  # euler_maruyama | reverse_diffusion | ancestral_sampling | none
+  sampling.corrector = "langevin"           # langevin | ald | none
+  sampling.n_steps_each = 1                 # corrector steps per predictor step
+  sampling.noise_removal = True             # return the last predictor step's mean
+  sampling.probability_flow = False         # predictor on the probability-flow ODE
+  sampling.snr = 0.16                       # Langevin signal-to-noise ratio
+  sampling.batch_size = 128                 # samples per snapshot (the reference uses training.batch_size)
+  sampling.rtol = 1e-5                      # ODE sampler tolerances (the reference's fixed values, B19)
+  sampling.atol = 1e-5
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 9                   # first snapshot checkpoint to evaluate
+  evaluate.end_ckpt = 26                    # last snapshot checkpoint to evaluate
+  evaluate.batch_size = 1024                # evaluation batch size
+  evaluate.enable_sampling = False          # draw samples for FID / IS / KID
+  evaluate.num_samples = 50000              # samples per checkpoint
+  evaluate.enable_loss = True               # held-out DSM loss
+  evaluate.enable_bpd = False               # negative log-likelihood through the probability-flow ODE
+  evaluate.bpd_dataset = "test"             # train | test
+  evaluate.num_eval_batches = 0             # held-out batches for the eval loss (0: the whole split, as the reference)
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "CIFAR10"                  # CIFAR10 | SVHN | CELEBA | LSUN | FFHQ | CelebAHQ
+  data.image_size = 32                      # images are image_size x image_size x num_channels
+  data.num_channels = 3                     # colour channels
+  data.random_flip = True                   # random horizontal flips for training
+  data.uniform_dequantization = False       # add U[0, 1/256) noise to pixel values
+  data.centered = False                     # data in [-1, 1] (False: [0, 1]; the networks rescale inside)
+  data.num_eval = 10000                     # size of the held-out split
+  data.category = ""                        # LSUN category (bedroom, church_outdoor)
+  data.tfrecords_path = ""                  # FFHQ / CelebAHQ tfrecords file (set to your local copy)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256
+  model.ema_rate = 0.999                    # EMA decay of the parameters used for sampling/eval
+  model.sigma_min = 0.01                    # VE noise range
+  model.sigma_max = 50.0
+  model.num_scales = 1000                   # N: discretisation steps of the SDE and samplers
+  model.beta_min = 0.1                      # VP / sub-VP beta range
+  model.beta_max = 20.0
+  model.dropout = 0.1                       # dropout inside residual blocks
+  model.scale_by_sigma = True               # divide the output by sigma (VE)
+  model.normalization = "GroupNorm"         # GroupNorm (DDPM, NCSN++) | InstanceNorm++ (NCSN, NCSNv2)
+  model.nonlinearity = "swish"              # swish | elu | relu | lrelu
+  model.nf = 128                            # base channel count
+  model.ch_mult = (1, 2, 2, 2)              # channel multiplier per resolution
+  model.num_res_blocks = 4                  # residual blocks per resolution
+  model.attn_resolutions = (16,)            # resolutions with self-attention
+  model.resamp_with_conv = True             # convolve when resampling between resolutions
+  model.conditional = True                  # condition on the time / noise level
+  model.fir = True                          # FIR (StyleGAN2) resampling instead of naive
+  model.fir_kernel = (1, 3, 3, 1)           # FIR taps
+  model.skip_rescale = True                 # divide residual sums by sqrt(2)
+  model.resblock_type = "biggan"            # biggan | ddpm
+  model.progressive = "none"                # output pyramid: none | output_skip | residual
+  model.progressive_input = "residual"      # input pyramid: none | input_skip | residual
+  model.progressive_combine = "sum"         # merging the input pyramid: sum | cat
+  model.init_scale = 0.0                    # scale of "zero" initialised layers (0 means 1e-10, B16)
+  model.embedding_type = "fourier"          # fourier (of log sigma; continuous only) | positional
+  model.fourier_scale = 16.0                # std of the Fourier features' frequencies
+  model.embedding_dim = 128                 # time-embedding size of the `mlp` model (image networks use nf)
+  model.interpolation = "bilinear"          # NCSN/NCSNv2 multi-scale fusion upsampling: bilinear | nearest_neighbor
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "Adam"                  # Adam (the only optimizer of the reference)
+  optim.lr = 2e-4                           # peak learning rate
+  optim.beta1 = 0.9                         # Adam beta1 (beta2 = 0.999)
+  optim.eps = 1e-8                          # Adam epsilon
+  optim.weight_decay = 0.0                  # decoupled weight decay
+  optim.warmup = 5000                       # linear warm-up steps (first update has lr 0, B21)
+  optim.grad_clip = 1.0                     # global-norm clipping (< 0 disables)
+
+  config.seed = 42
+  return config

@@ -1,0 +1,33 @@
+"""NCSN on CIFAR-10 with techniques 1, 2, 4 (NCSNv2 noise schedule and sampling)."""
+
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+
+  training = config.training
+  training.sde = "vesde"
+  training.continuous = False
+
+  sampling = config.sampling
+  sampling.method = "pc"
+  sampling.predictor = "none"
+  sampling.corrector = "ald"
+  sampling.n_steps_each = 5
+  sampling.snr = 0.176
+
+  model = config.model
+  model.name = "ncsn"
+  model.scale_by_sigma = False
+  model.num_scales = 232
+  model.sigma_max = 50.0
+  model.ema_rate = 0.0
+  model.normalization = "InstanceNorm++"
+  model.nonlinearity = "elu"
+
+  optim = config.optim
+  optim.lr = 0.001
+  optim.warmup = 0
+  optim.grad_clip = -1.0
+  return config

@@ -1,0 +1,27 @@
+"""NCSN++ on CIFAR-10 with the VP SDE (discrete DDPM loss)."""
+
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+
+  training = config.training
+  training.sde = "vpsde"
+  training.continuous = False
+  training.reduce_mean = True
+
+  sampling = config.sampling
+  sampling.method = "pc"
+  sampling.predictor = "reverse_diffusion"
+  sampling.corrector = "none"
+
+  data = config.data
+  data.centered = True
+
+  model = config.model
+  model.name = "ncsnpp"
+  model.scale_by_sigma = False
+  model.ema_rate = 0.9999
+  model.embedding_type = "positional"
+  return config

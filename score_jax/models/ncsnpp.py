@@ -1,0 +1,185 @@
+"""NCSN++ and DDPM++ (Song et al. 2021, Sec. 4 and App. H): one U-Net with architecture options.
+
+DDPM++ is this network with `fir=False`, `progressive_input='none'` and positional
+embeddings; NCSN++ adds FIR resampling, input/output pyramids and Fourier features.
+Sub-modules are created in the JAX original's order, so parameter names match its
+checkpoints (and, through `score_jax.convert`, the PyTorch port's).
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from score_jax.models import layers
+from score_jax.models.registry import register_model
+from score_jax.utils import choice_error
+
+_PROGRESSIVE = ("none", "output_skip", "residual")
+_PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
+_RESBLOCKS = ("ddpm", "biggan")
+_EMBEDDINGS = ("fourier", "positional")
+
+
+class NCSNpp(nn.Module):
+  """The NCSN++ / DDPM++ U-Net: `(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`.
+
+  `labels` are noise levels sigma for Fourier embeddings (continuous VE) and
+  time labels or integer sigma indices for positional ones (see `SDE.network_labels`).
+  """
+
+  nf: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 4
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  conditional: bool = True
+  fir: bool = True
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  resblock_type: str = "biggan"
+  progressive: str = "none"
+  progressive_input: str = "residual"
+  progressive_combine: str = "sum"
+  embedding_type: str = "fourier"
+  fourier_scale: float = 16.0
+  init_scale: float = 0.0
+  scale_by_sigma: bool = True
+  centered: bool = False
+  nonlinearity: str = "swish"
+  sigma_min: float = 0.01  # sigma table for positional labels with scale_by_sigma
+  sigma_max: float = 50.0
+  num_scales: int = 1000
+
+  def _resnet_block(self, **kwargs):
+    common = dict(act=layers.get_act(self.nonlinearity), dropout=self.dropout, init_scale=self.init_scale,
+                  skip_rescale=self.skip_rescale)
+    if self.resblock_type == "ddpm":
+      return layers.ResnetBlockDDPMpp(**common, **kwargs)
+    return layers.ResnetBlockBigGANpp(**common, fir=self.fir, fir_kernel=self.fir_kernel, **kwargs)
+
+  def _attn_block(self):
+    return layers.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+
+  def _merge(self, a, b):
+    return (a + b) / np.sqrt(2.0) if self.skip_rescale else a + b
+
+  def _embed(self, labels):
+    """Time embedding (B, 4nf) or None, and the per-sample sigma used by `scale_by_sigma`."""
+    if self.embedding_type == "fourier":
+      used_sigmas = labels
+      temb = layers.GaussianFourierProjection(self.nf, self.fourier_scale)(jnp.log(labels))
+    else:
+      sigmas = jnp.asarray(layers.sigma_table(self.sigma_min, self.sigma_max, self.num_scales), jnp.float32)
+      used_sigmas = sigmas[labels.astype(jnp.int32)]
+      temb = layers.get_timestep_embedding(labels, self.nf)
+    if not self.conditional:
+      return None, used_sigmas
+    act = layers.get_act(self.nonlinearity)
+    temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
+    temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
+    return temb, used_sigmas
+
+  def _encode(self, x, temb, train):
+    """Encoder; returns the skip stack (its last entry feeds the middle block)."""
+    input_pyramid = x
+    hs = [layers.conv3x3(self.nf)(x)]
+    for level, mult in enumerate(self.ch_mult):
+      for _ in range(self.num_res_blocks):
+        h = self._resnet_block(out_ch=self.nf * mult)(hs[-1], temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = self._attn_block()(h)
+        hs.append(h)
+      if level == len(self.ch_mult) - 1:
+        break
+      if self.resblock_type == "ddpm":
+        h = layers.Downsample(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel)(hs[-1])
+      else:
+        h = self._resnet_block(down=True)(hs[-1], temb, train)
+      if self.progressive_input == "input_skip":
+        input_pyramid = layers.Downsample(fir=self.fir, fir_kernel=self.fir_kernel)(input_pyramid)
+        h = layers.Combine(method=self.progressive_combine)(input_pyramid, h)
+      elif self.progressive_input == "residual":
+        input_pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
+                                          fir_kernel=self.fir_kernel)(input_pyramid)
+        h = input_pyramid = self._merge(input_pyramid, h)
+      hs.append(h)
+    return hs
+
+  def _output_head(self, h, out_ch, bias=True, init_scale=None):
+    act = layers.get_act(self.nonlinearity)
+    h = act(layers.group_norm(h.shape[-1])(h))
+    init_scale = self.init_scale if init_scale is None else init_scale
+    return layers.conv3x3(out_ch, bias=bias, init_scale=init_scale)(h)
+
+  def _decode(self, h, hs, temb, train, num_channels):
+    """Decoder with the output pyramid; consumes the skip stack `hs`."""
+    pyramid = None
+    for level in reversed(range(len(self.ch_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = self._resnet_block(out_ch=self.nf * self.ch_mult[level])(jnp.concatenate([h, hs.pop()], -1), temb,
+                                                                      train)
+      if h.shape[1] in self.attn_resolutions:
+        h = self._attn_block()(h)
+      coarsest = level == len(self.ch_mult) - 1
+      if self.progressive == "output_skip":
+        if not coarsest:
+          pyramid = layers.Upsample(fir=self.fir, fir_kernel=self.fir_kernel)(pyramid)
+        pyramid_h = self._output_head(h, num_channels)
+        pyramid = pyramid_h if coarsest else pyramid + pyramid_h
+      elif self.progressive == "residual":
+        if coarsest:
+          pyramid = self._output_head(h, h.shape[-1], init_scale=1.0)
+        else:
+          pyramid = layers.Upsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
+                                    fir_kernel=self.fir_kernel)(pyramid)
+          h = pyramid = self._merge(pyramid, h)
+      if level != 0:
+        if self.resblock_type == "ddpm":
+          h = layers.Upsample(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel)(h)
+        else:
+          h = self._resnet_block(up=True)(h, temb, train)
+    assert not hs
+    if self.progressive == "output_skip":
+      return pyramid
+    return self._output_head(h, num_channels)
+
+  @nn.compact
+  def __call__(self, x, labels, train=False):
+    for key, value, choices in [("progressive", self.progressive, _PROGRESSIVE),
+                                ("progressive_input", self.progressive_input, _PROGRESSIVE_INPUT),
+                                ("resblock_type", self.resblock_type, _RESBLOCKS),
+                                ("embedding_type", self.embedding_type, _EMBEDDINGS)]:
+      if value not in choices:
+        raise choice_error(f"model.{key}", value, choices)
+    temb, used_sigmas = self._embed(labels)
+    if not self.centered:
+      x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
+    hs = self._encode(x, temb, train)
+    h = self._resnet_block()(hs[-1], temb, train)
+    h = self._attn_block()(h)
+    h = self._resnet_block()(h, temb, train)
+    h = self._decode(h, hs, temb, train, x.shape[-1])
+    if self.scale_by_sigma:
+      h = h / used_sigmas.astype(h.dtype)[:, None, None, None]
+    return h
+
+
+@register_model("ncsnpp")
+def build_ncsnpp(config):
+  """NCSN++ / DDPM++ from `config.model` (+ `data.centered`, `training.continuous`)."""
+  m = config.model
+  if m.embedding_type.lower() == "fourier" and not config.training.continuous:
+    raise ValueError("model.embedding_type='fourier' needs training.continuous=True (the reference asserts it)")
+  return NCSNpp(
+      nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+      attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
+      conditional=m.conditional, fir=m.fir, fir_kernel=tuple(m.fir_kernel), skip_rescale=m.skip_rescale,
+      resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
+      progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
+      embedding_type=m.embedding_type.lower(), fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
+      scale_by_sigma=m.scale_by_sigma, centered=config.data.centered, nonlinearity=m.nonlinearity,
+      sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+
