@@ -16,6 +16,10 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file.", 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Run training or evaluation.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) of a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).")
 
 
 class _QuietLibraries:
@@ -33,6 +37,12 @@ def main(argv):
   logging.get_absl_handler().use_absl_log_file("log", FLAGS.workdir)
   logging.set_stderrthreshold(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax
+
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
   from score_jax import evaluate, train  # after flag parsing: a bad flag fails fast
 
   try:
