@@ -50,6 +50,8 @@ def get_default_configs():
   evaluate.enable_loss = True               # held-out DSM loss
   evaluate.enable_bpd = False               # negative log-likelihood through the probability-flow ODE
   evaluate.bpd_dataset = "test"             # train | test
+  evaluate.bpd_num_repeats = 5              # likelihood estimates averaged per example (fresh noise each)
+  evaluate.hutchinson = "rademacher"        # divergence: rademacher | gaussian | exact (small dims only)
   evaluate.num_eval_batches = 0             # held-out batches for the eval loss (0: the whole split, as the reference)
 
   config.data = data = ml_collections.ConfigDict()

@@ -2,13 +2,10 @@
 
 import jax
 
-from score_jax import datasets, sde as sde_lib
+from score_jax import datasets, likelihood, sampling, sde as sde_lib
 from score_jax.models import model_names
 from score_jax.utils import choice_error
 
-PREDICTOR_NAMES = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
-CORRECTOR_NAMES = ("langevin", "ald", "none")
-SAMPLING_METHODS = ("pc", "ode")
 BPD_DATASETS = ("train", "test")
 
 
@@ -19,14 +16,18 @@ def _check_choice(key, value, choices, lower=True):
 
 def validate_config(config):
   """Raises one `ValueError` naming the first bad key and its valid values."""
-  training, sampling = config.training, config.sampling
+  training, sampling_config = config.training, config.sampling
   _check_choice("training.sde", training.sde, sde_lib.SDES)
   _check_choice("model.name", config.model.name, model_names(), lower=False)
   _check_choice("data.dataset", config.data.dataset, datasets.DATASETS, lower=False)
-  _check_choice("sampling.method", sampling.method, SAMPLING_METHODS)
-  _check_choice("sampling.predictor", sampling.predictor, PREDICTOR_NAMES)
-  _check_choice("sampling.corrector", sampling.corrector, CORRECTOR_NAMES)
+  _check_choice("sampling.method", sampling_config.method, sampling.SAMPLERS)
+  _check_choice("sampling.predictor", sampling_config.predictor, sampling.PREDICTORS)
+  _check_choice("sampling.corrector", sampling_config.corrector, sampling.CORRECTORS)
   _check_choice("eval.bpd_dataset", config.eval.bpd_dataset, BPD_DATASETS)
+  _check_choice("eval.hutchinson", config.eval.get("hutchinson", "rademacher"), likelihood.HUTCHINSON)
+  if sampling_config.predictor.lower() == "ancestral_sampling" and not hasattr(
+      sde_lib.SDES[training.sde.lower()], "ancestral_step"):
+    raise ValueError(f"sampling.predictor='ancestral_sampling' is defined for vesde and vpsde, not {training.sde}")
   if config.optim.optimizer.lower() != "adam":
     raise choice_error("optim.optimizer", config.optim.optimizer, ["Adam"])
   if not training.continuous and training.sde.lower() == "subvpsde":

@@ -1,4 +1,8 @@
-"""`evaluate(config, workdir)`: held-out loss and samples for each snapshot checkpoint.
+"""`evaluate(config, workdir)`: held-out loss, likelihood and samples for each snapshot checkpoint.
+
+For flat (2-D toy) data the report has the held-out NLL in nats/dim and the
+sliced Wasserstein distance between samples and held-out data; for images,
+bits/dim (dequantised, `score_jax.likelihood.bits_per_dim`).
 
 Checkpoint k is the snapshot of step `k * training.snapshot_freq`, as in the
 reference. Each finished checkpoint leaves `report_<k>.json` in the eval folder
@@ -13,8 +17,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from score_jax import checkpoint, datasets, plotting
-from score_jax.models import get_data_shape
+import tqdm
+
+from score_jax import checkpoint, datasets, evaluation, plotting
+from score_jax.models import get_data_shape, get_score_fn
 from score_jax.train import _Setup
 
 
@@ -31,15 +37,39 @@ def _wait_for_step(manager, step, timeout):
 
 
 def _sample(config, run, state, rng):
-  from score_jax import sampling
-
   batches = -(-config.eval.num_samples // config.eval.batch_size)
-  shape = (config.eval.batch_size,) + get_data_shape(config)
-  sample_fn = sampling.get_sampling_fn(config, run.sde, run.model, shape,
-                                       datasets.get_data_inverse_scaler(config), run.sampling_eps)
-  outputs = [sample_fn(jax.random.fold_in(rng, i), state.variables(ema=True)) for i in range(batches)]
+  sample_fn = run.sampler(config.eval.batch_size)
+  outputs = [sample_fn(jax.random.fold_in(rng, i), state.variables(ema=True))
+             for i in tqdm.trange(batches, desc="sampling", disable=jax.process_index() != 0)]
   samples = np.concatenate([jax.device_get(o.samples) for o in outputs])[:config.eval.num_samples]
-  return samples, int(sum(o.nfe for o in outputs))
+  return samples, int(sum(int(o.nfe) for o in outputs))
+
+
+def _negative_log_likelihood(config, run, state, rng):
+  """Mean held-out NLL: bits/dim of 8-bit images (dequantised), or nats/dim of flat data."""
+  from score_jax import likelihood
+
+  ev = config.eval
+  repeats = ev.get("bpd_num_repeats", 1)
+  flat = len(get_data_shape(config)) == 1
+  if flat:
+    continuous = config.training.continuous
+
+    @jax.jit
+    def nll_fn(rng, variables, x):
+      score_fn = get_score_fn(run.sde, run.model, variables, continuous=continuous)
+      out = likelihood.log_likelihood(rng, score_fn, run.sde, x, hutchinson=ev.get("hutchinson", "rademacher"),
+                                      num_repeats=repeats)
+      return -out.logp / x.shape[1]
+  else:
+    bpd_fn = likelihood.get_likelihood_fn(config, run.sde, run.model, datasets.get_data_inverse_scaler(config),
+                                          hutchinson=ev.get("hutchinson", "rademacher"), num_repeats=repeats)
+    nll_fn = lambda rng, variables, x: bpd_fn(rng, variables, x).bpd
+  values = []
+  batches = list(run.dataset.eval_batches())
+  for i, batch in enumerate(tqdm.tqdm(batches, desc="likelihood", disable=jax.process_index() != 0)):
+    values.append(jax.device_get(nll_fn(jax.random.fold_in(rng, i), state.variables(), run.scaler(batch))))
+  return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate(values)))
 
 
 def evaluate(config, workdir, eval_folder="eval"):
@@ -66,9 +96,16 @@ def evaluate(config, workdir, eval_folder="eval"):
     report = {"ckpt": ckpt, "step": step}
     if config.eval.enable_loss:
       report["eval_loss"] = run.eval_loss(state, config.eval.num_eval_batches)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), ckpt)
+    if config.eval.enable_bpd:
+      key, value = _negative_log_likelihood(config, run, state, jax.random.fold_in(rng, 1))
+      report[key] = value
     if config.eval.enable_sampling:
-      samples, nfe = _sample(config, run, state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), ckpt))
-      reference = next(iter(run.dataset.eval_batches())) if samples.ndim == 2 else None
+      samples, nfe = _sample(config, run, state, rng)
+      reference = None
+      if samples.ndim == 2:
+        reference = np.concatenate(list(run.dataset.eval_batches()))
+        report["sliced_wasserstein"] = evaluation.sliced_wasserstein(samples, reference)
       report["samples_png"] = plotting.save_samples(os.path.join(eval_dir, f"ckpt_{ckpt}_samples"), samples,
                                                     reference=reference, title=f"checkpoint {ckpt}")
       report["nfe_per_batch"] = nfe // max(1, -(-config.eval.num_samples // config.eval.batch_size))

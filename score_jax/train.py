@@ -1,5 +1,6 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `main.py --mode=train`."""
 
+import functools
 import os
 
 import jax
@@ -17,20 +18,14 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
 
 
-def _snapshot_samples(config, workdir, state, sde, model, sampling_eps, step, reference=None):
-  from score_jax import sampling  # imported lazily: only snapshot sampling and eval need it
-
-  shape = (config.sampling.batch_size,) + get_data_shape(config)
-  sample_fn = sampling.get_sampling_fn(config, sde, model, shape, datasets.get_data_inverse_scaler(config),
-                                       sampling_eps)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
-  output = sample_fn(rng, state.variables(ema=True))
+def _snapshot_samples(run, workdir, state, step, reference=None):
+  output = run.sampler(run.config.sampling.batch_size)(jax.random.fold_in(jax.random.PRNGKey(run.config.seed + 2), step), state.variables())
   if jax.process_index() != 0:
     return None
   directory = os.path.join(workdir, "samples")
   os.makedirs(directory, exist_ok=True)
   path = plotting.save_samples(os.path.join(directory, f"iter_{step}"), jax.device_get(output.samples),
-                               reference=reference, title=f"step {step}, {output.nfe} score evaluations")
+                               reference=reference, title=f"step {step}, {int(output.nfe)} score evaluations")
   logging.info("Wrote %s", path)
   return path
 
@@ -58,6 +53,15 @@ class _Setup:
     self.eval_step = jax.jit(get_eval_step(self.sde, self.model, loss_config, rng=jax.random.fold_in(base_rng, 1)),
                              in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
                              out_shardings=replicated)
+
+  @functools.cache
+  def sampler(self, batch_size):
+    """The configured sampler for `batch_size` samples: `sample_fn(rng, variables) -> SampleOutput`."""
+    from score_jax import sampling  # imported lazily: only snapshot sampling and eval need it
+
+    shape = (batch_size,) + get_data_shape(self.config)
+    return sampling.get_sampling_fn(self.config, self.sde, self.model, shape,
+                                    datasets.get_data_inverse_scaler(self.config), self.sampling_eps)
 
   def init_state(self):
     init = jax.jit(lambda rng: init_train_state(rng, self.config, self.optimizer),
@@ -126,7 +130,7 @@ def train_and_evaluate(config, workdir):
     if is_snapshot:
       checkpoint.save(snapshots, step, state)
       if training.snapshot_sampling:
-        _snapshot_samples(config, workdir, state, run.sde, run.model, run.sampling_eps, step, reference)
+        _snapshot_samples(run, workdir, state, step, reference)
   writer.close()
   logging.info("Training finished at step %d.", step)
   return state

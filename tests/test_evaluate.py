@@ -19,6 +19,7 @@ def test_evaluate_reports_each_checkpoint_and_skips_finished_ones(tmp_path):
   for ckpt in (1, 2):
     report = json.load(open(tmp_path / "eval" / f"report_{ckpt}.json"))
     assert report["step"] == 20 * ckpt and np.isfinite(report["eval_loss"])
+    assert np.isfinite(report["nll_nats_per_dim"]) and report["sliced_wasserstein"] > 0
     assert os.path.getsize(report["samples_png"]) > 1000
     samples = np.load(tmp_path / "eval" / f"ckpt_{ckpt}_samples.npz")["samples"]
     assert samples.shape == (config.eval.num_samples, 2) and np.isfinite(samples).all()

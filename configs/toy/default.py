@@ -45,8 +45,10 @@ def get_default_configs():
   evaluate.enable_sampling = True           # draw samples (and plot them)
   evaluate.num_samples = 2048               # samples per checkpoint
   evaluate.enable_loss = True               # held-out DSM loss
-  evaluate.enable_bpd = False               # negative log-likelihood through the probability-flow ODE
+  evaluate.enable_bpd = True                # negative log-likelihood through the probability-flow ODE
   evaluate.bpd_dataset = "test"             # train | test
+  evaluate.bpd_num_repeats = 1              # likelihood estimates averaged per example (fresh noise each)
+  evaluate.hutchinson = "exact"             # divergence: rademacher | gaussian | exact (small dims only)
   evaluate.num_eval_batches = 4             # held-out batches for the eval loss
 
   config.data = data = ml_collections.ConfigDict()
