@@ -3,16 +3,27 @@
 A `Dataset` gives `train_batches(step, n)` -> `(n, global_batch, ...)` for the
 `n` optimisation steps starting at `step`, and `eval_batches()` -> an iterable
 of held-out batches. Arrays are the process-local part of the global batch.
+
+Image sets (the reference's `datasets.py`) are random-access sources of uint8
+`(H, W, C)` images: TFDS data sets through `tfds.data_source` (ArrayRecord, no
+TensorFlow), FFHQ / CelebA-HQ TFRecords parsed here, and the embedded 8x8 digits
+of `score_jax/assets/`. Crops and resizes run on the host with PIL (see `resize`).
 """
 
 import dataclasses
 import functools
-from typing import Callable
+import glob
+import os
+import struct
+from concurrent import futures
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from PIL import Image
 
-from score_jax.toy_data import IMAGE_TOY_DATASETS, TOY_DATASETS
+from score_jax.toy_data import DIGITS_TRAIN_SIZE, IMAGE_TOY_DATASETS, TOY_DATASETS, load_digits
 from score_jax.utils import choice_error
 
 
@@ -30,6 +41,13 @@ def get_data_inverse_scaler(config):
   return lambda x: x
 
 
+def _local_slice(global_size):
+  """This process's `slice` of a global batch of `global_size` examples."""
+  per_process = global_size // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)
+
+
 @dataclasses.dataclass(frozen=True)
 class ToyDataset:
   """Fresh samples for every training step, drawn from `fold_in(seed, step)`; a fixed held-out set."""
@@ -42,9 +60,8 @@ class ToyDataset:
 
   def _local(self, x, axis):
     """This process's slice of the global batch (every process draws the same global batch)."""
-    per_process = x.shape[axis] // jax.process_count()
-    start = jax.process_index() * per_process
-    return jax.lax.slice_in_dim(x, start, start + per_process, axis=axis)
+    local = _local_slice(x.shape[axis])
+    return jax.lax.slice_in_dim(x, local.start, local.stop, axis=axis)
 
   def train_batches(self, step, n):
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(self.seed), s))(step + jnp.arange(n))
@@ -62,7 +79,371 @@ def _sample_batches(sampler, keys, batch_size):
   return jax.vmap(lambda key: sampler(key, batch_size))(keys)
 
 
-DATASETS = {**TOY_DATASETS, **IMAGE_TOY_DATASETS}
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed, epoch, size):
+  """The order in which epoch `epoch` visits `size` examples: a pure function of `(seed, epoch)`."""
+  return np.random.default_rng((seed, epoch)).permutation(size)
+
+
+def example_indices(seed, size, positions):
+  """Example index at each position of the endless stream that concatenates per-epoch permutations."""
+  positions = np.asarray(positions, np.int64)
+  epochs, offsets = np.divmod(positions, size)
+  indices = np.empty_like(positions)
+  for epoch in np.unique(epochs):
+    at = epochs == epoch
+    indices[at] = epoch_permutation(seed, int(epoch), size)[offsets[at]]
+  return indices
+
+
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1  # separate random streams for training and evaluation augmentation
+
+
+def _to_float(images, keys, flip, dequantize):
+  """uint8 images -> float32 in [0, 1]; optional random flip and uniform dequantization, one RNG per image.
+
+  Dequantization is the reference's `(U[0, 1) + 255 x) / 256`, so pixel k lands in [k/256, (k+1)/256).
+  """
+  out = np.empty(images.shape, np.float32)
+  for i, (image, key) in enumerate(zip(images, keys)):
+    rng = np.random.default_rng(key)
+    if flip and rng.random() < 0.5:
+      image = image[:, ::-1]  # horizontal: the width axis of an HWC image
+    if dequantize:
+      out[i] = (image + rng.random(image.shape, np.float32)) / 256.0
+    else:
+      out[i] = image / np.float32(255.0)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+  """Images from random-access sources, in a seeded per-epoch order; the batch of step s depends only on (seed, s).
+
+  Each source is a sequence (`len`, `[i]`) of uint8 `(H, W, C)` images, already cropped and resized.
+  Global batch position j of step s is example `permutation(seed, epoch)[(s * batch_size + j) % N]`;
+  process i reads and augments only positions `[i * B / P, (i + 1) * B / P)`.
+  """
+
+  train_source: Sequence
+  eval_source: Sequence
+  seed: int
+  batch_size: int
+  eval_batch_size: int
+  num_eval: int
+  random_flip: bool = False
+  uniform_dequantization: bool = False
+
+  def train_batches(self, step, n):
+    """float32 `(n, batch_size / process_count, H, W, C)` in [0, 1] for steps `step .. step + n - 1`."""
+    steps = int(step) + np.arange(n)[:, None]
+    columns = np.arange(self.batch_size)[_local_slice(self.batch_size)][None, :]
+    indices = example_indices(self.seed, len(self.train_source), steps * self.batch_size + columns)
+    images = _gather(self.train_source, indices.ravel())
+    keys = [(self.seed, _TRAIN_STREAM, int(s), int(j)) for s, j in np.broadcast(steps, columns)]
+    images = _to_float(images, keys, self.random_flip, self.uniform_dequantization)
+    return images.reshape(indices.shape + images.shape[1:])
+
+  def eval_batches(self, split="eval", uniform_dequantization=False):
+    """One in-order pass over the first `num_eval` examples of `split` ("eval" or "train"), no flips.
+
+    The last partial batch is dropped (`drop_remainder=True`, as the reference), so every
+    batch has `eval_batch_size` examples; this process gets its slice of each.
+    """
+    source = {"eval": self.eval_source, "train": self.train_source}[split]
+    size = min(len(source), self.num_eval) if self.num_eval else len(source)
+    if size < self.eval_batch_size:
+      raise ValueError(f"the {split} split has {size} examples, fewer than eval.batch_size={self.eval_batch_size}")
+    local = np.arange(self.eval_batch_size)[_local_slice(self.eval_batch_size)]
+    for b in range(size // self.eval_batch_size):
+      images = _gather(source, b * self.eval_batch_size + local)
+      keys = [(self.seed, _EVAL_STREAM, b, int(j)) for j in local]
+      yield _to_float(images, keys, False, uniform_dequantization)
+
+
+_POOL = futures.ThreadPoolExecutor(max_workers=8)  # PIL decoding and resizing release the GIL
+
+
+def _gather(source, indices):
+  if isinstance(source, np.ndarray):
+    return source[indices]
+  return np.stack(list(_POOL.map(source.__getitem__, (int(i) for i in indices))))
+
+
+# Host-side preprocessing of uint8 HWC images.
+
+def resize(image, height, width, method="bilinear"):
+  """Antialiased resize of a uint8 `(H, W, C)` image with PIL, rounded back to uint8.
+
+  PIL widens its bilinear / bicubic filters by the downscaling factor: the antialiasing
+  of the reference's `tf.image.resize(antialias=True)` (and of `jax.image.resize`, the same
+  algorithm; they agree within 1/255, see the tests). PIL runs in C on images of any size,
+  without a compile per input shape, releases the GIL, and keeps 8-bit levels for dequantization.
+  """
+  if image.shape[:2] == (height, width):
+    return image
+  resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[method]
+  channels = [np.asarray(Image.fromarray(image[..., c]).resize((width, height), resample))
+              for c in range(image.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def central_crop(image, size):
+  """The centred `size x size` window."""
+  top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def resize_small(image, resolution):
+  """Shorter side -> `resolution`, aspect ratio kept; sizes rounded to integers (the reference's B23 fixed)."""
+  height, width = image.shape[:2]
+  ratio = resolution / min(height, width)
+  return resize(image, round(height * ratio), round(width * ratio))
+
+
+def crop_resize(image, resolution):
+  """Largest centred square, then a bicubic antialiased resize (the reference's LSUN path)."""
+  return resize(central_crop(image, min(image.shape[:2])), resolution, resolution, "bicubic")
+
+
+# TFDS data sets, read without TensorFlow.
+
+class DataNotPreparedError(ValueError):
+  """A TFDS data set is not on disk in a random-access format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedSource:
+  """`source[i]` passed through `fn` on read."""
+
+  source: Sequence
+  fn: Callable
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return self.fn(self.source[i])
+
+
+def tfds_source(name, split, data_dir=None):
+  """`tfds.data_source(name, split)` with errors that say what to do; never downloads.
+
+  `data_dir` None means tfds's default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  """
+  import tensorflow_datasets as tfds  # imported here: toy runs do not need it
+
+  builder = tfds.builder(name, data_dir=data_dir)
+  splits = builder.info.splits  # empty until the data set is prepared (and under tfds.testing.mock_data)
+  if splits and split not in splits:
+    raise ValueError(f"TFDS data set {name!r} has no split {split!r}; available splits: {', '.join(sorted(splits))}")
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as error:  # tfds raises several types for "absent" and "prepared as TFRecord"
+    root = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise DataNotPreparedError(
+        f"cannot open TFDS data set {name!r} (split {split!r}) in {builder.data_dir} for random access "
+        f"({type(error).__name__}: {error}). score_jax reads the ArrayRecord format without TensorFlow and never "
+        f"downloads during a run. Prepare it once on a machine with network access: `tfds build {name} "
+        f"--file_format=array_record --data_dir={root}` or `python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.data_source('{name}', download=True)\"`, then point TFDS_DATA_DIR at that folder "
+        f"(now {root}).") from error
+
+
+def _tfds_pair(name, train_split, eval_split, preprocess):
+  return tuple(MappedSource(tfds_source(name, split), lambda example: preprocess(example["image"]))
+               for split in (train_split, eval_split))
+
+
+def _resize_to(size):
+  return lambda image: resize(image, size, size)
+
+
+def cifar10(config):
+  return _tfds_pair("cifar10", "train", "test", _resize_to(config.data.image_size))
+
+
+def svhn(config):
+  return _tfds_pair("svhn_cropped", "train", "test", _resize_to(config.data.image_size))
+
+
+def mnist(config):
+  return _tfds_pair("mnist", "train", "test", _resize_to(config.data.image_size))
+
+
+def celeba(config):
+  size = config.data.image_size
+  return _tfds_pair("celeb_a", "train", "validation", lambda image: resize_small(central_crop(image, 140), size))
+
+
+def lsun(config):
+  size, category = config.data.image_size, config.data.category
+  if not category:
+    raise ValueError("data.dataset='LSUN' needs data.category, e.g. 'bedroom' or 'church_outdoor'")
+  if size == 128:
+    preprocess = lambda image: central_crop(resize_small(image, size), size)  # noqa: E731
+  else:
+    preprocess = lambda image: crop_resize(image, size)  # noqa: E731
+  return _tfds_pair(f"lsun/{category}", "train", "validation", preprocess)
+
+
+# FFHQ / CelebA-HQ: TFRecord files of tf.train.Example protos, read without TensorFlow.
+
+@functools.cache
+def _crc32c_table():
+  table = []
+  for n in range(256):
+    for _ in range(8):
+      n = (n >> 1) ^ 0x82F63B78 if n & 1 else n >> 1
+    table.append(n)
+  return table
+
+
+def crc32c(data):
+  """CRC-32C (Castagnoli polynomial), bytewise."""
+  table, crc = _crc32c_table(), 0xFFFFFFFF
+  for byte in data:
+    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data):
+  """The TFRecord checksum: CRC-32C rotated right by 15 bits plus a constant."""
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(buffer, pos):
+  result = shift = 0
+  while True:
+    byte = buffer[pos]
+    result |= (byte & 0x7F) << shift
+    pos, shift = pos + 1, shift + 7
+    if byte < 0x80:
+      return result, pos
+
+
+def _proto_fields(buffer):
+  """`(field number, wire type, value)` of a serialised protobuf message; values are ints or bytes."""
+  pos = 0
+  while pos < len(buffer):
+    key, pos = _varint(buffer, pos)
+    wire = key & 7
+    if wire == 0:
+      value, pos = _varint(buffer, pos)
+    elif wire == 2:
+      length, pos = _varint(buffer, pos)
+      value, pos = buffer[pos:pos + length], pos + length
+    elif wire in (1, 5):
+      width = 8 if wire == 1 else 4
+      value, pos = buffer[pos:pos + width], pos + width
+    else:
+      raise ValueError(f"unsupported protobuf wire type {wire}")
+    yield key >> 3, wire, value
+
+
+def parse_example(serialized):
+  """A serialised `tf.train.Example` -> `{name: list of bytes | int | float}`."""
+  features = {}
+  for number, _, message in _proto_fields(memoryview(serialized)):
+    if number != 1:  # Example.features
+      continue
+    for _, _, entry in _proto_fields(message):  # Features.feature: map<string, Feature> entries
+      fields = {n: v for n, _, v in _proto_fields(entry)}
+      features[bytes(fields.get(1, b"")).decode()] = _feature_values(fields.get(2, b""))
+  return features
+
+
+def _feature_values(feature):
+  for kind, _, values in _proto_fields(feature):  # Feature: 1 bytes_list, 2 float_list, 3 int64_list
+    out = []
+    for _, wire, value in _proto_fields(values):
+      if kind == 1:
+        out.append(bytes(value))
+      elif kind == 2:
+        out.extend(np.frombuffer(value, "<f4").tolist())
+      elif wire == 2:  # packed int64s
+        pos = 0
+        while pos < len(value):
+          number, pos = _varint(value, pos)
+          out.append(number - (1 << 64) if number >= 1 << 63 else number)
+      else:
+        out.append(value - (1 << 64) if value >= 1 << 63 else value)
+    return out
+  return []
+
+
+class TFRecordImages:
+  """Random access to TFRecords whose Examples hold `shape` (int64[3]) and `data` (uint8 bytes in CHW order).
+
+  The framing (uint64 length, masked CRC-32C of the length, payload, masked CRC-32C of the
+  payload) is indexed once on construction. Length checksums are verified; payload checksums
+  are not (pure-Python CRC of megabytes per image would dominate the read).
+  """
+
+  def __init__(self, pattern):
+    self.paths = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not self.paths:
+      raise FileNotFoundError(f"no TFRecord file matches data.tfrecords_path={pattern!r}")
+    self.records = [(f, offset, length) for f, path in enumerate(self.paths) for offset, length in _scan(path)]
+    if not self.records:
+      raise ValueError(f"{pattern!r} holds no records")
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    f, offset, length = self.records[i]
+    with open(self.paths[f], "rb") as file:
+      file.seek(offset)
+      features = parse_example(file.read(length))
+    if "shape" not in features or "data" not in features:
+      raise ValueError(f"record {i} of {self.paths[f]} lacks the features 'shape' and 'data': {sorted(features)}")
+    return np.frombuffer(features["data"][0], np.uint8).reshape(features["shape"]).transpose(1, 2, 0)
+
+
+def _scan(path):
+  """`(payload offset, payload length)` of every record of one TFRecord file."""
+  size, offset = os.path.getsize(path), 0
+  with open(path, "rb") as file:
+    while offset < size:
+      file.seek(offset)
+      header = file.read(12)
+      length, length_crc = struct.unpack("<QI", header) if len(header) == 12 else (0, None)
+      if length_crc != masked_crc32c(header[:8]):
+        raise ValueError(f"{path} is not a TFRecord file (bad record header at byte {offset})")
+      if offset + 16 + length > size:
+        raise ValueError(f"{path} is truncated (the record at byte {offset} runs past the end)")
+      yield offset + 12, length
+      offset += 16 + length
+
+
+def tfrecords(config):
+  """FFHQ / CelebA-HQ from `data.tfrecords_path`; evaluation reads the same records, as the reference."""
+  if not config.data.tfrecords_path:
+    raise ValueError(f"data.dataset={config.data.dataset!r} reads data.tfrecords_path, which is empty: set it "
+                     "to the .tfrecords file (or glob) of the wanted resolution")
+  source = TFRecordImages(config.data.tfrecords_path)
+  return source, source
+
+
+def digits(config):
+  """The embedded 8x8 digits at `data.image_size`: the first 1500 train, the last 297 are held out."""
+  images, _ = load_digits(config.data.image_size)
+  return images[:DIGITS_TRAIN_SIZE], images[DIGITS_TRAIN_SIZE:]
+
+
+IMAGE_DATASETS = {
+    "CIFAR10": cifar10,
+    "SVHN": svhn,
+    "MNIST": mnist,
+    "CELEBA": celeba,
+    "LSUN": lsun,
+    "FFHQ": tfrecords,
+    "CelebAHQ": tfrecords,
+    "digits": digits,
+}
+DATASETS = {**TOY_DATASETS, **IMAGE_TOY_DATASETS, **IMAGE_DATASETS}
 
 
 def get_dataset(config):
@@ -70,6 +451,16 @@ def get_dataset(config):
   name = config.data.dataset
   if name not in DATASETS:
     raise choice_error("data.dataset", name, DATASETS)
+  if name in IMAGE_DATASETS:
+    train_source, eval_source = IMAGE_DATASETS[name](config)
+    expected = (config.data.image_size, config.data.image_size, config.data.num_channels)
+    if tuple(train_source[0].shape) != expected:
+      raise ValueError(f"data.dataset={name!r} gives images of shape {tuple(train_source[0].shape)}, but "
+                       f"data.image_size and data.num_channels ask for {expected}")
+    return ImageDataset(train_source, eval_source, seed=config.seed, batch_size=config.training.batch_size,
+                        eval_batch_size=config.eval.batch_size, num_eval=config.data.get("num_eval", 0),
+                        random_flip=config.data.random_flip,
+                        uniform_dequantization=config.data.uniform_dequantization)
   if name in IMAGE_TOY_DATASETS:
     sampler = functools.partial(IMAGE_TOY_DATASETS[name], image_size=config.data.image_size,
                                 num_channels=config.data.num_channels)

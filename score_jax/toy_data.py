@@ -1,9 +1,15 @@
-"""2-D toy distributions that need no download: pure `sampler(rng, n) -> (n, 2)` functions."""
+"""Data that needs no download: 2-D toy samplers, synthetic `blobs` images, embedded 8x8 digits.
 
+Toy sets are pure `sampler(rng, n) -> (n, ...)` functions; `load_digits` reads the
+small image set shipped in `score_jax/assets/`.
+"""
+
+import importlib.resources
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def checkerboard(rng, n):
@@ -69,3 +75,21 @@ def blobs(rng, n, image_size=16, num_channels=3, max_blobs=3):
 
 
 IMAGE_TOY_DATASETS = {"blobs": blobs}
+
+
+DIGITS_TRAIN_SIZE = 1500  # the first 1500 of the 1797 digits train; the last 297 are held out
+
+
+def load_digits(image_size=16):
+  """The UCI / scikit-learn 8x8 handwritten digits, upsampled bilinearly to `image_size`.
+
+  Returns:
+    `(images, labels)`: uint8 `(1797, image_size, image_size, 1)` in 0..255 and uint8 `(1797,)`,
+    in the order of `score_jax/assets/digits.npz` (see the README there for source and licence).
+  """
+  with importlib.resources.files("score_jax").joinpath("assets/digits.npz").open("rb") as f:
+    data = np.load(f)
+    images, labels = data["images"], data["labels"]
+  x = jnp.asarray(images, jnp.float32)[..., None] / 16.0  # 0..16 "on" pixels per 4x4 block -> [0, 1]
+  x = jax.image.resize(x, (x.shape[0], image_size, image_size, 1), "bilinear")
+  return np.asarray(jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0)).astype(np.uint8), labels
