@@ -28,6 +28,7 @@ def get_default_configs():
   training.snapshot_sampling = True         # draw samples at every snapshot
   training.keep_checkpoints = 0             # snapshot checkpoints kept (0 keeps all, as the reference)
   training.eps = 1e-5                       # smallest diffusion time of the loss (reference constant, B19)
+  training.step_loop = "auto"               # auto | scan | dispatch: how a block of n_jitted_steps runs
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"                    # pc | ode

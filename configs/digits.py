@@ -19,7 +19,7 @@ def get_config():
   training.reduce_mean = True
   training.batch_size = 64
   training.n_iters = 1500
-  training.n_jitted_steps = 1                # on CPU, compile time grows with the steps per dispatch
+  training.n_jitted_steps = 5                # CPU dispatches image steps one by one (training.step_loop)
   training.log_freq = 50
   training.eval_freq = 250
   training.snapshot_freq = 750

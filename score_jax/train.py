@@ -4,6 +4,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -11,6 +12,7 @@ from score_jax import checkpoint, datasets, losses, parallel, plotting, sde as s
 from score_jax.config_utils import validate_config
 from score_jax.metric_writer import MetricWriter
 from score_jax.models import get_data_shape, get_model
+from score_jax.utils import choice_error
 from score_jax.train_state import get_eval_step, get_multi_step, get_train_step, init_train_state
 
 
@@ -30,6 +32,34 @@ def _snapshot_samples(run, workdir, state, step, reference=None):
   return path
 
 
+STEP_LOOPS = ("auto", "scan", "dispatch")
+
+
+def _step_loop(config):
+  """How the `n_jitted_steps` of one block run: one `lax.scan` program, or one dispatch per step.
+
+  "auto" scans, except for image data on CPU: XLA:CPU runs convolutions inside a
+  while loop about 30x slower than the same step jitted alone (0.31 s vs 9.4 s
+  per step for the digits DDPM++ on 2 cores), so there each step is dispatched
+  on its own (asynchronously: the host does not wait between steps).
+  """
+  choice = config.training.get("step_loop", "auto")
+  if choice not in STEP_LOOPS:
+    raise choice_error("training.step_loop", choice, STEP_LOOPS)
+  if choice != "auto":
+    return choice
+  images = len(get_data_shape(config)) == 3
+  return "dispatch" if images and jax.default_backend() == "cpu" else "scan"
+
+
+def _dispatch_steps(single_step, state, batches):
+  block_losses = []
+  for i in range(batches.shape[0]):
+    state, loss = single_step(state, batches[i])
+    block_losses.append(loss)
+  return state, jnp.stack(block_losses)
+
+
 class _Setup:
   """Everything static about a run, built once from the config."""
 
@@ -47,9 +77,16 @@ class _Setup:
     train_step = get_train_step(self.sde, self.model, self.optimizer, loss_config,
                                 ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0))
     replicated = parallel.replicated(self.mesh)
-    self.multi_step = jax.jit(get_multi_step(train_step), donate_argnums=0,
-                              in_shardings=(replicated, parallel.data_sharded(self.mesh, 1)),
-                              out_shardings=(replicated, replicated))
+    self.step_loop = _step_loop(config)
+    if self.step_loop == "scan":
+      self.multi_step = jax.jit(get_multi_step(train_step), donate_argnums=0,
+                                in_shardings=(replicated, parallel.data_sharded(self.mesh, 1)),
+                                out_shardings=(replicated, replicated))
+    else:
+      single_step = jax.jit(train_step, donate_argnums=0,
+                            in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
+                            out_shardings=(replicated, replicated))
+      self.multi_step = functools.partial(_dispatch_steps, single_step)
     self.eval_step = jax.jit(get_eval_step(self.sde, self.model, loss_config, rng=jax.random.fold_in(base_rng, 1)),
                              in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
                              out_shardings=replicated)

@@ -25,6 +25,7 @@ def get_default_configs():
   training.snapshot_sampling = True         # draw and plot samples at every snapshot
   training.keep_checkpoints = 5             # snapshot checkpoints kept (0 keeps all)
   training.eps = 1e-5                       # smallest diffusion time of the loss
+  training.step_loop = "auto"               # auto | scan | dispatch: how a block of n_jitted_steps runs
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"                    # pc | ode
