@@ -68,8 +68,10 @@ class ToyDataset:
     batches = _sample_batches(self.sampler, keys, self.batch_size)
     return self._local(batches, axis=1)
 
-  def eval_batches(self):
-    data = self.sampler(jax.random.PRNGKey(self.seed + 1_000_003), self.num_eval)
+  def eval_batches(self, split="eval"):
+    """The fixed held-out set ("eval"), or as many fresh draws from the training distribution ("train")."""
+    offset = {"eval": 1_000_003, "train": 2_000_003}[split]
+    data = self.sampler(jax.random.PRNGKey(self.seed + offset), self.num_eval)
     for start in range(0, self.num_eval - self.eval_batch_size + 1, self.eval_batch_size):
       yield self._local(data[start:start + self.eval_batch_size], axis=0)
 

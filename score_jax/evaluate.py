@@ -66,7 +66,7 @@ def _negative_log_likelihood(config, run, state, rng):
                                           hutchinson=ev.get("hutchinson", "rademacher"), num_repeats=repeats)
     nll_fn = lambda rng, variables, x: bpd_fn(rng, variables, x).bpd
   values = []
-  batches = list(run.dataset.eval_batches())
+  batches = list(run.dataset.eval_batches(split="train" if ev.bpd_dataset == "train" else "eval"))
   for i, batch in enumerate(tqdm.tqdm(batches, desc="likelihood", disable=jax.process_index() != 0)):
     values.append(jax.device_get(nll_fn(jax.random.fold_in(rng, i), state.variables(), run.scaler(batch))))
   return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate(values)))
