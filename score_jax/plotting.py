@@ -39,8 +39,11 @@ def image_grid(images, padding=2):
   return grid
 
 
-def save_image_grid(path, images):
+def save_image_grid(path, images, min_width=384):
+  """Writes the grid of `images` as PNG, enlarged (nearest neighbour) to at least `min_width` pixels."""
   grid = image_grid(images)
+  scale = max(1, min_width // grid.shape[1])
+  grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
   plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None)
 
 
