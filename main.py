@@ -14,7 +14,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "Run training or evaluation.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats"],
+                  "Train, evaluate checkpoints, or compute the data set's Inception statistics for FID.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) of a multi-host run.")
@@ -48,8 +49,10 @@ def main(argv):
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
+    elif FLAGS.mode == "eval":
       evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
+    else:
+      evaluate.compute_fid_stats(FLAGS.config, FLAGS.workdir)
   except (ValueError, train.NonFiniteLossError) as error:
     sys.exit(f"main.py: {error}")
 

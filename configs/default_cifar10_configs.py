@@ -53,6 +53,11 @@ def get_default_configs():
   evaluate.bpd_dataset = "test"             # train | test
   evaluate.bpd_num_repeats = 5              # likelihood estimates averaged per example (fresh noise each)
   evaluate.hutchinson = "rademacher"        # divergence: rademacher | gaussian | exact (small dims only)
+  evaluate.enable_fid = True                # FID / KID / Inception score of the samples (needs --mode=fid_stats)
+  evaluate.stats_path = ""                  # data statistics file (default <workdir>/stats/<dataset>_<size>_stats.npz)
+  evaluate.inception_path = ""              # local pt_inception-2015-12-05 .pth (else downloaded once and cached)
+  evaluate.inception_url = ""               # download address of those weights (default: the pytorch-fid release)
+  evaluate.inception_cache_dir = ""         # download cache (default ~/.cache/score_jax)
   evaluate.num_eval_batches = 0             # held-out batches for the eval loss (0: the whole split, as the reference)
 
   config.data = data = ml_collections.ConfigDict()

@@ -72,6 +72,63 @@ def _negative_log_likelihood(config, run, state, rng):
   return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate(values)))
 
 
+def _features_fn(config):
+  """The FID Inception-v3 feature extractor named by `eval.inception_path` / `eval.inception_url`."""
+  from score_jax import inception
+
+  ev = config.eval
+  return inception.get_inception_fn(path=ev.get("inception_path") or None, url=ev.get("inception_url") or None,
+                                    cache_dir=ev.get("inception_cache_dir") or None)
+
+
+def _to_uint8(images):
+  """The reference's cast before the Inception network: clip(x * 255, 0, 255) as uint8."""
+  return np.clip(np.asarray(images) * 255.0, 0, 255).astype(np.uint8)
+
+
+def stats_path(config, workdir):
+  """Where `--mode=fid_stats` writes and evaluation reads the data set's Inception features."""
+  if config.eval.get("stats_path"):
+    return config.eval.stats_path
+  return os.path.join(workdir, "stats", f"{config.data.dataset.lower()}_{config.data.image_size}_stats.npz")
+
+
+def compute_fid_stats(config, workdir):
+  """Inception pool3 features of every training image (uint8, no dequantisation), as the reference."""
+  run = _Setup(config)
+  source = getattr(run.dataset, "train_source", None)
+  if source is None:
+    raise ValueError(f"--mode=fid_stats needs an image data set with a training split, not {config.data.dataset!r}")
+  features_fn = _features_fn(config)
+  batch = config.eval.batch_size
+  pool3 = []
+  for start in tqdm.trange(0, len(source), batch, desc="data features", disable=jax.process_index() != 0):
+    images = np.stack([np.asarray(source[i]) for i in range(start, min(start + batch, len(source)))])
+    pool3.append(features_fn(images).pool3)
+  pool3 = np.concatenate(pool3)
+  path = stats_path(config, workdir)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  mu, sigma = evaluation.feature_statistics(pool3)
+  np.savez_compressed(path + ".tmp.npz", pool_3=pool3, mu=mu, sigma=sigma)
+  os.replace(path + ".tmp.npz", path)
+  logging.info("Wrote the Inception statistics of %d training images to %s", len(pool3), path)
+  return path
+
+
+def _sample_quality(config, workdir, samples, features_fn):
+  """FID, KID and Inception score of image samples against the data set's statistics."""
+  path = stats_path(config, workdir)
+  if not os.path.exists(path):
+    raise ValueError(f"no data statistics at {path}: run `python main.py --config=... --workdir={workdir} "
+                     "--mode=fid_stats` first, or set eval.stats_path (or eval.enable_fid=False)")
+  with np.load(path) as stats:
+    data_pool3, mu, sigma = stats["pool_3"], stats["mu"], stats["sigma"]
+  out = features_fn(_to_uint8(samples))
+  return {"fid": evaluation.frechet_distance(mu, sigma, *evaluation.feature_statistics(out.pool3)),
+          "kid": evaluation.kernel_inception_distance(data_pool3, out.pool3),
+          "inception_score": evaluation.inception_score(out.logits)}
+
+
 def evaluate(config, workdir, eval_folder="eval"):
   """Evaluates checkpoints `eval.begin_ckpt .. eval.end_ckpt`; returns their reports."""
   run = _Setup(config)
@@ -80,6 +137,9 @@ def evaluate(config, workdir, eval_folder="eval"):
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))
   target = run.init_state()
   timeout = config.eval.get("checkpoint_timeout", 0)
+  images = len(get_data_shape(config)) == 3
+  features_fn = _features_fn(config) if images and config.eval.enable_sampling and config.eval.get(
+      "enable_fid", False) else None
   reports = {}
   for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
     report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
@@ -108,6 +168,8 @@ def evaluate(config, workdir, eval_folder="eval"):
         report["sliced_wasserstein"] = evaluation.sliced_wasserstein(samples, reference)
       report["samples_png"] = plotting.save_samples(os.path.join(eval_dir, f"ckpt_{ckpt}_samples"), samples,
                                                     reference=reference, title=f"checkpoint {ckpt}")
+      if features_fn is not None:
+        report.update(_sample_quality(config, workdir, samples, features_fn))
       report["nfe_per_batch"] = nfe // max(1, -(-config.eval.num_samples // config.eval.batch_size))
     if jax.process_index() == 0:
       with open(report_path + ".tmp", "w") as f:

@@ -110,9 +110,10 @@ class _Setup:
     return parallel.shard_batch(self.mesh, local, batch_axis=1)
 
   def eval_loss(self, state, num_batches=1):
+    """Mean loss (EMA parameters) over the first `num_batches` held-out batches; 0 means all of them."""
     values = []
     for i, batch in enumerate(self.dataset.eval_batches()):
-      if i >= num_batches:
+      if num_batches and i >= num_batches:
         break
       values.append(self.eval_step(state, parallel.shard_batch(self.mesh, self.scaler(batch))))
     return float(np.mean(jax.device_get(values)))

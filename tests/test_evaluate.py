@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from score_jax import evaluate, train
 from tests.helpers import tiny_toy_config
@@ -29,3 +30,48 @@ def test_evaluate_reports_each_checkpoint_and_skips_finished_ones(tmp_path):
   again = evaluate.evaluate(config, workdir)
   assert again[1] == {"ckpt": 1, "marker": True}
   assert again[2]["eval_loss"] == reports[2]["eval_loss"]
+
+
+def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
+  """--mode=fid_stats then eval with FID on (the Inception network replaced by a fixed random projection;
+  the network itself is tested in test_inception.py, the formulas in test_evaluation.py)."""
+  from configs import digits
+  from score_jax import evaluation, inception
+
+  projection = np.random.default_rng(0).normal(size=(8 * 8 * 1, 16))
+
+  def fake_features(images):
+    flat = np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
+    pool3 = flat @ projection
+    return inception.InceptionOutput(pool3=pool3, logits=pool3[:, :10])
+
+  monkeypatch.setattr(inception, "get_inception_fn", lambda **kwargs: fake_features)
+  config = digits.get_config()
+  config.data.image_size = 8
+  config.model.nf = 8
+  config.model.ch_mult = (1,)
+  config.model.attn_resolutions = ()
+  config.model.num_scales = 5
+  config.training.n_iters = config.training.snapshot_freq = 2
+  config.training.log_freq = config.training.eval_freq = config.training.snapshot_freq_for_preemption = 2
+  config.training.n_jitted_steps = 1
+  config.training.batch_size = config.sampling.batch_size = 8
+  config.training.snapshot_sampling = False
+  config.eval.batch_size = config.eval.num_samples = 32
+  config.eval.begin_ckpt = config.eval.end_ckpt = 1
+  config.eval.enable_fid = True
+  config.sampling.predictor, config.sampling.corrector = "euler_maruyama", "none"
+  workdir = str(tmp_path)
+  with pytest.raises(ValueError, match="--mode=fid_stats"):
+    train.train_and_evaluate(config, workdir)
+    evaluate.evaluate(config, workdir)
+  path = evaluate.compute_fid_stats(config, workdir)
+  stats = np.load(path)
+  assert stats["pool_3"].shape == (1500, 16)  # every training digit
+  report = evaluate.evaluate(config, workdir)[1]
+  samples = np.load(tmp_path / "eval" / "ckpt_1_samples.npz")["samples"]
+  expected = evaluation.frechet_distance_from_features(stats["pool_3"],
+                                                       fake_features(evaluate._to_uint8(samples)).pool3)
+  np.testing.assert_allclose(report["fid"], expected, rtol=1e-6)
+  assert np.isfinite(report["kid"]) and report["inception_score"] >= 1.0
+  assert np.isfinite(report["eval_loss"])  # eval.num_eval_batches = 0: the whole held-out split
