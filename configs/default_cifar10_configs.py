@@ -45,6 +45,7 @@ def get_default_configs():
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9                   # first snapshot checkpoint to evaluate
   evaluate.end_ckpt = 26                    # last snapshot checkpoint to evaluate
+  evaluate.checkpoint_timeout = 0          # seconds to wait for a checkpoint not yet written (training alongside)
   evaluate.batch_size = 1024                # evaluation batch size
   evaluate.enable_sampling = False          # draw samples for FID / IS / KID
   evaluate.num_samples = 50000              # samples per checkpoint

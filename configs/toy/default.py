@@ -42,6 +42,7 @@ def get_default_configs():
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 1                   # first snapshot checkpoint to evaluate
   evaluate.end_ckpt = 2                     # last snapshot checkpoint to evaluate
+  evaluate.checkpoint_timeout = 0          # seconds to wait for a checkpoint not yet written (training alongside)
   evaluate.batch_size = 1024                # evaluation batch size
   evaluate.enable_sampling = True           # draw samples (and plot them)
   evaluate.num_samples = 2048               # samples per checkpoint
