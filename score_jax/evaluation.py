@@ -75,6 +75,11 @@ def sliced_wasserstein(x, y, *, num_projections=256, seed=0):
   directions = np.random.default_rng(seed).normal(size=(x.shape[1], num_projections))
   directions /= np.linalg.norm(directions, axis=0, keepdims=True)
   levels = (np.arange(min(len(x), len(y))) + 0.5) / min(len(x), len(y))
-  qx = np.quantile(x @ directions, levels, axis=0)
-  qy = np.quantile(y @ directions, levels, axis=0)
-  return float(np.sqrt(np.mean((qx - qy) ** 2)))
+  return float(np.sqrt(np.mean((_quantiles(x @ directions, levels) - _quantiles(y @ directions, levels)) ** 2)))
+
+
+def _quantiles(projections, levels):
+  """Empirical quantiles of each column at `levels`, by sorting (O(n log n) per direction)."""
+  ordered = np.sort(projections, axis=0)
+  positions = (np.arange(len(ordered)) + 0.5) / len(ordered)
+  return np.stack([np.interp(levels, positions, column) for column in ordered.T], axis=1)

@@ -314,7 +314,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps):
   """Builds the sampler of `config.sampling` for `model`.
 
   `config.sampling.method` is "pc" (predictor, corrector, snr, n_steps_each, probability_flow,
-  noise_removal) or "ode" (rtol, atol, noise_removal). Both score functions use
+  noise_removal), "ode" (rtol, atol, noise_removal) or a fast sampler ("ddim", "dpm_solver", "heun",
+  "adaptive_sde": `fast_samplers.config_options`). All score functions use
   `config.training.continuous`: the reference's ODE sampler always used continuous labels (B6),
   which feeds sigma to discrete VE networks that expect an index; ours gives every network the
   labels it was trained on.
@@ -335,11 +336,13 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps):
     sampler = _pc_sample
   elif method == "ode":
     options = dict(rtol=sampling.get("rtol", 1e-5), atol=sampling.get("atol", 1e-5), eps=eps,
-                   denoise=sampling.noise_removal, max_steps=sampling.get("max_steps", 4096),
+                   denoise=sampling.noise_removal, max_steps=sampling.get("max_steps") or 4096,
                    noise_fn=gaussian_noise)
     sampler = _ode_sample
+  elif method in fast_samplers.FAST_SAMPLERS:  # options from config.sampling.<option name>
+    sampler, options = fast_samplers.config_options(method, sampling, eps)
   else:
-    raise choice_error("sampling.method", sampling.method, ("pc", "ode"))
+    raise choice_error("sampling.method", sampling.method, SAMPLERS)
 
   @jax.jit
   def sample_fn(rng, variables):
@@ -348,3 +351,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps):
     return output.replace(samples=inverse_scaler(output.samples))
 
   return sample_fn
+
+
+# The fast samplers register themselves in `SAMPLERS` (they import this module's helpers).
+from score_jax import fast_samplers  # noqa: E402

@@ -64,6 +64,22 @@ class SDE(abc.ABC):
     """The reverse-time SDE (Eq. (6)) or, with `probability_flow`, the probability-flow ODE (Eq. (13))."""
     return ReverseSDE(self, score_fn, probability_flow)
 
+  # For the fast samplers: x(t) = m(t) x(0) + std(t) z, noise level sigma(t) = std / m (Karras et al.
+  # 2022, Sec. 4) and log-SNR lambda(t) = -log sigma(t) (Lu et al. 2022); all elementwise in `t`.
+
+  def marginal_coeffs(self, t):
+    """(m(t), std(t)), each shaped like `t`: the perturbation kernel's mean scale and std."""
+    return self.marginal_prob(jnp.ones_like(t), t)
+
+  def noise_level(self, t):
+    """sigma(t) = std(t) / m(t), the noise level of the scaled variable x / m (Karras et al. 2022)."""
+    mean_scale, std = self.marginal_coeffs(t)
+    return std / mean_scale
+
+  def noise_level_to_t(self, sigma):
+    """The time t at which `noise_level(t) = sigma` (the inverse of `noise_level`)."""
+    raise NotImplementedError(f"{type(self).__name__} does not invert its noise level")
+
 
 @dataclasses.dataclass(frozen=True)
 class ReverseSDE:
@@ -96,6 +112,12 @@ class ReverseSDE:
 
 def _vp_betas(sde):
   return np.linspace(sde.beta_min / sde.N, sde.beta_max / sde.N, sde.N, dtype=np.float64)
+
+
+def _time_of_log_mean_coeff(sde, neg_log_mean_coeff):
+  """Solves 1/4 t^2 (b1 - b0) + 1/2 t b0 = L for t >= 0 (Eq. (29)), in the cancellation-free form."""
+  b0, db = sde.beta_min, sde.beta_max - sde.beta_min
+  return 2 * neg_log_mean_coeff / (0.5 * b0 + jnp.sqrt(0.25 * b0**2 + db * neg_log_mean_coeff))
 
 
 def _standard_normal_logp(z, scale=1.0):
@@ -175,6 +197,13 @@ class VPSDE(SDE):
   def langevin_alpha(self, t):
     return self.alphas[self.discrete_index(t)]
 
+  def noise_level(self, t):
+    # sigma^2 = 1 / m^2 - 1 = expm1(-2 log m), accurate near t = 0.
+    return jnp.sqrt(jnp.expm1(-2.0 * self.log_mean_coeff(t)))
+
+  def noise_level_to_t(self, sigma):
+    return _time_of_log_mean_coeff(self, 0.5 * jnp.log1p(sigma**2))
+
   def ancestral_step(self, x, t, score):
     """DDPM ancestral step (Eq. (4) of Song et al. 2021); returns (x_mean, noise std `(B,)`).
 
@@ -227,6 +256,15 @@ class subVPSDE(SDE):  # noqa: N801 -- the paper's and the reference's name
     # The reference reads `sde.alphas`, which sub-VP lacks (bug B2); the sub-VP SDE
     # shares the VP beta schedule, so the VP alphas are the natural choice.
     return jnp.asarray(1.0 - _vp_betas(self), jnp.float32)[self.discrete_index(t)]
+
+  def noise_level(self, t):
+    # sigma = (1 - m^2) / m with std = 1 - m^2.
+    log_mean_coeff = self.log_mean_coeff(t)
+    return -jnp.expm1(2.0 * log_mean_coeff) * jnp.exp(-log_mean_coeff)
+
+  def noise_level_to_t(self, sigma):
+    # m^2 + sigma m - 1 = 0, so -log m = log((sigma + sqrt(sigma^2 + 4)) / 2) = asinh(sigma / 2).
+    return _time_of_log_mean_coeff(self, jnp.arcsinh(0.5 * sigma))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +328,12 @@ class VESDE(SDE):
   def output_to_score(self, output, t, continuous):
     del t, continuous  # VE networks divide by sigma themselves (`scale_by_sigma`).
     return output
+
+  def noise_level(self, t):
+    return self.sigma(t)
+
+  def noise_level_to_t(self, sigma):
+    return jnp.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
 
 SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
