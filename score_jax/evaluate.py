@@ -6,7 +6,10 @@ bits/dim (dequantised, `score_jax.likelihood.bits_per_dim`).
 
 Checkpoint k is the snapshot of step `k * training.snapshot_freq`, as in the
 reference. Each finished checkpoint leaves `report_<k>.json` in the eval folder
-and is skipped when evaluation is run again.
+and is skipped when evaluation is run again; within a checkpoint, every sampling
+round and likelihood batch is saved in `ckpt_<k>/` as it finishes, so a killed
+evaluation resumes without recomputing or skipping anything (unlike the
+reference's B17).
 """
 
 import json
@@ -36,16 +39,41 @@ def _wait_for_step(manager, step, timeout):
     time.sleep(min(60.0, max(1.0, deadline - time.time())))
 
 
-def _sample(config, run, state, rng):
-  batches = -(-config.eval.num_samples // config.eval.batch_size)
+def _rounds(directory, name, num_rounds, compute_fn):
+  """Runs `compute_fn(r) -> dict of arrays` for r < num_rounds, each result saved as `<name>_<r>.npz`.
+
+  A round already on disk is loaded instead of recomputed, so an evaluation killed at any point
+  resumes where it stopped; rounds are deterministic in r, so the totals equal an uninterrupted run's.
+  """
+  results = []
+  for r in tqdm.trange(num_rounds, desc=name, disable=jax.process_index() != 0):
+    path = os.path.join(directory, f"{name}_{r}.npz")
+    if os.path.exists(path):
+      with np.load(path) as saved:
+        results.append(dict(saved))
+      continue
+    result = {k: np.asarray(jax.device_get(v)) for k, v in compute_fn(r).items()}
+    if jax.process_index() == 0:
+      np.savez(path + ".tmp.npz", **result)
+      os.replace(path + ".tmp.npz", path)  # atomic: a round exists only when complete
+    results.append(result)
+  return results
+
+
+def _sample(config, run, state, rng, directory):
+  num_rounds = -(-config.eval.num_samples // config.eval.batch_size)
   sample_fn = run.sampler(config.eval.batch_size)
-  outputs = [sample_fn(jax.random.fold_in(rng, i), state.variables(ema=True))
-             for i in tqdm.trange(batches, desc="sampling", disable=jax.process_index() != 0)]
-  samples = np.concatenate([jax.device_get(o.samples) for o in outputs])[:config.eval.num_samples]
-  return samples, int(sum(int(o.nfe) for o in outputs))
+
+  def one_round(r):
+    out = sample_fn(jax.random.fold_in(rng, r), state.variables(ema=True))
+    return {"samples": out.samples, "nfe": out.nfe}
+
+  rounds = _rounds(directory, "samples", num_rounds, one_round)
+  samples = np.concatenate([r["samples"] for r in rounds])[:config.eval.num_samples]
+  return samples, int(sum(int(r["nfe"]) for r in rounds))
 
 
-def _negative_log_likelihood(config, run, state, rng):
+def _negative_log_likelihood(config, run, state, rng, directory):
   """Mean held-out NLL: bits/dim of 8-bit images (dequantised), or nats/dim of flat data."""
   from score_jax import likelihood
 
@@ -65,11 +93,10 @@ def _negative_log_likelihood(config, run, state, rng):
     bpd_fn = likelihood.get_likelihood_fn(config, run.sde, run.model, datasets.get_data_inverse_scaler(config),
                                           hutchinson=ev.get("hutchinson", "rademacher"), num_repeats=repeats)
     nll_fn = lambda rng, variables, x: bpd_fn(rng, variables, x).bpd
-  values = []
   batches = list(run.dataset.eval_batches(split="train" if ev.bpd_dataset == "train" else "eval"))
-  for i, batch in enumerate(tqdm.tqdm(batches, desc="likelihood", disable=jax.process_index() != 0)):
-    values.append(jax.device_get(nll_fn(jax.random.fold_in(rng, i), state.variables(), run.scaler(batch))))
-  return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate(values)))
+  rounds = _rounds(directory, "nll", len(batches), lambda i: {
+      "nll": nll_fn(jax.random.fold_in(rng, i), state.variables(), run.scaler(batches[i]))})
+  return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate([r["nll"] for r in rounds])))
 
 
 def _features_fn(config):
@@ -154,14 +181,17 @@ def evaluate(config, workdir, eval_folder="eval"):
       break
     state = checkpoint.restore(manager, step, target)
     report = {"ckpt": ckpt, "step": step}
+    rounds_dir = os.path.join(eval_dir, f"ckpt_{ckpt}")  # finished rounds of this checkpoint
+    os.makedirs(rounds_dir, exist_ok=True)
     if config.eval.enable_loss:
-      report["eval_loss"] = run.eval_loss(state, config.eval.num_eval_batches)
+      report["eval_loss"] = float(_rounds(rounds_dir, "loss", 1, lambda _: {
+          "loss": run.eval_loss(state, config.eval.num_eval_batches)})[0]["loss"])
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), ckpt)
     if config.eval.enable_bpd:
-      key, value = _negative_log_likelihood(config, run, state, jax.random.fold_in(rng, 1))
+      key, value = _negative_log_likelihood(config, run, state, jax.random.fold_in(rng, 1), rounds_dir)
       report[key] = value
     if config.eval.enable_sampling:
-      samples, nfe = _sample(config, run, state, rng)
+      samples, nfe = _sample(config, run, state, rng, rounds_dir)
       reference = None
       if samples.ndim == 2:
         reference = np.concatenate(list(run.dataset.eval_batches()))

@@ -75,3 +75,40 @@ def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
   np.testing.assert_allclose(report["fid"], expected, rtol=1e-6)
   assert np.isfinite(report["kid"]) and report["inception_score"] >= 1.0
   assert np.isfinite(report["eval_loss"])  # eval.num_eval_batches = 0: the whole held-out split
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_killed_evaluation_resumes_without_recomputing(tmp_path, monkeypatch):
+  """Interrupt evaluation inside a checkpoint's sampling and likelihood rounds; the resumed run
+  computes only the missing rounds and reports exactly the numbers of an uninterrupted run."""
+  config = tiny_toy_config(**{"eval.begin_ckpt": 1, "eval.end_ckpt": 1, "eval.num_samples": 192,
+                              "sampling.predictor": "euler_maruyama", "sampling.corrector": "none"})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  uninterrupted = evaluate.evaluate(config, str(tmp_path / "run"), eval_folder="eval_a")[1]
+
+  calls, kill_at = [], [4]
+  original = evaluate._rounds
+
+  def flaky_rounds(directory, name, num_rounds, compute_fn):
+    def counted(r):
+      calls.append((name, r))
+      if len(calls) == kill_at[0]:
+        raise _Killed  # "killed" while computing the 4th round
+      return compute_fn(r)
+    return original(directory, name, num_rounds, counted)
+
+  monkeypatch.setattr(evaluate, "_rounds", flaky_rounds)
+  with pytest.raises(_Killed):
+    evaluate.evaluate(config, str(tmp_path / "run"), eval_folder="eval_b")
+  done_before = calls[:3]
+  calls.clear()
+  kill_at[0] = None
+  resumed = evaluate.evaluate(config, str(tmp_path / "run"), eval_folder="eval_b")[1]
+  assert not set(calls) & set(done_before), "finished rounds were recomputed"
+  # loss (1) + likelihood (4 batches) + samples (3 rounds) = 8 rounds in all.
+  assert len(calls) + len(done_before) == 8
+  for key in ("eval_loss", "nll_nats_per_dim", "sliced_wasserstein"):
+    assert resumed[key] == uninterrupted[key], key
