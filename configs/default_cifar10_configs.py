@@ -8,7 +8,7 @@ eval.num_eval_batches, data.num_eval) take the reference's hard-coded behaviour.
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from configs.sampler_options import add_sampler_options
 
 
 def get_default_configs():
@@ -42,26 +42,7 @@ def get_default_configs():
   sampling.batch_size = 128                 # samples per snapshot (the reference uses training.batch_size)
   sampling.rtol = 1e-5                      # ODE sampler tolerances (the reference's fixed values, B19)
   sampling.atol = 1e-5
-  # Fast samplers (sampling.method ddim | dpm_solver | heun | adaptive_sde); unset = the method's default.
-  sampling.steps = placeholder(int)         # time steps (ddim 50, dpm_solver 20, heun 18)
-  sampling.order = placeholder(int)         # dpm_solver order: 1, 2, 3 (multistep) or 1, 2 (singlestep)
-  sampling.solver_type = placeholder(str)   # dpm_solver: multistep | singlestep
-  sampling.schedule = placeholder(str)      # time grid: logsnr | time_uniform | time_quadratic
-  sampling.lower_order_final = placeholder(bool) # dpm_solver: lower orders in the last steps (below 10 steps)
-  sampling.eta = placeholder(float)         # ddim stochasticity (0: deterministic)
-  sampling.rho = placeholder(float)         # heun: Karras et al.'s schedule exponent (7)
-  sampling.S_churn = placeholder(float)     # heun Algorithm 2 (0: deterministic Algorithm 1)
-  sampling.S_tmin = placeholder(float)
-  sampling.S_tmax = placeholder(float)
-  sampling.S_noise = placeholder(float)
-  sampling.eps_abs = placeholder(float)     # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
-  sampling.eps_rel = placeholder(float)
-  sampling.theta = placeholder(float)       # adaptive_sde safety factor
-  sampling.r = placeholder(float)           # adaptive_sde step-size exponent
-  sampling.h_init = placeholder(float)      # adaptive_sde first step
-  sampling.step_size = placeholder(str)     # adaptive_sde: batch | sample
-  sampling.max_steps = placeholder(int)     # ode / adaptive_sde step limit
-  sampling.langevin_norm = "batch"          # Langevin norms: batch (reference) | sample
+  add_sampler_options(sampling)             # fast-sampler options and langevin_norm (configs/sampler_options.py)
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9                   # first snapshot checkpoint to evaluate
