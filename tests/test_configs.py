@@ -52,7 +52,7 @@ PARAM_COUNTS = {
 
 def experiment_configs():
   paths = sorted(p for p in CONFIGS.rglob("*.py") if p.name != "__init__.py" and "toy" not in p.parts
-                 and not p.name.startswith("default_") and "def get_config(" in p.read_text())
+                 and not p.name.startswith("default_") and "get_config" in p.read_text())
   return [str(p.relative_to(CONFIGS).with_suffix("")) for p in paths]
 
 
