@@ -113,6 +113,16 @@ def _to_uint8(images):
   return np.clip(np.asarray(images) * 255.0, 0, 255).astype(np.uint8)
 
 
+def _digits_fd(config, samples):
+  """Fréchet distance of digit samples to the held-out digits in the feature space of a small
+  classifier trained by score_jax (`score_jax.digits_classifier`) -- not FID."""
+  from score_jax import digits_classifier
+  from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
+
+  held_out = load_digits(config.data.image_size)[0][DIGITS_TRAIN_SIZE:]
+  return digits_classifier.digits_frechet_distance(samples, held_out)
+
+
 def stats_path(config, workdir):
   """Where `--mode=fid_stats` writes and evaluation reads the data set's Inception features."""
   if config.eval.get("stats_path"):
@@ -200,6 +210,8 @@ def evaluate(config, workdir, eval_folder="eval"):
                                                     reference=reference, title=f"checkpoint {ckpt}")
       if features_fn is not None:
         report.update(_sample_quality(config, workdir, samples, features_fn))
+      if config.data.dataset == "digits":
+        report["digits_fd"] = _digits_fd(config, samples)
       report["nfe_per_batch"] = nfe // max(1, -(-config.eval.num_samples // config.eval.batch_size))
     if jax.process_index() == 0:
       with open(report_path + ".tmp", "w") as f:

@@ -75,6 +75,7 @@ def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
   np.testing.assert_allclose(report["fid"], expected, rtol=1e-6)
   assert np.isfinite(report["kid"]) and report["inception_score"] >= 1.0
   assert np.isfinite(report["eval_loss"])  # eval.num_eval_batches = 0: the whole held-out split
+  assert report["digits_fd"] > 0  # the digits classifier's Frechet distance of the (untrained) samples
 
 
 class _Killed(Exception):
