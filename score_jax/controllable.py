@@ -77,36 +77,6 @@ def classifier_log_prob_grad_fn(logit_fn):
 # ------------------------------------------------------------------------------------- the loop
 
 
-def _pc_loop(keys, x, *, score_fn, sde, predictor, corrector, snr, n_steps, probability_flow, eps,
-             langevin_norm, noise_fn, project_fn=None):
-  """Algorithm 1 from `x` at T, with `project_fn(keys, x, x_mean, t) -> (x, x_mean)` after each update."""
-  predictor_fn = sampling.PREDICTORS[predictor](sde, score_fn, probability_flow=probability_flow, noise_fn=noise_fn)
-  corrector_fn = sampling.CORRECTORS[corrector](sde, score_fn, snr, n_steps, noise_fn=noise_fn,
-                                                langevin_norm=langevin_norm)
-  project = project_fn or (lambda keys, x, x_mean, t: (x, x_mean))
-  step_keys = sampling.fold_in(keys, 1)
-  timesteps = jnp.linspace(sde.T, eps, sde.N)
-  batch_size = x.shape[0]
-
-  def step(i, carry):
-    t = jnp.full((batch_size,), timesteps[i])
-    keys_i = sampling.fold_in(step_keys, i)
-    x, x_mean = project(sampling.fold_in(keys_i, 2), *corrector_fn(sampling.fold_in(keys_i, 0), carry[0], t), t)
-    return project(sampling.fold_in(keys_i, 3), *predictor_fn(sampling.fold_in(keys_i, 1), x, t), t)
-
-  return jax.lax.fori_loop(0, sde.N, step, (x, x))
-
-
-def _prior(keys, sde, shape, z):
-  if z is not None:
-    return jnp.asarray(z, jnp.float32).reshape(shape)
-  return jax.vmap(lambda key: sde.prior_sampling(key, (1,) + shape[1:])[0])(keys)
-
-
-def _nfe(sde, predictor, corrector, n_steps):
-  return sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
-
-
 def _projected_sample(rng, z, known, mask, decoupling, *, sde, denoise, fix_b8, noise_fn, **options):
   """Replacement sampling in latent space: `known` and `mask` are latent, `decoupling` (M, M^-1) or None."""
   to_latent, from_latent = (lambda x: x), (lambda x: x)
@@ -121,11 +91,11 @@ def _projected_sample(rng, z, known, mask, decoupling, *, sde, denoise, fix_b8, 
     return x, x_mean
 
   keys = sampling.per_sample_keys(rng, known.shape[0])
-  prior = _prior(sampling.fold_in(keys, 0), sde, known.shape, z)
+  prior = sampling.initial_state(sampling.fold_in(keys, 0), sde, known.shape, z)
   # The reference starts from the clean known entries; it masked the prior before decoupling (B8).
   prior = to_latent(prior) * (1 - mask) if fix_b8 else to_latent(prior * (1 - mask))
   x = from_latent(known * mask + prior)
-  x, x_mean = _pc_loop(keys, x, sde=sde, noise_fn=noise_fn, project_fn=project_fn, **options)
+  x, x_mean = sampling.pc_loop(keys, x, sde=sde, noise_fn=noise_fn, project_fn=project_fn, **options)
   return x_mean if denoise else x
 
 
@@ -174,7 +144,7 @@ def pc_inpaint(rng, score_fn, sde, data, mask, *, predictor="reverse_diffusion",
       rng, z, data, mask, None, score_fn=score_fn, sde=sde, predictor=predictor, corrector=corrector, snr=snr,
       n_steps=n_steps, probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm,
       fix_b8=fix_b8, noise_fn=noise_fn)
-  return sampling.SampleOutput(samples=samples, nfe=_nfe(sde, predictor, corrector, n_steps))
+  return sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps))
 
 
 def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_diffusion", corrector="langevin",
@@ -206,14 +176,14 @@ def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_d
       rng, z, known, mask, (matrix, inverse), score_fn=score_fn, sde=sde, predictor=predictor, corrector=corrector,
       snr=snr, n_steps=n_steps, probability_flow=probability_flow, denoise=denoise, eps=eps,
       langevin_norm=langevin_norm, fix_b8=fix_b8, noise_fn=noise_fn)
-  return sampling.SampleOutput(samples=samples, nfe=_nfe(sde, predictor, corrector, n_steps))
+  return sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps))
 
 
 def _conditional_sample(rng, z, labels, scale, *, score_fn, log_prob_grad_fn, sde, shape, denoise, **options):
   guided_fn = conditional_score_fn(score_fn, lambda x, t: scale * log_prob_grad_fn(x, t, labels))
   keys = sampling.per_sample_keys(rng, shape[0])
-  x = _prior(sampling.fold_in(keys, 0), sde, shape, z)
-  x, x_mean = _pc_loop(keys, x, score_fn=guided_fn, sde=sde, **options)
+  x = sampling.initial_state(sampling.fold_in(keys, 0), sde, shape, z)
+  x, x_mean = sampling.pc_loop(keys, x, score_fn=guided_fn, sde=sde, **options)
   return x_mean if denoise else x
 
 
@@ -244,4 +214,4 @@ def pc_conditional_sample(rng, score_fn, log_prob_grad_fn, sde, labels, shape, *
       rng, z, labels, jnp.asarray(scale, jnp.float32), score_fn=score_fn, log_prob_grad_fn=log_prob_grad_fn, sde=sde,
       shape=tuple(shape), predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
       probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
-  return sampling.SampleOutput(samples=samples, nfe=_nfe(sde, predictor, corrector, n_steps))
+  return sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import sampling
-from score_jax.sampling import SampleOutput, _initial_state, fold_in, gaussian_noise, per_sample_keys
+from score_jax.sampling import SampleOutput, fold_in, gaussian_noise, initial_state, per_sample_keys
 from score_jax.utils import append_dims, batch_mul, choice_error
 
 
@@ -38,7 +38,7 @@ def _full(x, value):
 def _start(rng, sde, shape, z):
   """(x_T, per-step keys): the prior draw uses fold_in(key_i, 0), the steps fold_in(key_i, 1)."""
   keys = per_sample_keys(rng, shape[0])
-  return _initial_state(fold_in(keys, 0), sde, shape, z), fold_in(keys, 1)
+  return initial_state(fold_in(keys, 0), sde, shape, z), fold_in(keys, 1)
 
 
 # --------------------------------------------------------------------------- time-step schedules

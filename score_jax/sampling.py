@@ -190,35 +190,49 @@ def _check_pc_options(predictor, corrector, langevin_norm):
 # ------------------------------------------------------------------------------------- samplers
 
 
-def _initial_state(keys, sde, shape, z):
+def initial_state(keys, sde, shape, z=None):
   """x_T: the given latent `z`, or a prior draw per sample."""
   if z is not None:
     return jnp.asarray(z, jnp.float32).reshape(shape)
   return jax.vmap(lambda key: sde.prior_sampling(key, (1,) + shape[1:])[0])(keys)
 
 
-def _pc_sample(rng, z, *, score_fn, sde, shape, predictor, corrector, snr, n_steps, probability_flow,
-               denoise, eps, langevin_norm, noise_fn):
-  """Algorithm 1 of Song et al. 2021: at each t_i, the corrector then the predictor."""
+def pc_nfe(sde, predictor, corrector, n_steps):
+  """True count (B18): the predictor evaluates the score once, the corrector once per step."""
+  return sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
+
+
+def pc_loop(keys, x, *, score_fn, sde, predictor, corrector, snr, n_steps, probability_flow, eps,
+            langevin_norm, noise_fn, project_fn=None):
+  """Algorithm 1 of Song et al. 2021 from `x` at T: at each t_i, the corrector then the predictor.
+
+  `keys` are the `(B,)` per-sample keys. `project_fn(keys, x, x_mean, t) -> (x, x_mean)`, if
+  given, runs after every update (the replacement step of inpainting and colorization).
+  Returns the final `(x, x_mean)`.
+  """
   predictor_fn = PREDICTORS[predictor](sde, score_fn, probability_flow=probability_flow, noise_fn=noise_fn)
   corrector_fn = CORRECTORS[corrector](sde, score_fn, snr, n_steps, noise_fn=noise_fn,
                                        langevin_norm=langevin_norm)
-  keys = per_sample_keys(rng, shape[0])
-  x = _initial_state(fold_in(keys, 0), sde, shape, z)
+  project = project_fn or (lambda keys, x, x_mean, t: (x, x_mean))
   step_keys = fold_in(keys, 1)
   timesteps = jnp.linspace(sde.T, eps, sde.N)
 
   def step(i, carry):
-    x, _ = carry
-    t = jnp.full((shape[0],), timesteps[i])
+    t = jnp.full((x.shape[0],), timesteps[i])
     keys_i = fold_in(step_keys, i)
-    x, x_mean = corrector_fn(fold_in(keys_i, 0), x, t)
-    return predictor_fn(fold_in(keys_i, 1), x, t)
+    x_i, x_mean = project(fold_in(keys_i, 2), *corrector_fn(fold_in(keys_i, 0), carry[0], t), t)
+    return project(fold_in(keys_i, 3), *predictor_fn(fold_in(keys_i, 1), x_i, t), t)
 
-  x, x_mean = jax.lax.fori_loop(0, sde.N, step, (x, x))
-  # True count (B18): the predictor evaluates the score once, the corrector once per step.
-  nfe = sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
-  return SampleOutput(samples=x_mean if denoise else x, nfe=nfe)
+  return jax.lax.fori_loop(0, sde.N, step, (x, x))
+
+
+def _pc_sample(rng, z, *, score_fn, sde, shape, predictor, corrector, snr, n_steps, probability_flow,
+               denoise, eps, langevin_norm, noise_fn):
+  keys = per_sample_keys(rng, shape[0])
+  x, x_mean = pc_loop(keys, initial_state(fold_in(keys, 0), sde, shape, z), score_fn=score_fn, sde=sde,
+                      predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
+                      probability_flow=probability_flow, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
+  return SampleOutput(samples=x_mean if denoise else x, nfe=pc_nfe(sde, predictor, corrector, n_steps))
 
 
 _PC_STATIC = ("score_fn", "sde", "shape", "predictor", "corrector", "snr", "n_steps", "probability_flow",
@@ -258,7 +272,7 @@ def pc_sample(rng, score_fn, sde, shape, *, predictor="reverse_diffusion", corre
 def _ode_sample(rng, z, *, score_fn, sde, shape, rtol, atol, eps, denoise, max_steps, noise_fn):
   """Probability-flow ODE (Eq. (13)) from T to eps, then optionally one reverse-diffusion step."""
   keys = per_sample_keys(rng, shape[0])
-  x = _initial_state(fold_in(keys, 0), sde, shape, z)
+  x = initial_state(fold_in(keys, 0), sde, shape, z)
   flow = sde.reverse(score_fn, probability_flow=True)
   drift_fn = lambda x, t: flow.sde(x, jnp.full((shape[0],), t))[0]
   solution = ode.odeint(drift_fn, x, sde.T, eps, rtol=rtol, atol=atol, max_steps=max_steps)
