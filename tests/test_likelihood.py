@@ -14,6 +14,7 @@ from scipy import stats
 
 from score_jax import likelihood, models
 from score_jax import sde as sde_lib
+from tests import test_sampling
 
 DIM = 16
 MU = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
@@ -30,11 +31,8 @@ def coefficients(sde, t, scale):
 
 
 def gaussian_score_fn(sde, mu=MU, scale=SCALE):
-  def score_fn(x, t):
-    m = sde.marginal_prob(jnp.ones_like(x), t)[0]
-    std = sde.marginal_prob(x, t)[1][:, None]
-    return -(x - m * mu) / (m**2 * scale**2 + std**2)
-  return score_fn
+  """The exact perturbed Gaussian score of test_sampling, with this module's mu and scale."""
+  return test_sampling.gaussian_score_fn(sde, mu, scale)
 
 
 def model_logp(sde, prior_std, x, eps, mu=MU, scale=SCALE):
