@@ -135,24 +135,38 @@ def _multistep_update(order, x, lambdas, data_preds, mean_scale_next, std_ratio)
 
 def _dpm_solver(rng, z, *, score_fn, sde, shape, steps, order, solver_type, schedule, lower_order_final, eps,
                 denoise, noise_fn):
-  """DPM-Solver++ in data-prediction form (Lu et al. 2022b), multistep orders 1-3 or singlestep 1-2."""
+  """DPM-Solver++ in data-prediction form (Lu et al. 2022b), multistep or singlestep, orders 1-3."""
   del noise_fn  # deterministic
   x, _ = _start(rng, sde, shape, z)
   times = get_timesteps(sde, schedule, steps, eps)
   lambdas = -jnp.log(sde.noise_level(times))
   coeffs = lambda t: sde.marginal_coeffs(_full(x, t))
 
-  if solver_type == "singlestep":  # Algorithm 1 (2S) with r1 = 1/2; order 1 is DDIM
+  if solver_type == "singlestep":  # Algorithm 1 of Lu et al. 2022b: 2S (r1 = 1/2), 3S (r1 = 1/3, r2 = 2/3)
     def step(i, x):
       (_, std), (mean_scale_next, std_next) = coeffs(times[i]), coeffs(times[i + 1])
-      data_pred = denoise_fn(score_fn, sde, x, _full(x, times[i]))
       h = lambdas[i + 1] - lambdas[i]
-      if order == 2:
-        s = _full(x, sde.noise_level_to_t(jnp.exp(-(lambdas[i] + 0.5 * h))))
+      d0 = denoise_fn(score_fn, sde, x, _full(x, times[i]))
+
+      def intermediate(r, correction=None):
+        """x and the data prediction at lambda_i + r h, from the first-order step (plus a correction)."""
+        s = _full(x, sde.noise_level_to_t(jnp.exp(-(lambdas[i] + r * h))))
         mean_scale_s, std_s = sde.marginal_coeffs(s)
-        u = batch_mul(std_s / std, x) - batch_mul(mean_scale_s * jnp.expm1(-0.5 * h), data_pred)
-        data_pred = denoise_fn(score_fn, sde, u, s)
-      return batch_mul(std_next / std, x) - batch_mul(mean_scale_next * jnp.expm1(-h), data_pred)
+        u = batch_mul(std_s / std, x) - batch_mul(mean_scale_s * jnp.expm1(-r * h), d0)
+        if correction is not None:  # 3S: the second stage uses the first one's slope
+          u = u + batch_mul(mean_scale_s * (jnp.expm1(-r * h) / (r * h) + 1.0), correction)
+        return denoise_fn(score_fn, sde, u, s)
+
+      first_order = batch_mul(std_next / std, x) - batch_mul(mean_scale_next * jnp.expm1(-h), d0)
+      if order == 1:
+        return first_order
+      if order == 2:
+        return first_order - batch_mul(mean_scale_next * jnp.expm1(-h), intermediate(0.5) - d0)
+      r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+      d1 = intermediate(r1)
+      d2 = intermediate(r2, (r2 / r1) * (d1 - d0))
+      phi_2 = jnp.expm1(-h) / h + 1.0
+      return first_order + batch_mul(mean_scale_next * phi_2 / r2, d2 - d0)
 
     x = jax.lax.fori_loop(0, steps, step, x)
     nfe = order * steps
@@ -186,8 +200,8 @@ def dpm_solver_sample(rng, score_fn, sde, shape, *, steps=20, order=2, solver_ty
     rng, score_fn, sde, shape, z, noise_fn: as `sampling.pc_sample` (the solver itself draws no noise).
     steps: intervals on the grid from `sde.T` to the end time; schedule: a name in `SCHEDULES`
       ("logsnr": uniform in lambda, "time_uniform", "time_quadratic").
-    order: 1, 2 or 3 for "multistep" (one evaluation per step, earlier evaluations reused);
-      1 or 2 for "singlestep" (2S: `order` evaluations per step).
+    order: 1, 2 or 3: "multistep" makes one evaluation per step and reuses earlier ones;
+      "singlestep" makes `order` per step (2S, 3S: intermediate points at r = 1/2, resp. 1/3 and 2/3).
     lower_order_final: with fewer than 10 steps, cap the multistep order by the steps left (stabler;
       with more steps it costs accuracy: on a 16-D Gaussian, order 3 at 10 steps is 3x less accurate).
     eps: the end time; t_end: DPM-Solver's name for it, used instead of `eps` when given.
@@ -341,7 +355,7 @@ _JITTED = {name: jax.jit(fn, static_argnames=tuple(p for p in inspect.signature(
            for name, fn in _IMPLS.items()}
 FAST_SAMPLERS = {"ddim": ddim_sample, "dpm_solver": dpm_solver_sample, "heun": heun_sample,
                  "adaptive_sde": adaptive_sde_sample}
-SOLVER_ORDERS = {"multistep": (1, 2, 3), "singlestep": (1, 2)}
+SOLVER_ORDERS = {"multistep": (1, 2, 3), "singlestep": (1, 2, 3)}
 
 
 def check_options(method, options):

@@ -54,8 +54,9 @@ def test_noise_level_round_trips(sde):
     ("dpm_solver", dict(steps=20, order=2), 0.04),
     ("dpm_solver", dict(steps=20, order=3), 0.02),
     ("dpm_solver", dict(steps=20, order=2, solver_type="singlestep"), 0.04),
+    ("dpm_solver", dict(steps=20, order=3, solver_type="singlestep"), 0.01),
     ("heun", dict(steps=25), 0.06),
-], ids=["ddim", "dpm2M", "dpm3M", "dpm2S", "heun"])
+], ids=["ddim", "dpm2M", "dpm3M", "dpm2S", "dpm3S", "heun"])
 def test_deterministic_samplers_follow_the_exact_flow(sde, method, options, bound):
   assert flow_error(sde, method, **options) < bound
 
@@ -68,6 +69,15 @@ def test_convergence_orders(method, options, order):
   # log2 of the error ratio between 20 and 40 steps: measured 0.96, 2.17, 1.86, 3.77, 1.9 on VP.
   errors = [flow_error(VP, method, steps=steps, **options) for steps in (20, 40)]
   assert order - 0.5 < math.log2(errors[0] / errors[1]) < order + 1, errors
+
+
+@pytest.mark.parametrize("sde", [VP, VE], ids=sde_id)
+def test_dpm_solver_3s_is_third_order(sde):
+  # 3S reaches the float32 floor (~2e-4) by 10-20 steps, so the order is read between 5 and 10 steps:
+  # log2 ratio measured 4.6 (VP) and 1.95 (VE, already near the floor at 10); a wrong stage coefficient
+  # drops it to first order (ratio ~1) with errors of 0.05 and more.
+  errors = [flow_error(sde, "dpm_solver", steps=steps, order=3, solver_type="singlestep") for steps in (5, 10)]
+  assert errors[1] < 1e-3 and math.log2(errors[0] / errors[1]) > 1.7, errors
 
 
 def test_dpm_solver_order3_beats_order2():
@@ -102,6 +112,7 @@ def test_nfe_counts():
   assert nfe("ddim", steps=7) == 7 and nfe("ddim", steps=7, denoise=True) == 8
   assert nfe("dpm_solver", steps=7, order=3) == 7
   assert nfe("dpm_solver", steps=7, order=2, solver_type="singlestep") == 14
+  assert nfe("dpm_solver", steps=7, order=3, solver_type="singlestep") == 21
   assert nfe("heun", steps=7) == 13
   adaptive = nfe("adaptive_sde")
   assert adaptive % 2 == 1 and 20 < adaptive < 1000
@@ -156,8 +167,8 @@ def test_bad_options_raise_value_errors_listing_choices():
     run("dpm_solver", schedule="karras")
   with pytest.raises(ValueError, match="multistep, singlestep"):
     run("dpm_solver", solver_type="multi")
-  with pytest.raises(ValueError, match="choose one of: 1, 2$"):
-    run("dpm_solver", order=3, solver_type="singlestep")
+  with pytest.raises(ValueError, match="choose one of: 1, 2, 3$"):
+    run("dpm_solver", order=4, solver_type="singlestep")
   with pytest.raises(ValueError, match="batch, sample"):
     run("adaptive_sde", step_size="device")
   with pytest.raises(ValueError, match="steps must be an int >= 2"):
