@@ -2,6 +2,8 @@
 
   python main.py --config=configs/toy/checkerboard.py --workdir=runs/checkerboard --mode=train
   python main.py --config=configs/toy/checkerboard.py --workdir=runs/checkerboard --mode=eval
+  python main.py --config=configs/classifier/digits.py --workdir=runs/digits --mode=train_classifier
+  python main.py --config=configs/digits.py --workdir=runs/digits --mode=inpaint --from_dataset=8 --mask=half
 """
 
 import logging as std_logging
@@ -14,9 +16,17 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats"],
-                  "Train, evaluate checkpoints, or compute the data set's Inception statistics for FID.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats", "train_classifier", "inpaint", "colorize",
+                                    "conditional"],
+                  "Train, evaluate checkpoints, compute the data set's Inception statistics for FID, train the "
+                  "noise-conditional classifier, or edit images with the trained score model.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
+flags.DEFINE_multi_string("image", [], "Edit modes: input image file(s) (repeat the flag or separate by commas).")
+flags.DEFINE_integer("from_dataset", 0, "Edit modes: edit this many images of the held-out split instead.")
+flags.DEFINE_string("mask", "half", "--mode=inpaint: a mask image (white = known) or one of score_jax.edit.MASKS.")
+flags.DEFINE_string("labels", None, "--mode=conditional: comma-separated class labels, one sample each.")
+flags.DEFINE_float("guidance_scale", 1.0, "--mode=conditional: weight of the classifier's gradient.")
+flags.DEFINE_integer("seed", 0, "Edit modes: random seed of the sampler.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
@@ -44,16 +54,23 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
-  from score_jax import evaluate, train  # after flag parsing: a bad flag fails fast
+  from score_jax import classifier, edit, evaluate, train  # after flag parsing: a bad flag fails fast
 
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
       evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
-    else:
+    elif FLAGS.mode == "fid_stats":
       evaluate.compute_fid_stats(FLAGS.config, FLAGS.workdir)
-  except (ValueError, train.NonFiniteLossError) as error:
+    elif FLAGS.mode == "train_classifier":
+      classifier.train_classifier(FLAGS.config, FLAGS.workdir)
+    else:
+      images = [path for value in FLAGS.image for path in value.split(",") if path]
+      path = edit.edit(FLAGS.config, FLAGS.workdir, FLAGS.mode, images=images, from_dataset=FLAGS.from_dataset,
+                       mask=FLAGS.mask, labels=FLAGS.labels, guidance_scale=FLAGS.guidance_scale, seed=FLAGS.seed)
+      print(path)
+  except (ValueError, FileNotFoundError, FloatingPointError, train.NonFiniteLossError) as error:
     sys.exit(f"main.py: {error}")
 
 

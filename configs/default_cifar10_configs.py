@@ -8,6 +8,7 @@ eval.num_eval_batches, data.num_eval) take the reference's hard-coded behaviour.
 """
 
 import ml_collections
+from configs.classifier.default_classifier_configs import get_classifier_config
 from configs.sampler_options import add_sampler_options
 
 
@@ -113,6 +114,8 @@ def get_default_configs():
   optim.weight_decay = 0.0                  # decoupled weight decay
   optim.warmup = 5000                       # linear warm-up steps (first update has lr 0, B21)
   optim.grad_clip = 1.0                     # global-norm clipping (< 0 disables)
+
+  config.classifier = get_classifier_config()  # noise-conditional classifier (configs/classifier/)
 
   config.seed = 42
   return config

@@ -52,3 +52,35 @@ def validate_config(config):
     raise ValueError(f"training.n_iters={training.n_iters} must be positive")
   if not 0.0 <= config.model.ema_rate < 1.0:
     raise ValueError(f"model.ema_rate={config.model.ema_rate} must lie in [0, 1)")
+
+
+_CLASSIFIER_POSITIVE = ("blocks_per_group", "channel_multiplier", "embedding_size", "temb_dim", "n_iters",
+                        "log_freq", "eval_freq", "checkpoint_freq", "num_noise_bins")
+
+
+def validate_classifier_config(config):
+  """Raises one `ValueError` naming the first bad key of a `--mode=train_classifier` config."""
+  if "classifier" not in config:
+    raise ValueError("the config has no classifier section: build it on configs/default_cifar10_configs.py or add "
+                     "configs.classifier.default_classifier_configs.get_classifier_config() as config.classifier")
+  classifier = config.classifier
+  _check_choice("training.sde", config.training.sde, sde_lib.SDES)
+  _check_choice("data.dataset", config.data.dataset, datasets.LABELLED_DATASETS, lower=False)
+  if classifier.optim.optimizer.lower() != "adam":
+    raise choice_error("classifier.optim.optimizer", classifier.optim.optimizer, ["Adam"])
+  for name in _CLASSIFIER_POSITIVE:
+    if classifier[name] <= 0:
+      raise ValueError(f"classifier.{name}={classifier[name]} must be positive")
+  if classifier.num_classes < 2:
+    raise ValueError(f"classifier.num_classes={classifier.num_classes} must be at least 2")
+  k = classifier.channel_multiplier
+  if k > 8 and k % 2:
+    raise ValueError(f"classifier.channel_multiplier={k} must be at most 8 or even (GroupNorm of 32 groups)")
+  if config.data.image_size % 4:
+    raise ValueError(f"data.image_size={config.data.image_size} must be a multiple of 4 (two stride-2 groups)")
+  devices = jax.device_count()
+  for key, value in (("classifier.batch_size", classifier.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    if value <= 0 or value % devices:
+      raise ValueError(f"{key}={value} must be a positive multiple of the device count ({devices})")
+  if classifier.num_eval_batches < 0 or classifier.keep_checkpoints < 0:
+    raise ValueError("classifier.num_eval_batches and classifier.keep_checkpoints must be >= 0 (0: all)")

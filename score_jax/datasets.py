@@ -8,6 +8,8 @@ Image sets (the reference's `datasets.py`) are random-access sources of uint8
 `(H, W, C)` images: TFDS data sets through `tfds.data_source` (ArrayRecord, no
 TensorFlow), FFHQ / CelebA-HQ TFRecords parsed here, and the embedded 8x8 digits
 of `score_jax/assets/`. Crops and resizes run on the host with PIL (see `resize`).
+`get_dataset(config, labels=True)` pairs every image with its class label (the noise-conditional
+classifier of `score_jax.classifier` trains on these) for the data sets in `LABELLED_DATASETS`.
 """
 
 import dataclasses
@@ -122,7 +124,8 @@ def _to_float(images, keys, flip, dequantize):
 class ImageDataset:
   """Images from random-access sources, in a seeded per-epoch order; the batch of step s depends only on (seed, s).
 
-  Each source is a sequence (`len`, `[i]`) of uint8 `(H, W, C)` images, already cropped and resized.
+  Each source is a sequence (`len`, `[i]`) of uint8 `(H, W, C)` images, already cropped and resized;
+  with `labelled`, of `(image, label)` pairs, and every batch is `(images, int32 labels)`.
   Global batch position j of step s is example `permutation(seed, epoch)[(s * batch_size + j) % N]`;
   process i reads and augments only positions `[i * B / P, (i + 1) * B / P)`.
   """
@@ -135,16 +138,18 @@ class ImageDataset:
   num_eval: int
   random_flip: bool = False
   uniform_dequantization: bool = False
+  labelled: bool = False
 
   def train_batches(self, step, n):
     """float32 `(n, batch_size / process_count, H, W, C)` in [0, 1] for steps `step .. step + n - 1`."""
     steps = int(step) + np.arange(n)[:, None]
     columns = np.arange(self.batch_size)[_local_slice(self.batch_size)][None, :]
     indices = example_indices(self.seed, len(self.train_source), steps * self.batch_size + columns)
-    images = _gather(self.train_source, indices.ravel())
+    images, labels = self._read(self.train_source, indices.ravel())
     keys = [(self.seed, _TRAIN_STREAM, int(s), int(j)) for s, j in np.broadcast(steps, columns)]
     images = _to_float(images, keys, self.random_flip, self.uniform_dequantization)
-    return images.reshape(indices.shape + images.shape[1:])
+    images = images.reshape(indices.shape + images.shape[1:])
+    return (images, labels.reshape(indices.shape)) if self.labelled else images
 
   def eval_batches(self, split="eval", uniform_dequantization=False):
     """One in-order pass over the first `num_eval` examples of `split` ("eval" or "train"), no flips.
@@ -158,18 +163,27 @@ class ImageDataset:
       raise ValueError(f"the {split} split has {size} examples, fewer than eval.batch_size={self.eval_batch_size}")
     local = np.arange(self.eval_batch_size)[_local_slice(self.eval_batch_size)]
     for b in range(size // self.eval_batch_size):
-      images = _gather(source, b * self.eval_batch_size + local)
+      images, labels = self._read(source, b * self.eval_batch_size + local)
       keys = [(self.seed, _EVAL_STREAM, b, int(j)) for j in local]
-      yield _to_float(images, keys, False, uniform_dequantization)
+      images = _to_float(images, keys, False, uniform_dequantization)
+      yield (images, labels) if self.labelled else images
+
+  def _read(self, source, indices):
+    """uint8 images and int32 labels (None when not `labelled`) of `source[indices]`."""
+    if not self.labelled:
+      return _gather(source, indices), None
+    pairs = _gather(source, indices, stack=False)
+    return np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int32)
 
 
 _POOL = futures.ThreadPoolExecutor(max_workers=8)  # PIL decoding and resizing release the GIL
 
 
-def _gather(source, indices):
+def _gather(source, indices, stack=True):
   if isinstance(source, np.ndarray):
     return source[indices]
-  return np.stack(list(_POOL.map(source.__getitem__, (int(i) for i in indices))))
+  items = list(_POOL.map(source.__getitem__, (int(i) for i in indices)))
+  return np.stack(items) if stack else items
 
 
 # Host-side preprocessing of uint8 HWC images.
@@ -252,25 +266,28 @@ def tfds_source(name, split, data_dir=None):
         f"(now {root}).") from error
 
 
-def _tfds_pair(name, train_split, eval_split, preprocess):
-  return tuple(MappedSource(tfds_source(name, split), lambda example: preprocess(example["image"]))
-               for split in (train_split, eval_split))
+def _tfds_pair(name, train_split, eval_split, preprocess, labelled=False):
+  if labelled:
+    read = lambda example: (preprocess(example["image"]), int(example["label"]))  # noqa: E731
+  else:
+    read = lambda example: preprocess(example["image"])  # noqa: E731
+  return tuple(MappedSource(tfds_source(name, split), read) for split in (train_split, eval_split))
 
 
 def _resize_to(size):
   return lambda image: resize(image, size, size)
 
 
-def cifar10(config):
-  return _tfds_pair("cifar10", "train", "test", _resize_to(config.data.image_size))
+def cifar10(config, labelled=False):
+  return _tfds_pair("cifar10", "train", "test", _resize_to(config.data.image_size), labelled)
 
 
-def svhn(config):
-  return _tfds_pair("svhn_cropped", "train", "test", _resize_to(config.data.image_size))
+def svhn(config, labelled=False):
+  return _tfds_pair("svhn_cropped", "train", "test", _resize_to(config.data.image_size), labelled)
 
 
-def mnist(config):
-  return _tfds_pair("mnist", "train", "test", _resize_to(config.data.image_size))
+def mnist(config, labelled=False):
+  return _tfds_pair("mnist", "train", "test", _resize_to(config.data.image_size), labelled)
 
 
 def celeba(config):
@@ -429,10 +446,27 @@ def tfrecords(config):
   return source, source
 
 
-def digits(config):
+@dataclasses.dataclass(frozen=True)
+class PairSource:
+  """`(images[i], labels[i])` pairs of two arrays."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return self.images[i], int(self.labels[i])
+
+
+def digits(config, labelled=False):
   """The embedded 8x8 digits at `data.image_size`: the first 1500 train, the last 297 are held out."""
-  images, _ = load_digits(config.data.image_size)
-  return images[:DIGITS_TRAIN_SIZE], images[DIGITS_TRAIN_SIZE:]
+  images, labels = load_digits(config.data.image_size)
+  train, held_out = slice(None, DIGITS_TRAIN_SIZE), slice(DIGITS_TRAIN_SIZE, None)
+  if labelled:
+    return PairSource(images[train], labels[train]), PairSource(images[held_out], labels[held_out])
+  return images[train], images[held_out]
 
 
 IMAGE_DATASETS = {
@@ -446,23 +480,36 @@ IMAGE_DATASETS = {
     "digits": digits,
 }
 DATASETS = {**TOY_DATASETS, **IMAGE_TOY_DATASETS, **IMAGE_DATASETS}
+LABELLED_DATASETS = ("CIFAR10", "MNIST", "SVHN", "digits")  # image data sets with class labels
 
 
-def get_dataset(config):
-  """Builds the data set named by `config.data.dataset`."""
+def get_dataset(config, labels=False, batch_size=None):
+  """Builds the data set named by `config.data.dataset`.
+
+  Args:
+    labels: batches are `(images, int32 labels)`; only for `LABELLED_DATASETS`.
+    batch_size: the training batch size (default `training.batch_size`).
+  """
   name = config.data.dataset
   if name not in DATASETS:
     raise choice_error("data.dataset", name, DATASETS)
+  if labels and name not in LABELLED_DATASETS:
+    raise ValueError(f"data.dataset={name!r} has no class labels; labelled data sets: {', '.join(LABELLED_DATASETS)}")
   if name in IMAGE_DATASETS:
-    train_source, eval_source = IMAGE_DATASETS[name](config)
+    if labels:
+      train_source, eval_source = IMAGE_DATASETS[name](config, labelled=True)
+    else:
+      train_source, eval_source = IMAGE_DATASETS[name](config)
     expected = (config.data.image_size, config.data.image_size, config.data.num_channels)
-    if tuple(train_source[0].shape) != expected:
-      raise ValueError(f"data.dataset={name!r} gives images of shape {tuple(train_source[0].shape)}, but "
+    shape = tuple((train_source[0][0] if labels else train_source[0]).shape)
+    if shape != expected:
+      raise ValueError(f"data.dataset={name!r} gives images of shape {shape}, but "
                        f"data.image_size and data.num_channels ask for {expected}")
-    return ImageDataset(train_source, eval_source, seed=config.seed, batch_size=config.training.batch_size,
+    return ImageDataset(train_source, eval_source, seed=config.seed,
+                        batch_size=batch_size or config.training.batch_size,
                         eval_batch_size=config.eval.batch_size, num_eval=config.data.get("num_eval", 0),
                         random_flip=config.data.random_flip,
-                        uniform_dequantization=config.data.uniform_dequantization)
+                        uniform_dequantization=config.data.uniform_dequantization, labelled=labels)
   if name in IMAGE_TOY_DATASETS:
     sampler = functools.partial(IMAGE_TOY_DATASETS[name], image_size=config.data.image_size,
                                 num_channels=config.data.num_channels)
