@@ -10,6 +10,11 @@ and is skipped when evaluation is run again; within a checkpoint, every sampling
 round and likelihood batch is saved in `ckpt_<k>/` as it finishes, so a killed
 evaluation resumes without recomputing or skipping anything (unlike the
 reference's B17).
+
+With several processes (`main.py --coordinator_address=...`), every sampling round and
+likelihood batch is split over all devices of all processes, each process computing its share;
+the results are gathered on every process, and process 0 alone writes files, so the report is
+that of a single-process run. The workdir must be shared by all processes (as for checkpoints).
 """
 
 import json
@@ -22,8 +27,8 @@ from absl import logging
 
 import tqdm
 
-from score_jax import checkpoint, datasets, evaluation, plotting
-from score_jax.models import get_data_shape, get_score_fn
+from score_jax import checkpoint, datasets, evaluation, parallel, plotting
+from score_jax.models import get_data_shape
 from score_jax.train import _Setup
 
 
@@ -44,15 +49,16 @@ def _rounds(directory, name, num_rounds, compute_fn):
 
   A round already on disk is loaded instead of recomputed, so an evaluation killed at any point
   resumes where it stopped; rounds are deterministic in r, so the totals equal an uninterrupted run's.
+  Process 0 decides which rounds exist, so that all processes compute the same rounds together.
   """
   results = []
   for r in tqdm.trange(num_rounds, desc=name, disable=jax.process_index() != 0):
     path = os.path.join(directory, f"{name}_{r}.npz")
-    if os.path.exists(path):
+    if parallel.from_process_0(np.asarray(os.path.exists(path))):
       with np.load(path) as saved:
         results.append(dict(saved))
       continue
-    result = {k: np.asarray(jax.device_get(v)) for k, v in compute_fn(r).items()}
+    result = parallel.gather(compute_fn(r))  # the whole round, on every process
     if jax.process_index() == 0:
       np.savez(path + ".tmp.npz", **result)
       os.replace(path + ".tmp.npz", path)  # atomic: a round exists only when complete
@@ -80,22 +86,19 @@ def _negative_log_likelihood(config, run, state, rng, directory):
   ev = config.eval
   repeats = ev.get("bpd_num_repeats", 1)
   flat = len(get_data_shape(config)) == 1
+  hutchinson = ev.get("hutchinson", "rademacher")
   if flat:
-    continuous = config.training.continuous
-
-    @jax.jit
-    def nll_fn(rng, variables, x):
-      score_fn = get_score_fn(run.sde, run.model, variables, continuous=continuous)
-      out = likelihood.log_likelihood(rng, score_fn, run.sde, x, hutchinson=ev.get("hutchinson", "rademacher"),
-                                      num_repeats=repeats)
-      return -out.logp / x.shape[1]
+    logp_fn = likelihood.get_log_likelihood_fn(config, run.sde, run.model, hutchinson=hutchinson,
+                                               num_repeats=repeats, mesh=run.mesh)
+    nll_fn = lambda rng, variables, x: -logp_fn(rng, variables, x).logp / x.shape[1]
   else:
     bpd_fn = likelihood.get_likelihood_fn(config, run.sde, run.model, datasets.get_data_inverse_scaler(config),
-                                          hutchinson=ev.get("hutchinson", "rademacher"), num_repeats=repeats)
+                                          hutchinson=hutchinson, num_repeats=repeats, mesh=run.mesh)
     nll_fn = lambda rng, variables, x: bpd_fn(rng, variables, x).bpd
-  batches = list(run.dataset.eval_batches(split="train" if ev.bpd_dataset == "train" else "eval"))
+  batches = list(run.dataset.eval_batches(split="train" if ev.bpd_dataset == "train" else "eval"))  # local parts
   rounds = _rounds(directory, "nll", len(batches), lambda i: {
-      "nll": nll_fn(jax.random.fold_in(rng, i), state.variables(), run.scaler(batches[i]))})
+      "nll": nll_fn(jax.random.fold_in(rng, i), state.variables(), parallel.shard_batch(run.mesh,
+                                                                                         run.scaler(batches[i])))})
   return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate([r["nll"] for r in rounds])))
 
 
@@ -180,13 +183,13 @@ def evaluate(config, workdir, eval_folder="eval"):
   reports = {}
   for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
     report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
-    if os.path.exists(report_path):
+    if parallel.from_process_0(np.asarray(os.path.exists(report_path))):  # the same decision on every process
       with open(report_path) as f:
         reports[ckpt] = json.load(f)
       logging.info("Checkpoint %d already evaluated: %s", ckpt, reports[ckpt])
       continue
     step = ckpt * config.training.snapshot_freq
-    if not _wait_for_step(manager, step, timeout):
+    if not parallel.from_process_0(np.asarray(_wait_for_step(manager, step, timeout))):
       logging.warning("No checkpoint for step %d (checkpoint %d) in %s; stopping.", step, ckpt, manager.directory)
       break
     state = checkpoint.restore(manager, step, target)
@@ -203,11 +206,14 @@ def evaluate(config, workdir, eval_folder="eval"):
     if config.eval.enable_sampling:
       samples, nfe = _sample(config, run, state, rng, rounds_dir)
       reference = None
-      if samples.ndim == 2:
-        reference = np.concatenate(list(run.dataset.eval_batches()))
+      if samples.ndim == 2:  # the whole held-out set: each process reads its part of every batch
+        reference = np.concatenate([parallel.gather(parallel.shard_batch(run.mesh, batch))
+                                    for batch in run.dataset.eval_batches()])
         report["sliced_wasserstein"] = evaluation.sliced_wasserstein(samples, reference)
-      report["samples_png"] = plotting.save_samples(os.path.join(eval_dir, f"ckpt_{ckpt}_samples"), samples,
-                                                    reference=reference, title=f"checkpoint {ckpt}")
+      stem = os.path.join(eval_dir, f"ckpt_{ckpt}_samples")
+      report["samples_png"] = f"{stem}.png"
+      if jax.process_index() == 0:
+        plotting.save_samples(stem, samples, reference=reference, title=f"checkpoint {ckpt}")
       if features_fn is not None:
         report.update(_sample_quality(config, workdir, samples, features_fn))
       if config.data.dataset == "digits":

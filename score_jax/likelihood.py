@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import ode
+from score_jax import ode, parallel
 from score_jax.models import get_score_fn
 from score_jax.sampling import fold_in, per_sample_keys
 from score_jax.utils import choice_error, flat_sum
@@ -179,24 +179,59 @@ def bits_per_dim(rng, score_fn, sde, x, *, inverse_scaler, dequantize=True, hutc
 
 
 def get_likelihood_fn(config, sde, model, inverse_scaler, *, eps=1e-5, hutchinson="rademacher", rtol=1e-5,
-                      atol=1e-5, dequantize=True, num_repeats=1):
+                      atol=1e-5, dequantize=True, num_repeats=1, mesh=None):
   """Builds the evaluation bits/dim function of `config` (`eval.enable_bpd`).
 
   The score function uses `config.training.continuous`; the reference always used continuous
-  labels (B6), which is wrong for discrete VE networks.
+  labels (B6), which is wrong for discrete VE networks. The batch is split over the devices of
+  `mesh` (default: every device of every process), `variables` replicated; probe i depends on
+  (rng, i) only, so the result is that of a single-device run.
 
   Returns:
-    `bpd_fn(rng, variables, x) -> BitsPerDimOutput`, jitted; `x` is a batch in model space.
+    `bpd_fn(rng, variables, x) -> BitsPerDimOutput`, jitted; `x` is a batch in model space (with
+    several processes, a global array: `parallel.shard_batch`) whose size is a multiple of the
+    device count (else `ValueError`, before compiling).
   """
   if hutchinson not in HUTCHINSON:
     raise choice_error("hutchinson", hutchinson, HUTCHINSON)
   continuous = config.training.continuous
   coefficients = _affine_coefficients(inverse_scaler)
 
-  @jax.jit
   def bpd_fn(rng, variables, x):
     score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
     return _bits_per_dim(rng, x, None, score_fn=score_fn, sde=sde, hutchinson=hutchinson, rtol=rtol, atol=atol,
                          eps=eps, max_steps=4096, num_repeats=num_repeats, dequantize=dequantize, **coefficients)
 
-  return bpd_fn
+  return _data_parallel(bpd_fn, mesh, BitsPerDimOutput(bpd=True, z=True, nfe=False))
+
+
+def get_log_likelihood_fn(config, sde, model, *, eps=1e-5, hutchinson="rademacher", rtol=1e-5, atol=1e-5,
+                          num_repeats=1, mesh=None):
+  """`log_likelihood` of `model`'s score, split over `mesh` as `get_likelihood_fn` (for flat data).
+
+  Returns:
+    `logp_fn(rng, variables, x) -> LikelihoodOutput`, jitted.
+  """
+  if hutchinson not in HUTCHINSON:
+    raise choice_error("hutchinson", hutchinson, HUTCHINSON)
+  continuous = config.training.continuous
+
+  def logp_fn(rng, variables, x):
+    score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
+    return _repeated_log_likelihood(rng, x, None, score_fn=score_fn, sde=sde, hutchinson=hutchinson, rtol=rtol,
+                                    atol=atol, eps=eps, max_steps=4096, num_repeats=num_repeats)
+
+  return _data_parallel(logp_fn, mesh, LikelihoodOutput(logp=True, z=True, nfe=False))
+
+
+def _data_parallel(fn, mesh, out_batch):
+  """`fn(rng, variables, x)` with x's batch split over `mesh`; checks the batch size before compiling."""
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  sharded_fn = parallel.data_parallel(fn, mesh, in_batch=(False, False, True), out_batch=out_batch)
+
+  def checked_fn(rng, variables, x):
+    parallel.check_batch("likelihood batch size x.shape[0]", x.shape[0], mesh)
+    return sharded_fn(rng, variables, x)
+
+  checked_fn.jitted = sharded_fn.jitted
+  return checked_fn

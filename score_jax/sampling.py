@@ -35,7 +35,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from score_jax import ode
+from score_jax import ode, parallel
 from score_jax.models import get_score_fn
 from score_jax.utils import batch_mul, choice_error, flat_sum
 
@@ -197,6 +197,16 @@ def initial_state(keys, sde, shape, z=None):
   return jax.vmap(lambda key: sde.prior_sampling(key, (1,) + shape[1:])[0])(keys)
 
 
+def prior_draw(rng, sde, shape):
+  """The x_T that every sampler draws from `rng` when `z` is None.
+
+  Passing it back as `z` with the same `rng` leaves the samples unchanged; a `z` split over
+  devices (e.g. `jax.jit(prior_draw, static_argnums=(1, 2), out_shardings=parallel.data_sharded(mesh))`)
+  makes the jitted sampler run split the same way.
+  """
+  return initial_state(fold_in(per_sample_keys(rng, shape[0]), 0), sde, tuple(shape))
+
+
 def pc_nfe(sde, predictor, corrector, n_steps):
   """True count (B18): the predictor evaluates the score once, the corrector once per step."""
   return sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
@@ -324,7 +334,7 @@ def sample(rng, score_fn, sde, shape, *, method="pc", **options):
   return sampler(rng, score_fn, sde, shape, **options)
 
 
-def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps):
+def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
   """Builds the sampler of `config.sampling` for `model`.
 
   `config.sampling.method` is "pc" (predictor, corrector, snr, n_steps_each, probability_flow,
@@ -334,9 +344,21 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps):
   which feeds sigma to discrete VE networks that expect an index; ours gives every network the
   labels it was trained on.
 
+  The batch is split over the devices of `mesh` (default: every device of every process) and
+  `variables` are replicated: x_T is drawn sharded and every step runs on each device's slice.
+  Sample i depends on (rng, i) only, so the samples are those of a single-device run (the
+  Langevin and ODE step sizes use global-batch norms, reduced across devices inside jit).
+
   Returns:
-    `sample_fn(rng, variables) -> SampleOutput`, jitted; samples pass through `inverse_scaler`.
+    `sample_fn(rng, variables) -> SampleOutput`, jitted; samples pass through `inverse_scaler`
+    and come back split over the mesh (`parallel.gather` fetches them on every process).
+
+  Raises:
+    ValueError: for an unknown method or option, or a batch `shape[0]` that is not a multiple of
+      the device count (before anything compiles).
   """
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
   sampling = config.sampling
   method = sampling.method.lower()
   continuous = config.training.continuous
@@ -358,13 +380,16 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps):
   else:
     raise choice_error("sampling.method", sampling.method, SAMPLERS)
 
-  @jax.jit
+  batch_sharding = parallel.data_sharded(mesh)
+
   def sample_fn(rng, variables):
     score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    output = sampler(rng, None, score_fn=score_fn, sde=sde, shape=shape, **options)
+    z = jax.lax.with_sharding_constraint(prior_draw(rng, sde, shape), batch_sharding)  # the draw of z=None
+    output = sampler(rng, z, score_fn=score_fn, sde=sde, shape=shape, **options)
     return output.replace(samples=inverse_scaler(output.samples))
 
-  return sample_fn
+  return parallel.data_parallel(sample_fn, mesh, in_batch=(False, False),
+                                out_batch=SampleOutput(samples=True, nfe=False))
 
 
 # The fast samplers register themselves in `SAMPLERS` (they import this module's helpers).

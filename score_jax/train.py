@@ -22,11 +22,12 @@ class NonFiniteLossError(RuntimeError):
 
 def _snapshot_samples(run, workdir, state, step, reference=None):
   output = run.sampler(run.config.sampling.batch_size)(jax.random.fold_in(jax.random.PRNGKey(run.config.seed + 2), step), state.variables())
+  output = parallel.gather(output)  # every process takes part; process 0 writes
   if jax.process_index() != 0:
     return None
   directory = os.path.join(workdir, "samples")
   os.makedirs(directory, exist_ok=True)
-  path = plotting.save_samples(os.path.join(directory, f"iter_{step}"), jax.device_get(output.samples),
+  path = plotting.save_samples(os.path.join(directory, f"iter_{step}"), output.samples,
                                reference=reference, title=f"step {step}, {int(output.nfe)} score evaluations")
   logging.info("Wrote %s", path)
   return path
@@ -93,12 +94,16 @@ class _Setup:
 
   @functools.cache
   def sampler(self, batch_size):
-    """The configured sampler for `batch_size` samples: `sample_fn(rng, variables) -> SampleOutput`."""
+    """The configured sampler for `batch_size` samples: `sample_fn(rng, variables) -> SampleOutput`.
+
+    The batch is split over every device of every process (the samples come back as a global
+    array: `parallel.gather` fetches them); sample i is the same whatever the device count.
+    """
     from score_jax import sampling  # imported lazily: only snapshot sampling and eval need it
 
     shape = (batch_size,) + get_data_shape(self.config)
     return sampling.get_sampling_fn(self.config, self.sde, self.model, shape,
-                                    datasets.get_data_inverse_scaler(self.config), self.sampling_eps)
+                                    datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh)
 
   def init_state(self):
     init = jax.jit(lambda rng: init_train_state(rng, self.config, self.optimizer),
