@@ -134,6 +134,17 @@ def _check_finite(losses_so_far, first_step):
   return values
 
 
+def _save_config(config, workdir):
+  """Writes the run's config as `<workdir>/config.json` (process 0, atomically), for people and tools that load
+  the run later (the notebooks, `--mode=eval`, `--mode=inpaint`); the file is read as data, never executed."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state."""
   run = _Setup(config)
@@ -142,6 +153,7 @@ def train_and_evaluate(config, workdir):
   preemption = checkpoint.get_manager(os.path.join(workdir, checkpoint.PREEMPTION_DIR), 2)
   state, restored_step = checkpoint.restore_latest([preemption, snapshots], run.init_state())
   step = int(state.step)
+  _save_config(config, workdir)
   writer = MetricWriter(workdir)
   if restored_step is None:
     logging.info("Starting training of %s in %s", config.model.name, workdir)

@@ -1,5 +1,6 @@
 """The training loop: a real run, exact resumption, kill -9, corrupt checkpoints, NaN losses, errors."""
 
+import json
 import os
 import random
 import shutil
@@ -64,6 +65,10 @@ def test_resume_continues_exactly(uninterrupted, tmp_path):
   _assert_same_state(resumed, reference)
   steps = [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
   assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+  with open(os.path.join(workdir, "config.json")) as f:  # the config of the latest run, as data
+    saved = json.load(f)
+  assert saved["training"]["n_iters"] == config.training.n_iters != half.training.n_iters
+  assert saved["model"]["name"] == config.model.name
 
 
 def test_corrupt_latest_checkpoint_falls_back_with_warning(uninterrupted, tmp_path, caplog):
