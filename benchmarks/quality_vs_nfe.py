@@ -194,16 +194,17 @@ def mixture_benchmark(args, out_dir):
 
 
 def trained_digits_model(workdir, train_steps):
-  """(config, score-model variables) of `configs/digits.py` trained for `train_steps` in `workdir` (resumed)."""
+  """(config, model, EMA variables) of `configs/digits.py` trained for `train_steps` in `workdir` (resumed)."""
   from configs import digits
-  from score_jax import checkpoint, train
+  from score_jax import train
+  from score_jax.models import get_model
 
   config = digits.get_config()
   config.training.n_iters = train_steps
   config.training.snapshot_freq = train_steps
   config.training.snapshot_sampling = False
   state = train.train_and_evaluate(config, str(workdir))
-  return config, train._Setup(config), state.variables(ema=True)
+  return config, get_model(config), state.variables(ema=True)
 
 
 def digits_benchmark(args, out_dir):
@@ -213,11 +214,11 @@ def digits_benchmark(args, out_dir):
   from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
 
   start = time.perf_counter()
-  config, setup, variables = trained_digits_model(pathlib.Path(args.digits_workdir), args.train_steps)
+  config, model, variables = trained_digits_model(pathlib.Path(args.digits_workdir), args.train_steps)
   train_seconds = time.perf_counter() - start
   sde = sde_lib.VPSDE(beta_min=config.model.beta_min, beta_max=config.model.beta_max, N=1000)
   eps = 1e-3
-  score_fn = get_score_fn(sde, setup.model, variables, continuous=True)
+  score_fn = get_score_fn(sde, model, variables, continuous=True)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   images = load_digits(config.data.image_size)[0]
   train_images, held_out = images[:DIGITS_TRAIN_SIZE], images[DIGITS_TRAIN_SIZE:]

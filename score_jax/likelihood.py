@@ -26,7 +26,7 @@ import numpy as np
 
 from score_jax import ode, parallel
 from score_jax.models import get_score_fn
-from score_jax.sampling import fold_in, per_sample_keys
+from score_jax.sampling import per_sample_keys
 from score_jax.utils import choice_error, flat_sum
 
 
