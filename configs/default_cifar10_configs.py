@@ -70,7 +70,7 @@ def get_default_configs():
   data.num_channels = 3                     # colour channels
   data.random_flip = True                   # random horizontal flips for training
   data.uniform_dequantization = False       # add U[0, 1/256) noise to pixel values
-  data.centered = False                     # data in [-1, 1] (False: [0, 1]; the networks rescale inside)
+  data.centered = False                     # data in [-1, 1] (False: [0, 1], which the reference parameterization maps to 2x - 1)
   data.num_eval = 10000                     # size of the held-out split
   data.category = ""                        # LSUN category (bedroom, church_outdoor)
   data.tfrecords_path = ""                  # FFHQ / CelebAHQ tfrecords file (set to your local copy)
@@ -84,7 +84,10 @@ def get_default_configs():
   model.beta_min = 0.1                      # VP / sub-VP beta range
   model.beta_max = 20.0
   model.dropout = 0.1                       # dropout inside residual blocks
-  model.scale_by_sigma = True               # divide the output by sigma (VE)
+  model.scale_by_sigma = True               # divide the output by sigma (VE; reference parameterization)
+  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | edm
+  model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
+  model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
   model.normalization = "GroupNorm"         # GroupNorm (DDPM, NCSN++) | InstanceNorm++ (NCSN, NCSNv2)
   model.nonlinearity = "swish"              # swish | elu | relu | lrelu
   model.nf = 128                            # base channel count

@@ -2,7 +2,7 @@
 
 import jax
 
-from score_jax import datasets, likelihood, sampling, sde as sde_lib
+from score_jax import datasets, likelihood, parameterization, sampling, sde as sde_lib
 from score_jax.models import model_names
 from score_jax.utils import choice_error
 
@@ -25,6 +25,12 @@ def validate_config(config):
   _check_choice("sampling.corrector", sampling_config.corrector, sampling.CORRECTORS)
   _check_choice("eval.bpd_dataset", config.eval.bpd_dataset, BPD_DATASETS)
   _check_choice("eval.hutchinson", config.eval.get("hutchinson", "rademacher"), likelihood.HUTCHINSON)
+  _check_choice("model.parameterization", config.model.get("parameterization", "reference"),
+                parameterization.PARAMETERIZATIONS, lower=False)
+  _check_choice("model.dtype", config.model.get("dtype", "float32"), parameterization.DTYPES, lower=False)
+  if not training.continuous and config.model.get("parameterization", "reference") != "reference":
+    raise ValueError("training.continuous=False (the reference's SMLD / DDPM losses) needs "
+                     "model.parameterization='reference'")
   if sampling_config.predictor.lower() == "ancestral_sampling" and not hasattr(
       sde_lib.SDES[training.sde.lower()], "ancestral_step"):
     raise ValueError(f"sampling.predictor='ancestral_sampling' is defined for vesde and vpsde, not {training.sde}")

@@ -18,7 +18,7 @@ import flax.linen as nn
 import numpy as np
 
 from score_jax import torch_pickle
-from score_jax.models.registry import get_model
+from score_jax.models.registry import get_network
 from score_jax.models.utils import get_data_shape
 
 
@@ -47,7 +47,7 @@ def _top_level_creation_order(model, config):
 
 def _pytorch_layout(config):
   """(Flax names of `all_modules[i]`, variable shapes) of the network of `config`."""
-  order, shapes = _top_level_creation_order(get_model(config), config)
+  order, shapes = _top_level_creation_order(get_network(config), config)
   return [name for name in order if any(name in shapes[c] for c in shapes)], shapes
 
 

@@ -4,8 +4,9 @@ Each has the signature of `pc_sample`, `(rng, score_fn, sde, shape, *, options) 
 runs its whole loop in one jit with `score_fn` and `sde` static, and serves VP, sub-VP and VE alike
 through the SDE's own coefficients: x(t) = m(t) x(0) + std(t) z (`sde.marginal_coeffs`), the noise
 level sigma(t) = std / m (`sde.noise_level`, inverted by `sde.noise_level_to_t`) and the log-SNR
-lambda(t) = -log sigma(t). A score becomes the data prediction these solvers use by Tweedie's formula,
-x0 = (x + std^2 s(x, t)) / m (`denoise_fn`); VE is the case m = 1.
+lambda(t) = -log sigma(t). The data prediction these solvers use is the model's own denoiser D(x, t)
+(`parameterization.denoiser_of`: the parameterization's, or Tweedie's x0 = (x + std^2 s(x, t)) / m for
+a bare score function); VE is the case m = 1.
 
 `nfe` counts the score evaluations made (for the batch as a whole). Sample i uses keys derived from
 (rng, i) only; every sampler here is batch-independent except `adaptive_sde` with its default
@@ -21,14 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import sampling
+from score_jax.parameterization import denoiser_of
 from score_jax.sampling import SampleOutput, fold_in, gaussian_noise, initial_state, per_sample_keys
 from score_jax.utils import append_dims, batch_mul, choice_error
 
 
 def denoise_fn(score_fn, sde, x, t):
-  """Tweedie's formula E[x(0) | x(t)] = (x + std^2 s(x, t)) / m: the data prediction at `(B,)` t."""
-  mean_scale, std = sde.marginal_coeffs(t)
-  return batch_mul(1.0 / mean_scale, x + batch_mul(std**2, score_fn(x, t)))
+  """E[x(0) | x(t)], the data prediction at `(B,)` t (`parameterization.denoiser_of`)."""
+  return denoiser_of(score_fn, sde)(x, t)
 
 
 def _full(x, value):

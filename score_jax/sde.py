@@ -48,14 +48,6 @@ class SDE(abc.ABC):
     drift, diffusion = self.sde(x, t)
     return drift * dt, diffusion * jnp.sqrt(dt)
 
-  @abc.abstractmethod
-  def network_labels(self, t, continuous):
-    """What the reference network receives as its second argument at SDE time `t`."""
-
-  @abc.abstractmethod
-  def output_to_score(self, output, t, continuous):
-    """Turns the raw network output at time `t` into the score."""
-
   def langevin_alpha(self, t):
     """The per-sample factor alpha_i of the Langevin step size (Algorithms 4-5 of Song et al. 2021)."""
     return jnp.ones_like(t)
@@ -169,7 +161,8 @@ class VPSDE(SDE):
 
   def marginal_prob(self, x0, t):
     log_mean_coeff = self.log_mean_coeff(t)
-    return batch_mul(jnp.exp(log_mean_coeff), x0), jnp.sqrt(1.0 - jnp.exp(2.0 * log_mean_coeff))
+    # std^2 = 1 - m^2 = -expm1(2 log m): no cancellation near t = 0 (the reference's 1 - exp loses digits).
+    return batch_mul(jnp.exp(log_mean_coeff), x0), jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff))
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
@@ -182,17 +175,6 @@ class VPSDE(SDE):
     i = self.discrete_index(t)
     beta = self.discrete_betas[i]
     return batch_mul(jnp.sqrt(1.0 - beta), x) - x, jnp.sqrt(beta)
-
-  def network_labels(self, t, continuous):
-    # Continuous models were trained on t * 999 whatever N is (the reference's constant).
-    return t * 999 if continuous else t * (self.N - 1)
-
-  def output_to_score(self, output, t, continuous):
-    if continuous:
-      std = self.marginal_prob(jnp.zeros_like(output), t)[1]
-    else:
-      std = self.sqrt_1m_alphas_cumprod[self.discrete_index(t)]
-    return batch_mul(-1.0 / std, output)
 
   def langevin_alpha(self, t):
     return self.alphas[self.discrete_index(t)]
@@ -229,28 +211,19 @@ class subVPSDE(SDE):  # noqa: N801 -- the paper's and the reference's name
 
   def sde(self, x, t):
     beta_t = self.beta(t)
-    discount = 1.0 - jnp.exp(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    discount = -jnp.expm1(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
     return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
 
   def marginal_prob(self, x0, t):
     log_mean_coeff = self.log_mean_coeff(t)
-    # The sub-VP std is 1 - exp(2 lmc): no square root (Eq. (29)).
-    return batch_mul(jnp.exp(log_mean_coeff), x0), 1.0 - jnp.exp(2.0 * log_mean_coeff)
+    # The sub-VP std is 1 - exp(2 lmc): no square root (Eq. (29)); expm1 keeps its digits near t = 0.
+    return batch_mul(jnp.exp(log_mean_coeff), x0), -jnp.expm1(2.0 * log_mean_coeff)
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
 
   def prior_logp(self, z):
     return _standard_normal_logp(z)
-
-  def network_labels(self, t, continuous):
-    del continuous  # The reference feeds t * 999 for discrete sub-VP models too.
-    return t * 999
-
-  def output_to_score(self, output, t, continuous):
-    del continuous
-    std = self.marginal_prob(jnp.zeros_like(output), t)[1]
-    return batch_mul(-1.0 / std, output)
 
   def langevin_alpha(self, t):
     # The reference reads `sde.alphas`, which sub-VP lacks (bug B2); the sub-VP SDE
@@ -318,16 +291,6 @@ class VESDE(SDE):
     sigma, adjacent_sigma = self.adjacent_sigmas(t)
     variance_step = sigma**2 - adjacent_sigma**2
     return x + batch_mul(variance_step, score), jnp.sqrt(adjacent_sigma**2 * variance_step / sigma**2)
-
-  def network_labels(self, t, continuous):
-    if continuous:
-      return self.sigma(t)
-    # Index into the descending table of `get_sigmas` (sigma_max first).
-    return jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
-
-  def output_to_score(self, output, t, continuous):
-    del t, continuous  # VE networks divide by sigma themselves (`scale_by_sigma`).
-    return output
 
   def noise_level(self, t):
     return self.sigma(t)

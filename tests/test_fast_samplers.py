@@ -66,9 +66,11 @@ def test_deterministic_samplers_follow_the_exact_flow(sde, method, options, boun
     ("dpm_solver", dict(order=2, solver_type="singlestep"), 2),
 ], ids=["ddim", "heun", "dpm2M", "dpm3M", "dpm2S"])
 def test_convergence_orders(method, options, order):
-  # log2 of the error ratio between 20 and 40 steps: measured 0.96, 2.17, 1.86, 3.77, 1.9 on VP.
+  # log2 of the error ratio between 20 and 40 steps: measured 0.96, 2.17, 1.86, 4.01, 1.9 on VP (3M was
+  # 3.77 while std = sqrt(1 - exp(2 lmc)) put a float32 floor under its 40-step error; expm1 removed it,
+  # and 3M is pre-asymptotic at 20 steps). The upper bound only guards the error measure itself.
   errors = [flow_error(VP, method, steps=steps, **options) for steps in (20, 40)]
-  assert order - 0.5 < math.log2(errors[0] / errors[1]) < order + 1, errors
+  assert order - 0.5 < math.log2(errors[0] / errors[1]) < order + 1.5, errors
 
 
 @pytest.mark.parametrize("sde", [VP, VE], ids=sde_id)

@@ -14,6 +14,7 @@ from scipy import stats
 
 from score_jax import likelihood, models
 from score_jax import sde as sde_lib
+from tests.helpers import ReferenceToyModel
 from tests import test_sampling
 
 DIM = 16
@@ -165,9 +166,8 @@ def test_replays_reference_likelihood(refcheck, name):
   sde_name = name.split("/")[1]
   sde = TOY_SDES[sde_name]
 
-  def score_fn(x, t):  # the fixture's analytic model; the reference's likelihood is always continuous (B6)
-    labels = sde.network_labels(t, True)
-    return sde.output_to_score(jnp.tanh(0.5 * x) + 0.001 * labels[:, None, None, None], t, True)
+  # The fixture's analytic model; the reference's likelihood is always continuous (B6).
+  score_fn = models.get_score_fn(sde, ReferenceToyModel(), {}, continuous=True)
 
   # VP / sub-VP on centred data with inverse scaler (x + 1) / 2 (offset 7); VE on [0, 1] data (offset 8).
   centred = sde_name != "ve"

@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import convert, sde as sde_lib
-from score_jax.models import get_model, get_score_fn, init_model
+from score_jax import convert, parameterization, sde as sde_lib
+from score_jax.models import get_model, get_model_fn, get_score_fn, init_model
 
 REFCHECK = pathlib.Path(os.environ.get(
     "SCORE_JAX_REFCHECK", pathlib.Path(__file__).resolve().parents[2] / "shared" / "refcheck"))
@@ -47,35 +47,20 @@ def model_fixture(request, refcheck):
   return config, arrays, state_dict, convert.torch_state_dict_to_variables(state_dict, config)
 
 
-class RecordingModel:
-  """Passes `apply` through to a network and keeps what it saw and returned."""
-
-  def __init__(self, model):
-    self.model, self.calls = model, []
-
-  def apply(self, variables, x, labels, **kwargs):
-    output = self.model.apply(variables, x, labels, **kwargs)
-    self.calls.append((labels, output))
-    return output
-
-
 def test_network_and_score_match_reference(model_fixture):
+  """The reference parameterization: its labels, the network as the reference defines it, and the score."""
   config, arrays, _, variables = model_fixture
   sde, _ = sde_lib.get_sde(config)
-  model = RecordingModel(get_model(config))
-  score_fn = get_score_fn(sde, model, variables, continuous=config.training.continuous)
-
-  @jax.jit
-  def run(x, t):  # one network evaluation: the score function's
-    score = score_fn(x, t)
-    labels, output = model.calls[-1]
-    return labels, output, score
-
-  labels, output, score = run(jnp.asarray(arrays["input_x"].transpose(0, 2, 3, 1)), jnp.asarray(arrays["input_t"]))
+  model = get_model(config)
+  continuous = config.training.continuous
+  x, t = jnp.asarray(arrays["input_x"].transpose(0, 2, 3, 1)), jnp.asarray(arrays["input_t"])
+  labels = parameterization.reference_labels(sde, t, continuous)
   np.testing.assert_allclose(labels, arrays["input_time_cond"], rtol=1e-6)
+  output = jax.jit(get_model_fn(model, variables))(x, labels)
   expected = arrays["output_f64"]
   output = np.asarray(output).transpose(0, 3, 1, 2)
   assert np.abs(output - expected).max() <= 2e-5 * np.abs(expected).max()
+  score = jax.jit(get_score_fn(sde, model, variables, continuous=continuous))(x, t)
   score = np.asarray(score).transpose(0, 3, 1, 2)
   assert np.abs(score - arrays["score"]).max() <= 2e-5 * np.abs(arrays["score"]).max()
 
@@ -109,7 +94,7 @@ def tiny_config(**model):
     dict(progressive="output_skip", progressive_input="input_skip", progressive_combine="cat"),
     dict(progressive="residual", progressive_input="residual"),
     dict(resblock_type="ddpm", progressive="output_skip", progressive_input="input_skip", fir=False),
-    dict(resblock_type="ddpm", fir=True, skip_rescale=False, embedding_type="positional", scale_by_sigma=False),
+    dict(resblock_type="ddpm", fir=True, skip_rescale=False, embedding_type="positional"),
 ])
 def test_ncsnpp_options_build(options):
   config = tiny_config(**options)

@@ -13,6 +13,7 @@ import pytest
 
 from score_jax import models, sampling
 from score_jax import sde as sde_lib
+from tests.helpers import ReferenceToyModel
 
 # ----------------------------------------------------------------------------- closed-form scores
 
@@ -214,11 +215,8 @@ CASES = json.loads(_JSON.read_text())["cases"] if _JSON.exists() else {}
 
 
 def toy_score_fn(sde, continuous):
-  """The fixture's analytic model tanh(0.5 x) + 0.001 labels, through the SDE's score wrapper."""
-  def score_fn(x, t):
-    labels = sde.network_labels(t, continuous).astype(jnp.float32)
-    return sde.output_to_score(jnp.tanh(0.5 * x) + 0.001 * labels[:, None, None, None], t, continuous)
-  return score_fn
+  """The fixture's analytic model tanh(0.5 x) + 0.001 labels, through the reference parameterization."""
+  return models.get_score_fn(sde, ReferenceToyModel(), {}, continuous=continuous)
 
 
 class Replay:

@@ -68,7 +68,10 @@ def get_default_configs():
   model.embedding_type = "positional"       # positional (VP labels t*999) | fourier (VE labels sigma)
   model.embedding_dim = 64                  # size of the time embedding
   model.fourier_scale = 16.0                # std of the Fourier features' frequencies
-  model.scale_by_sigma = False              # divide the output by sigma (VE)
+  model.scale_by_sigma = False              # divide the output by sigma (VE; reference parameterization)
+  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | edm
+  model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
+  model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
   model.dropout = 0.0                       # dropout inside residual blocks
   model.ema_rate = 0.999                    # EMA decay of the parameters used for sampling/eval
   model.sigma_min = 0.01                    # VE noise range

@@ -10,7 +10,7 @@ from score_jax.models.registry import register_model
 
 
 class DDPM(nn.Module):
-  """`(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`; labels are time steps (or sigma indices with `scale_by_sigma`)."""
+  """`(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`: a plain network; labels are embedded as positions."""
 
   nf: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -19,12 +19,7 @@ class DDPM(nn.Module):
   dropout: float = 0.1
   resamp_with_conv: bool = True
   conditional: bool = True
-  scale_by_sigma: bool = False
-  centered: bool = True
   nonlinearity: str = "swish"
-  sigma_min: float = 0.01  # sigma table for `scale_by_sigma` (VE)
-  sigma_max: float = 50.0
-  num_scales: int = 1000
 
   def _resnet_block(self, out_ch=None):
     return layers.ResnetBlockDDPM(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout)
@@ -63,26 +58,19 @@ class DDPM(nn.Module):
   @nn.compact
   def __call__(self, x, labels, train=False):
     temb = self._embed(labels)
-    if not self.centered:
-      x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
     h = layers.AttnBlock()(h)
     h = self._resnet_block()(h, temb, train)
     h = self._decode(h, hs, temb, train)
     h = layers.get_act(self.nonlinearity)(layers.group_norm(h.shape[-1], 32)(h))
-    h = layers.conv3x3(x.shape[-1], init_scale=0.0)(h)
-    if self.scale_by_sigma:
-      sigmas = jnp.asarray(layers.sigma_table(self.sigma_min, self.sigma_max, self.num_scales), h.dtype)
-      h = h / sigmas[labels.astype(jnp.int32)][:, None, None, None]
-    return h
+    return layers.conv3x3(x.shape[-1], init_scale=0.0)(h)
 
 
 @register_model("ddpm")
 def build_ddpm(config):
-  """The DDPM U-Net from `config.model` (+ `data.centered`)."""
+  """The DDPM U-Net from `config.model`."""
   m = config.model
   return DDPM(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
-              conditional=m.conditional, scale_by_sigma=m.scale_by_sigma, centered=config.data.centered,
-              nonlinearity=m.nonlinearity, sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+              conditional=m.conditional, nonlinearity=m.nonlinearity)

@@ -37,11 +37,6 @@ def default_init(scale=1.0):
   return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
-def sigma_table(sigma_min, sigma_max, num_scales):
-  """The reference's descending noise levels (`get_sigmas`), float64 numpy; index 0 is sigma_max."""
-  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
-
-
 def get_timestep_embedding(timesteps, embedding_dim, max_positions=10000):
   """Sinusoidal embedding of (float) time steps, sin block first (Vaswani et al. 2017; DDPM)."""
   assert timesteps.ndim == 1

@@ -4,18 +4,16 @@ import math
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from score_jax.models import layers
 from score_jax.models.registry import register_model
 
 
 class MLPScoreModel(nn.Module):
-  """Residual MLP: x -> D outputs, conditioned on the network label (see `SDE.network_labels`).
+  """Residual MLP: x -> D outputs, conditioned on the labels of the parameterization.
 
   `embedding_type='fourier'` embeds log(label) (continuous VE: the label is sigma);
   `'positional'` embeds the label itself (t * 999 for VP, an index for discrete models).
-  With `scale_by_sigma` the output is divided by sigma, as NCSN++ does for VE.
   """
 
   hidden: int = 128
@@ -23,8 +21,6 @@ class MLPScoreModel(nn.Module):
   embedding_type: str = "positional"
   embedding_dim: int = 64
   fourier_scale: float = 16.0
-  scale_by_sigma: bool = False
-  sigmas: tuple = ()  # descending noise levels, for discrete labels with `scale_by_sigma`
   dropout: float = 0.0
 
   @nn.compact
@@ -39,22 +35,12 @@ class MLPScoreModel(nn.Module):
       residual = nn.Dense(self.hidden)(nn.swish(h)) + temb
       residual = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(residual))
       h = (h + nn.Dense(self.hidden)(residual)) / math.sqrt(2.0)
-    out = nn.Dense(x.shape[-1], kernel_init=layers.default_init(0.1))(nn.swish(h))
-    if self.scale_by_sigma:
-      if self.embedding_type == "fourier":
-        used_sigmas = labels
-      else:
-        used_sigmas = jnp.asarray(np.array(self.sigmas, np.float32))[labels.astype(jnp.int32)]
-      out = out / used_sigmas[:, None]
-    return out
+    return nn.Dense(x.shape[-1], kernel_init=layers.default_init(0.1))(nn.swish(h))
 
 
 @register_model("mlp")
 def build_mlp(config):
   model = config.model
-  sigmas = ()
-  if model.scale_by_sigma and model.embedding_type != "fourier":
-    sigmas = tuple(np.exp(np.linspace(np.log(model.sigma_max), np.log(model.sigma_min), model.num_scales)))
   return MLPScoreModel(hidden=model.nf, num_layers=model.num_res_blocks, embedding_type=model.embedding_type,
                        embedding_dim=model.embedding_dim, fourier_scale=model.fourier_scale,
-                       scale_by_sigma=model.scale_by_sigma, sigmas=sigmas, dropout=model.dropout)
+                       dropout=model.dropout)

@@ -25,8 +25,9 @@ _EMBEDDINGS = ("fourier", "positional")
 class NCSNpp(nn.Module):
   """The NCSN++ / DDPM++ U-Net: `(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`.
 
-  `labels` are noise levels sigma for Fourier embeddings (continuous VE) and
-  time labels or integer sigma indices for positional ones (see `SDE.network_labels`).
+  `labels` are the noise conditioning the parameterization supplies (`score_jax.parameterization`):
+  Fourier features embed log(labels), positional ones the labels themselves. A plain network: input
+  scaling and the meaning of the output belong to the parameterization.
   """
 
   nf: int = 128
@@ -46,12 +47,7 @@ class NCSNpp(nn.Module):
   embedding_type: str = "fourier"
   fourier_scale: float = 16.0
   init_scale: float = 0.0
-  scale_by_sigma: bool = True
-  centered: bool = False
   nonlinearity: str = "swish"
-  sigma_min: float = 0.01  # sigma table for positional labels with scale_by_sigma
-  sigma_max: float = 50.0
-  num_scales: int = 1000
 
   def _resnet_block(self, **kwargs):
     common = dict(act=layers.get_act(self.nonlinearity), dropout=self.dropout, init_scale=self.init_scale,
@@ -67,20 +63,16 @@ class NCSNpp(nn.Module):
     return (a + b) / np.sqrt(2.0) if self.skip_rescale else a + b
 
   def _embed(self, labels):
-    """Time embedding (B, 4nf) or None, and the per-sample sigma used by `scale_by_sigma`."""
+    """Time embedding (B, 4nf), or None for an unconditional network."""
     if self.embedding_type == "fourier":
-      used_sigmas = labels
       temb = layers.GaussianFourierProjection(self.nf, self.fourier_scale)(jnp.log(labels))
     else:
-      sigmas = jnp.asarray(layers.sigma_table(self.sigma_min, self.sigma_max, self.num_scales), jnp.float32)
-      used_sigmas = sigmas[labels.astype(jnp.int32)]
       temb = layers.get_timestep_embedding(labels, self.nf)
     if not self.conditional:
-      return None, used_sigmas
+      return None
     act = layers.get_act(self.nonlinearity)
     temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-    temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
-    return temb, used_sigmas
+    return nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
 
   def _encode(self, x, temb, train):
     """Encoder; returns the skip stack (its last entry feeds the middle block)."""
@@ -154,22 +146,17 @@ class NCSNpp(nn.Module):
                                 ("embedding_type", self.embedding_type, _EMBEDDINGS)]:
       if value not in choices:
         raise choice_error(f"model.{key}", value, choices)
-    temb, used_sigmas = self._embed(labels)
-    if not self.centered:
-      x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
+    temb = self._embed(labels)
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
     h = self._attn_block()(h)
     h = self._resnet_block()(h, temb, train)
-    h = self._decode(h, hs, temb, train, x.shape[-1])
-    if self.scale_by_sigma:
-      h = h / used_sigmas.astype(h.dtype)[:, None, None, None]
-    return h
+    return self._decode(h, hs, temb, train, x.shape[-1])
 
 
 @register_model("ncsnpp")
 def build_ncsnpp(config):
-  """NCSN++ / DDPM++ from `config.model` (+ `data.centered`, `training.continuous`)."""
+  """NCSN++ / DDPM++ from `config.model` (+ `training.continuous`)."""
   m = config.model
   if m.embedding_type.lower() == "fourier" and not config.training.continuous:
     raise ValueError("model.embedding_type='fourier' needs training.continuous=True (the reference asserts it)")
@@ -180,6 +167,5 @@ def build_ncsnpp(config):
       resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
       progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
       embedding_type=m.embedding_type.lower(), fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
-      scale_by_sigma=m.scale_by_sigma, centered=config.data.centered, nonlinearity=m.nonlinearity,
-      sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+      nonlinearity=m.nonlinearity)
 

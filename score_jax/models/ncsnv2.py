@@ -176,11 +176,7 @@ class NCSNv2(nn.Module):
   normalization: str = "InstanceNorm++"
   interpolation: str = "bilinear"
   conditional: bool = False  # NCSN v1: noise-conditional normalisation
-  scale_by_sigma: bool = True
-  centered: bool = False
-  sigma_min: float = 0.01
-  sigma_max: float = 50.0
-  num_scales: int = 232
+  num_scales: int = 232  # noise levels: the classes of NCSN v1's conditional normalisation
 
   @nn.compact
   def __call__(self, x, labels, train=False):
@@ -188,8 +184,7 @@ class NCSNv2(nn.Module):
     act = layers.get_act(self.nonlinearity)
     norm = normalization.get_normalization(self.normalization, self.conditional, self.num_scales)
     y = labels.astype(jnp.int32) if self.conditional else None
-    h = x if self.centered else 2 * x - 1.0
-    h = ncsn_conv(self.nf)(h)
+    h = ncsn_conv(self.nf)(x)
     stages = []
     for mult, resample, dilation in _STAGES[self.architecture]:
       h = ResidualBlock(mult * self.nf, norm, resample, act, dilation)(h, y)
@@ -202,11 +197,7 @@ class NCSNv2(nn.Module):
     for i, skip in enumerate(reversed(stages[:-1]), start=1):
       h = refine(skip.shape[1:3], features[i] * self.nf, end=i == len(stages) - 1)([skip, h], y)
     h = act(_normalize(norm, h, y))
-    h = ncsn_conv(x.shape[-1])(h)
-    if self.scale_by_sigma:
-      sigmas = jnp.asarray(layers.sigma_table(self.sigma_min, self.sigma_max, self.num_scales), h.dtype)
-      h = h / sigmas[labels.astype(jnp.int32)][:, None, None, None]
-    return h
+    return ncsn_conv(x.shape[-1])(h)
 
 
 def _builder(architecture, conditional=False):
@@ -214,8 +205,7 @@ def _builder(architecture, conditional=False):
     m = config.model
     return NCSNv2(architecture=architecture, nf=m.nf, nonlinearity=m.nonlinearity, normalization=m.normalization,
                   interpolation=m.get("interpolation", "bilinear"), conditional=conditional,
-                  scale_by_sigma=m.scale_by_sigma, centered=config.data.centered, sigma_min=m.sigma_min,
-                  sigma_max=m.sigma_max, num_scales=m.num_scales)
+                  num_scales=m.num_scales)
   return build
 
 

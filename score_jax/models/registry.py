@@ -1,12 +1,14 @@
-"""Model registry: `config.model.name` -> a builder `config -> flax.linen.Module`."""
+"""Model registry: `config.model.name` -> a builder `config -> network`, wrapped with its parameterization."""
 
+from score_jax import parameterization
+from score_jax.models.score_model import ScoreModel
 from score_jax.utils import choice_error
 
 _MODELS = {}
 
 
 def register_model(name):
-  """Decorator registering `builder(config) -> nn.Module` under `name`."""
+  """Decorator registering `builder(config) -> nn.Module` (a plain network) under `name`."""
   def register(builder):
     if name in _MODELS:
       raise ValueError(f"model {name!r} is already registered")
@@ -19,9 +21,15 @@ def model_names():
   return sorted(_MODELS)
 
 
-def get_model(config):
-  """Builds the Flax module named by `config.model.name`."""
+def get_network(config):
+  """The plain network named by `config.model.name`."""
   name = config.model.name
   if name not in _MODELS:
     raise choice_error("model.name", name, _MODELS)
   return _MODELS[name](config)
+
+
+def get_model(config):
+  """The network of `config.model` with its parameterization (`model.parameterization`)."""
+  network = get_network(config)
+  return ScoreModel(network=network, parameterization=parameterization.get_parameterization(config, network))

@@ -1,0 +1,287 @@
+"""Network parameterizations: everything between an SDE and a raw network.
+
+A parameterization decides what the network sees (its input scaling c_in and its noise
+conditioning, the "labels") and what its output means: a denoised estimate D(x, t) = E[x(0) | x(t)],
+a score, and the target a regression objective fits. Networks are plain functions
+`network(x_in, labels, train) -> output` that know nothing about SDEs.
+
+With x(t) = m(t) x(0) + std(t) z (`sde.marginal_coeffs`), Tweedie's formula ties the denoiser and
+the score: D = (x + std^2 s) / m, s = (m D - x) / std^2. Conventions (`model.parameterization`):
+
+* `reference`: the score_sde networks as trained by the reference (labels t * 999 for continuous VP
+  and sub-VP, t * (N - 1) or the integer sigma index for discrete models, sigma itself for
+  continuous VE; VP and sub-VP outputs are -std * score, VE outputs divided by sigma with
+  `scale_by_sigma`; uncentered data mapped to 2x - 1 inside).
+* `eps`, `x0`, `v`: the network predicts the noise, the data, or v = alpha z - sigma x0 (Salimans &
+  Ho 2022), on inputs scaled to unit-variance-ish x / sqrt(m^2 + std^2), with the reference labels.
+* `edm`: Karras et al. 2022, Table 1: D = c_skip x_hat + c_out F(c_in x_hat; c_noise) on
+  x_hat = x / m at noise level sigma = std / m, c_noise = log(sigma) / 4.
+
+The compute dtype is applied here, and only here: network inputs are cast to it and outputs back
+to float32.
+"""
+
+import abc
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from score_jax import sde as sde_lib
+from score_jax.utils import append_dims, batch_mul, choice_error
+
+
+def coefficients(sde, t):
+  """(m(t), std(t), a(t) = sqrt(m^2 + std^2)), each `(B,)`."""
+  mean_scale, std = sde.marginal_coeffs(t)
+  return mean_scale, std, jnp.sqrt(mean_scale**2 + std**2)
+
+
+# ------------------------------------------------------------------- the reference's conventions
+
+def _vp_labels(sde, t, continuous):
+  # Continuous models were trained on t * 999 whatever N is (the reference's constant).
+  return t * 999 if continuous else t * (sde.N - 1)
+
+
+def _vp_output_scale(sde, t, continuous):
+  """The network predicts -std * score (the noise), at the continuous or the discrete std."""
+  std = sde.marginal_coeffs(t)[1] if continuous else sde.sqrt_1m_alphas_cumprod[sde.discrete_index(t)]
+  return -1.0 / std
+
+
+def _subvp_labels(sde, t, continuous):
+  del continuous  # The reference feeds t * 999 for discrete sub-VP models too.
+  return t * 999
+
+
+def _subvp_output_scale(sde, t, continuous):
+  del continuous
+  return -1.0 / sde.marginal_coeffs(t)[1]
+
+
+def _ve_labels(sde, t, continuous):
+  if continuous:
+    return sde.sigma(t)
+  # Index into the descending table of `get_sigmas` (sigma_max first).
+  return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+
+
+def _ve_output_scale(sde, t, continuous):
+  del sde, continuous  # The output is the score (after `scale_by_sigma`).
+  return jnp.ones_like(t)
+
+
+# Per SDE class: (labels(sde, t, continuous), output scale(sde, t, continuous)) with score = scale * output.
+REFERENCE_CONVENTIONS = {
+    sde_lib.VPSDE: (_vp_labels, _vp_output_scale),
+    sde_lib.subVPSDE: (_subvp_labels, _subvp_output_scale),
+    sde_lib.VESDE: (_ve_labels, _ve_output_scale),
+}
+
+
+def _convention(sde):
+  for cls in type(sde).__mro__:
+    if cls in REFERENCE_CONVENTIONS:
+      return REFERENCE_CONVENTIONS[cls]
+  raise ValueError(f"no reference labels are defined for {type(sde).__name__}; register it in "
+                   f"parameterization.REFERENCE_CONVENTIONS")
+
+
+def reference_labels(sde, t, continuous):
+  """What the reference network receives as its second argument at SDE time `t`."""
+  return _convention(sde)[0](sde, t, continuous)
+
+
+def tweedie_denoiser(score_fn, sde):
+  """`denoiser_fn(x, t)`: Tweedie's formula E[x(0) | x(t)] = (x + std^2 s(x, t)) / m."""
+  def denoiser_fn(x, t):
+    mean_scale, std = sde.marginal_coeffs(t)
+    return batch_mul(1.0 / mean_scale, x + batch_mul(std**2, score_fn(x, t)))
+  return denoiser_fn
+
+
+def denoiser_of(score_fn, sde):
+  """The denoiser that belongs to `score_fn`: the model's own (`score_fn.denoiser_fn`, set by
+  `models.get_score_fn`), else Tweedie's formula on the score."""
+  return getattr(score_fn, "denoiser_fn", None) or tweedie_denoiser(score_fn, sde)
+
+
+# ----------------------------------------------------------------------------- parameterizations
+
+@dataclasses.dataclass(frozen=True)
+class Parameterization(abc.ABC):
+  """Maps (sde, x, t) to the network's inputs and its output to D(x, t), the score and a target.
+
+  Every method is pure and elementwise in the batch; `t` is `(B,)`.
+  """
+
+  dtype: str = "float32"  # compute dtype of the network
+
+  @abc.abstractmethod
+  def network_inputs(self, sde, x, t, continuous):
+    """Returns `(x_in, labels)`: the network's input and its noise conditioning."""
+
+  @abc.abstractmethod
+  def denoised(self, sde, output, x, t, continuous):
+    """D(x, t) = E[x(0) | x(t)] from the network's output."""
+
+  @abc.abstractmethod
+  def target(self, sde, x0, noise, t):
+    """The output that gives D = x0 exactly at x = m x0 + std noise (the regression target)."""
+
+  def score(self, sde, output, x, t, continuous):
+    """The score (m D - x) / std^2 (Tweedie's formula)."""
+    mean_scale, std = sde.marginal_coeffs(t)
+    return batch_mul(1.0 / std**2, batch_mul(mean_scale, self.denoised(sde, output, x, t, continuous)) - x)
+
+  def apply_network(self, network_fn, sde, x, t, continuous):
+    """`network_fn(x_in, labels)` on this parameterization's inputs, in the compute dtype; float32 output."""
+    x_in, labels = self.network_inputs(sde, x, t, continuous)
+    return network_fn(x_in.astype(self.dtype), labels).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference(Parameterization):
+  """The score_sde networks' own convention (the default): reproduces the reference bit for bit."""
+
+  centered: bool = True         # data already in [-1, 1]; else the input is mapped to 2x - 1
+  scale_by_sigma: bool = False  # divide the output by sigma (VE networks)
+  labels_are_sigmas: bool = False  # labels are sigma itself (Fourier embeddings), else indices into `sigmas`
+  sigmas: tuple = ()            # the descending sigma table of `scale_by_sigma` with index labels
+
+  def scale_input(self, x):
+    return x if self.centered else 2 * x - 1.0
+
+  def scale_output(self, output, labels):
+    """`scale_by_sigma`: the output divided by the sigma of its labels, as the reference network does."""
+    if not self.scale_by_sigma:
+      return output
+    used_sigmas = labels if self.labels_are_sigmas else \
+        jnp.asarray(np.asarray(self.sigmas, np.float32))[labels.astype(jnp.int32)]
+    return output / append_dims(used_sigmas.astype(output.dtype), output.ndim)
+
+  def network_inputs(self, sde, x, t, continuous):
+    return self.scale_input(x), reference_labels(sde, t, continuous)
+
+  def reference_output(self, network_fn, x, labels):
+    """The reference network's output `network(x, labels)` (input centering and `scale_by_sigma` included)."""
+    output = network_fn(self.scale_input(x).astype(self.dtype), labels).astype(jnp.float32)
+    return self.scale_output(output, labels)
+
+  def score(self, sde, output, x, t, continuous):
+    labels = reference_labels(sde, t, continuous)
+    return batch_mul(_convention(sde)[1](sde, t, continuous), self.scale_output(output, labels))
+
+  def denoised(self, sde, output, x, t, continuous):
+    mean_scale, std = sde.marginal_coeffs(t)
+    return batch_mul(1.0 / mean_scale, x + batch_mul(std**2, self.score(sde, output, x, t, continuous)))
+
+  def target(self, sde, x0, noise, t):
+    raise ValueError("model.parameterization='reference' has no regression target: it is trained by the "
+                     "reference's score-matching losses (training.objective='dsm')")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scaled(Parameterization):
+  """Inputs x / sqrt(m^2 + std^2) (unit variance for unit-variance data), the reference labels."""
+
+  def network_inputs(self, sde, x, t, continuous):
+    return batch_mul(1.0 / coefficients(sde, t)[2], x), reference_labels(sde, t, continuous)
+
+
+@dataclasses.dataclass(frozen=True)
+class Epsilon(_Scaled):
+  """The network predicts the noise z (Ho et al. 2020): D = (x - std F) / m."""
+
+  def denoised(self, sde, output, x, t, continuous):
+    mean_scale, std = sde.marginal_coeffs(t)
+    return batch_mul(1.0 / mean_scale, x - batch_mul(std, output))
+
+  def score(self, sde, output, x, t, continuous):
+    return batch_mul(-1.0 / sde.marginal_coeffs(t)[1], output)  # s = -z / std, without Tweedie's cancellation
+
+  def target(self, sde, x0, noise, t):
+    return noise
+
+
+@dataclasses.dataclass(frozen=True)
+class Data(_Scaled):
+  """The network predicts x(0) itself: D = F."""
+
+  def denoised(self, sde, output, x, t, continuous):
+    return output
+
+  def target(self, sde, x0, noise, t):
+    return x0
+
+
+@dataclasses.dataclass(frozen=True)
+class Velocity(_Scaled):
+  """v-prediction (Salimans & Ho 2022, Sec. 4): with alpha = m / a, sigma = std / a on x / a,
+  v = alpha z - sigma x0 and D = alpha x / a - sigma F."""
+
+  def denoised(self, sde, output, x, t, continuous):
+    mean_scale, std, a = coefficients(sde, t)
+    return batch_mul(mean_scale / a**2, x) - batch_mul(std / a, output)
+
+  def target(self, sde, x0, noise, t):
+    mean_scale, std, a = coefficients(sde, t)
+    return batch_mul(mean_scale / a, noise) - batch_mul(std / a, x0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EDM(Parameterization):
+  """Karras et al. 2022, Table 1 ("Ours"), on x_hat = x / m at sigma = std / m (Sec. 4 for any SDE)."""
+
+  sigma_data: float = 0.5
+
+  def _preconditioning(self, sde, t):
+    """(m, sigma, c_skip, c_out, c_in, c_noise), each `(B,)`."""
+    mean_scale = sde.marginal_coeffs(t)[0]
+    sigma = sde.noise_level(t)
+    total = sigma**2 + self.sigma_data**2
+    return (mean_scale, sigma, self.sigma_data**2 / total, sigma * self.sigma_data / jnp.sqrt(total),
+            1.0 / jnp.sqrt(total), 0.25 * jnp.log(sigma))
+
+  def network_inputs(self, sde, x, t, continuous):
+    mean_scale, _, _, _, c_in, c_noise = self._preconditioning(sde, t)
+    return batch_mul(c_in / mean_scale, x), c_noise
+
+  def denoised(self, sde, output, x, t, continuous):
+    mean_scale, _, c_skip, c_out, _, _ = self._preconditioning(sde, t)
+    return batch_mul(c_skip / mean_scale, x) + batch_mul(c_out, output)
+
+  def target(self, sde, x0, noise, t):
+    _, sigma, c_skip, c_out, _, _ = self._preconditioning(sde, t)
+    return batch_mul(1.0 / c_out, x0 - batch_mul(c_skip, x0 + batch_mul(sigma, noise)))
+
+
+PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "edm": EDM}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def get_parameterization(config, network=None):
+  """The parameterization of `config.model` (`parameterization`, `dtype`, and for `reference` the
+  network's own settings: `data.centered`, `model.scale_by_sigma`, the sigma table)."""
+  model = config.model
+  name = model.get("parameterization", "reference")
+  if name not in PARAMETERIZATIONS:
+    raise choice_error("model.parameterization", name, PARAMETERIZATIONS)
+  dtype = model.get("dtype", "float32")
+  if dtype not in DTYPES:
+    raise choice_error("model.dtype", dtype, DTYPES)
+  if name == "reference":
+    sigmas = ()
+    if model.scale_by_sigma:
+      sigmas = tuple(float(s) for s in sigma_table(model.sigma_min, model.sigma_max, model.num_scales))
+    return Reference(dtype=dtype, centered=config.data.get("centered", True), scale_by_sigma=model.scale_by_sigma,
+                     labels_are_sigmas=getattr(network, "embedding_type", None) == "fourier", sigmas=sigmas)
+  if name == "edm":
+    return EDM(dtype=dtype, sigma_data=model.get("sigma_data", 0.5))
+  return PARAMETERIZATIONS[name](dtype=dtype)
+
+
+def sigma_table(sigma_min, sigma_max, num_scales):
+  """The reference's descending noise levels (`get_sigmas`), float64 numpy; index 0 is sigma_max."""
+  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
