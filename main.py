@@ -6,9 +6,11 @@
   python main.py --config=configs/digits.py --workdir=runs/digits --mode=inpaint --from_dataset=8 --mask=half
 """
 
+import importlib.util
 import logging as std_logging
 import os
 import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -44,7 +46,12 @@ def main(argv):
   del argv
   if FLAGS.workdir is None:
     sys.exit("main.py: --workdir is required (the directory for checkpoints, logs and samples).")
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  try:
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=FLAGS.workdir):
+      pass
+  except OSError as error:
+    sys.exit(f"main.py: --workdir={FLAGS.workdir} cannot be created or written: {error.strerror or error}")
   logging.get_absl_handler().use_absl_log_file("log", FLAGS.workdir)
   logging.set_stderrthreshold(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -74,6 +81,41 @@ def main(argv):
     sys.exit(f"main.py: {error}")
 
 
+def _config_keys(argv, dotted):
+  """The keys of the config node at `dotted` (e.g. "training"), read from the --config file; [] if unknown."""
+  path = next((a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")), None)
+  try:
+    spec = importlib.util.spec_from_file_location("_config_of_main", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    node = module.get_config()
+    for part in filter(None, dotted.split(".")):
+      node = node[part]
+    return sorted(node.keys())
+  except Exception:  # noqa: BLE001 -- only for the message; the real error is reported anyway
+    return []
+
+
+def _parse_flags(argv):
+  """absl's parser, with a `--config.<key>` override that names no key of the config in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:  # a bad value or an unknown flag
+    sys.exit(f"main.py: {error}")
+  except (AttributeError, KeyError) as error:  # ml_collections: no such field in a locked ConfigDict
+    missing = str(error).strip("\"'")
+    for arg in argv:
+      name = arg.split("=", 1)[0][2:]
+      parts = name.split(".")
+      if arg.startswith("--config.") and missing in parts[1:]:
+        section = ".".join(parts[1:parts.index(missing, 1)])
+        valid = _config_keys(argv, section)
+        where = f"config.{section}" if section else "the config"
+        sys.exit(f"main.py: --{name}: {where} has no key {missing!r}"
+                 + (f"; choose one of: {', '.join(valid)}" if valid else ""))
+    raise
+
+
 def _config_error_in_one_line():
   """Turns a missing or broken --config into a one-line message instead of a traceback."""
   for arg in sys.argv[1:]:
@@ -88,4 +130,4 @@ def _config_error_in_one_line():
 
 if __name__ == "__main__":
   _config_error_in_one_line()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

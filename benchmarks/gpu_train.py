@@ -7,7 +7,7 @@ For each model (the reference's `vp/cifar10_ddpmpp_continuous` and `ve/cifar10_n
 configs, full size) and each precision of `jax.default_matmul_precision` (the precision XLA uses for
 float32 convolutions and matrix products: `float32` = true fp32, `tensorfloat32` = TF32 tensor cores,
 `bfloat16` = bf16 inputs with fp32 accumulation; parameters and activations stay float32), it runs
-the jitted `n_jitted_steps` training block (`train._Setup.multi_step`, as `main.py --mode=train`
+the jitted `n_jitted_steps` training block (`run_setup.RunSetup.multi_step`, as `main.py --mode=train`
 does) on a fixed synthetic batch and reports:
 
 * compile time, seconds per optimisation step, images/s;
@@ -59,8 +59,8 @@ def count_flops(models, batch_size):
   import jax
   import numpy as np
 
-  from score_jax import losses, train
-  from score_jax.train_state import get_train_step
+  from score_jax import losses, run_setup
+  from score_jax.train_steps import get_train_step
 
   counts = {}
   if os.path.exists(FLOPS_FILE):
@@ -70,7 +70,7 @@ def count_flops(models, batch_size):
     config = importlib.import_module(MODELS[model]).get_config()
     config.training.batch_size = batch_size
     config.data.dataset = "blobs"
-    run = train._Setup(config)
+    run = run_setup.RunSetup(config)
     state = jax.eval_shape(run.init_state)
     batch = jax.ShapeDtypeStruct((batch_size, config.data.image_size, config.data.image_size,
                                   config.data.num_channels), np.float32)
@@ -89,15 +89,15 @@ def measure(model, precision, batch_size, repeats):
   import jax
   import numpy as np
 
-  from score_jax import losses, parallel, train
-  from score_jax.train_state import get_train_step
+  from score_jax import losses, parallel, run_setup
+  from score_jax.train_steps import get_train_step
 
   config = importlib.import_module(MODELS[model]).get_config()
   config.training.batch_size = batch_size
   config.training.snapshot_sampling = False
   config.data.dataset = "blobs"  # synthetic images of the same shape: the batch below is fixed anyway
   with jax.default_matmul_precision(precision):
-    run = train._Setup(config)
+    run = run_setup.RunSetup(config)
     state = run.init_state()
     n = config.training.n_jitted_steps
     shape = (n, batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)

@@ -6,9 +6,9 @@
 Each device count runs in its own subprocess (the device count is fixed when JAX starts): on CPU
 with N fake devices (`XLA_FLAGS=--xla_force_host_platform_device_count=N`), on GPUs with the
 first N (`CUDA_VISIBLE_DEVICES`). The global batch is the same for every N (strong scaling), so
-the ideal speed-up is N. Rows: examples/s of the bare jitted training step (`train._Setup.multi_step`,
+the ideal speed-up is N. Rows: examples/s of the bare jitted training step (`run_setup.RunSetup.multi_step`,
 the code path of `train_and_evaluate`) for the toy MLP and a tiny DDPM++ image config, and samples/s
-of the configured PC sampler (`train._Setup.sampler`) for the toy. The subprocesses run in
+of the configured PC sampler (`run_setup.RunSetup.sampler`) for the toy. The subprocesses run in
 `--rounds` interleaved rounds (1, 2, 4, 1, 2, 4, ...) and each row keeps its best round, so a
 noisy machine disturbs all device counts alike. Fake CPU devices share the host's cores: on a
 small CPU they measure the overhead of sharding, not a speed-up.
@@ -63,9 +63,9 @@ def _time(fn, repeats):
 
 
 def measure_train(config, repeats):
-  from score_jax import train
+  from score_jax import run_setup
 
-  run = train._Setup(config)
+  run = run_setup.RunSetup(config)
   holder = {"state": run.init_state()}
   batches = run.train_batches(0)
 
@@ -82,9 +82,9 @@ def measure_train(config, repeats):
 def measure_sampling(config, repeats):
   import jax
 
-  from score_jax import train
+  from score_jax import run_setup
 
-  run = train._Setup(config)
+  run = run_setup.RunSetup(config)
   variables = run.init_state().variables()
   batch = config.sampling.batch_size
   sample_fn = run.sampler(batch)

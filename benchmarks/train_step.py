@@ -23,7 +23,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.toy import checkerboard  # noqa: E402
-from score_jax import train  # noqa: E402
+from score_jax import run_setup, train  # noqa: E402
 
 
 def toy_config():
@@ -56,7 +56,7 @@ def image_config():
 
 
 def bare_step_time(config, repeats):
-  run = train._Setup(config)
+  run = run_setup.RunSetup(config)
   state = run.init_state()
   batches = run.train_batches(0)
   start = time.perf_counter()

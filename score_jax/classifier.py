@@ -28,7 +28,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from score_jax import checkpoint, controllable, datasets, losses, parallel, sde as sde_lib
+from score_jax import checkpoint, controllable, datasets, optim, parallel, sde as sde_lib
+from score_jax.rng import per_example
 from score_jax.config_utils import validate_classifier_config
 from score_jax.metric_writer import MetricWriter
 from score_jax.models.wideresnet import WideResnet
@@ -85,7 +86,7 @@ def get_loss_fn(sde, model, noise_eps):
   def loss_fn(rng, variables, images, labels, t_range=(noise_eps, sde.T)):
     draw = lambda key: (jax.random.uniform(jax.random.fold_in(key, 0), (), minval=t_range[0], maxval=t_range[1]),
                         jax.random.normal(jax.random.fold_in(key, 1), images.shape[1:]))
-    t, z = losses._per_example(rng, images.shape[0], draw)  # noqa: SLF001 -- the shared per-example draw
+    t, z = per_example(rng, images.shape[0], draw)
     mean, std = sde.marginal_prob(images, t)
     logits = get_logit_fn(sde, model, variables)(mean + std.reshape((-1,) + (1,) * (images.ndim - 1)) * z, t)
     log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
@@ -124,7 +125,7 @@ def get_eval_step(loss_fn, edges, rng):
 
 
 def _optimizer(config):
-  return losses.get_optimizer(ml_collections.ConfigDict({"optim": config.classifier.optim}))
+  return optim.get_optimizer(ml_collections.ConfigDict({"optim": config.classifier.optim}))
 
 
 def _init_state(rng, config, optimizer):

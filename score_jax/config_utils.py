@@ -56,8 +56,67 @@ def validate_config(config):
       raise ValueError(f"training.{key}={value} must be a positive multiple of training.n_jitted_steps ({n})")
   if training.n_iters <= 0:
     raise ValueError(f"training.n_iters={training.n_iters} must be positive")
-  if not 0.0 <= config.model.ema_rate < 1.0:
-    raise ValueError(f"model.ema_rate={config.model.ema_rate} must lie in [0, 1)")
+  check_numbers(config, NUMERIC_RULES)
+  model = config.model
+  if model.sigma_max <= model.sigma_min:
+    raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
+  if model.beta_max < model.beta_min:
+    raise ValueError(f"model.beta_max={model.beta_max} must be at least model.beta_min={model.beta_min}")
+  uses_ddpm_steps = not training.continuous or sampling_config.method.lower() == "pc" and (
+      sampling_config.predictor.lower() in ("reverse_diffusion", "ancestral_sampling")
+      or sampling_config.corrector.lower() in ("langevin", "ald"))
+  if training.sde.lower() in ("vpsde", "subvpsde") and uses_ddpm_steps and model.beta_max > model.num_scales:
+    raise ValueError(f"model.num_scales={model.num_scales} must be at least model.beta_max={model.beta_max}: "
+                     "the DDPM discretisation (beta_i = beta / N) of this sampler and loss needs beta_max / N <= 1")
+  if config.eval.end_ckpt < config.eval.begin_ckpt:
+    raise ValueError(f"eval.end_ckpt={config.eval.end_ckpt} must be at least eval.begin_ckpt={config.eval.begin_ckpt}")
+  sampling.config_options(sampling_config.method.lower(), sampling_config, 1e-3)  # the sampler checks its options
+
+
+def _between(low, high, closed_high=False):
+  return (lambda v: low <= v <= high) if closed_high else (lambda v: low <= v < high)
+
+
+# (key, rule, what the rule says): every numeric key whose wrong value would train or sample nonsense.
+NUMERIC_RULES = (
+    ("optim.lr", lambda v: v > 0, "must be > 0"),
+    ("optim.warmup", lambda v: v >= 0, "must be >= 0"),
+    ("optim.beta1", _between(0.0, 1.0), "must lie in [0, 1)"),
+    ("optim.eps", lambda v: v > 0, "must be > 0"),
+    ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("training.eps", lambda v: 0 < v < 1, "must lie in (0, 1)"),
+    ("training.keep_checkpoints", lambda v: v >= 0, "must be >= 0 (0 keeps all)"),
+    ("model.ema_rate", _between(0.0, 1.0), "must lie in [0, 1)"),
+    ("model.num_scales", lambda v: v >= 1, "must be >= 1"),
+    ("model.nf", lambda v: v >= 1, "must be >= 1"),
+    ("model.num_res_blocks", lambda v: v >= 1, "must be >= 1"),
+    ("model.dropout", _between(0.0, 1.0), "must lie in [0, 1)"),
+    ("model.sigma_min", lambda v: v > 0, "must be > 0"),
+    ("model.beta_min", lambda v: v >= 0, "must be >= 0"),
+    ("model.sigma_data", lambda v: v > 0, "must be > 0"),
+    ("model.fourier_scale", lambda v: v > 0, "must be > 0"),
+    ("model.embedding_dim", lambda v: v >= 2 and v % 2 == 0, "must be an even number >= 2"),
+    ("sampling.snr", lambda v: v >= 0, "must be >= 0"),
+    ("sampling.n_steps_each", lambda v: v >= 0, "must be >= 0"),
+    ("eval.num_samples", lambda v: v >= 0, "must be >= 0"),
+    ("eval.bpd_num_repeats", lambda v: v >= 1, "must be >= 1"),
+    ("eval.num_eval_batches", lambda v: v >= 0, "must be >= 0 (0: the whole split)"),
+    ("eval.checkpoint_timeout", lambda v: v >= 0, "must be >= 0"),
+    ("eval.begin_ckpt", lambda v: v >= 1, "must be >= 1"),
+    ("data.image_size", lambda v: v >= 1, "must be >= 1"),
+    ("data.num_eval", lambda v: v >= 1, "must be >= 1"),
+)
+
+
+def check_numbers(config, rules):
+  """Raises a `ValueError` naming the first key of `rules` present in `config` whose value breaks its rule."""
+  for key, rule, requirement in rules:
+    section, name = key.split(".")
+    if section not in config or name not in config[section] or config[section][name] is None:
+      continue
+    value = config[section][name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not rule(value):
+      raise ValueError(f"{key}={value!r} {requirement}")
 
 
 _CLASSIFIER_POSITIVE = ("blocks_per_group", "channel_multiplier", "embedding_size", "temb_dim", "n_iters",

@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import sampling
-from score_jax.utils import batch_mul, choice_error
+from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
+from score_jax.sampling import pc
+from score_jax.utils import batch_mul
 
 # The reference's decoupling matrix for RGB (rows: RGB channel, columns: latent channel).
 _RGB_DECOUPLING = np.array([[5.7735014e-01, -8.1649649e-01, 4.7008697e-08],
@@ -90,8 +92,8 @@ def _projected_sample(rng, z, known, mask, decoupling, *, sde, denoise, fix_b8, 
     x_mean = from_latent(to_latent(x_mean if fix_b8 else x) * (1 - mask) + mean * mask)
     return x, x_mean
 
-  keys = sampling.per_sample_keys(rng, known.shape[0])
-  prior = sampling.initial_state(sampling.fold_in(keys, 0), sde, known.shape, z)
+  keys = per_sample_keys(rng, known.shape[0])
+  prior = sampling.initial_state(fold_in(keys, 0), sde, known.shape, z)
   # The reference starts from the clean known entries; it masked the prior before decoupling (B8).
   prior = to_latent(prior) * (1 - mask) if fix_b8 else to_latent(prior * (1 - mask))
   x = from_latent(known * mask + prior)
@@ -105,18 +107,14 @@ _projected_sample_jit = jax.jit(_projected_sample, static_argnames=_STATIC + ("f
 
 
 def _check_options(predictor, corrector, langevin_norm):
-  for kind, name, registry in [("predictor", predictor, sampling.PREDICTORS),
-                               ("corrector", corrector, sampling.CORRECTORS),
-                               ("langevin_norm", langevin_norm, sampling.LANGEVIN_NORMS)]:
-    if name not in registry:
-      raise choice_error(kind, name, registry)
+  pc.check_options(dict(predictor=predictor, corrector=corrector, langevin_norm=langevin_norm))
 
 # ----------------------------------------------------------------------------------- public API
 
 
 def pc_inpaint(rng, score_fn, sde, data, mask, *, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
                n_steps=1, probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch", fix_b8=True,
-               z=None, noise_fn=sampling.gaussian_noise):
+               z=None, noise_fn=gaussian_noise):
   """Inpainting by PC sampling with replacement of the known entries (Appendix I.2 of Song et al. 2021).
 
   Args:
@@ -149,7 +147,7 @@ def pc_inpaint(rng, score_fn, sde, data, mask, *, predictor="reverse_diffusion",
 
 def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_diffusion", corrector="langevin",
                 snr=0.16, n_steps=1, probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch",
-                fix_b8=True, z=None, noise_fn=sampling.gaussian_noise):
+                fix_b8=True, z=None, noise_fn=gaussian_noise):
   """Colorization: inpainting of latent channel 0 = sqrt(C) mean_c(gray) after decoupling (Appendix I.3).
 
   Args:
@@ -181,8 +179,8 @@ def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_d
 
 def _conditional_sample(rng, z, labels, scale, *, score_fn, log_prob_grad_fn, sde, shape, denoise, **options):
   guided_fn = conditional_score_fn(score_fn, lambda x, t: scale * log_prob_grad_fn(x, t, labels))
-  keys = sampling.per_sample_keys(rng, shape[0])
-  x = sampling.initial_state(sampling.fold_in(keys, 0), sde, shape, z)
+  keys = per_sample_keys(rng, shape[0])
+  x = sampling.initial_state(fold_in(keys, 0), sde, shape, z)
   x, x_mean = sampling.pc_loop(keys, x, score_fn=guided_fn, sde=sde, **options)
   return x_mean if denoise else x
 
@@ -193,7 +191,7 @@ _conditional_sample_jit = jax.jit(_conditional_sample, static_argnames=_STATIC +
 def pc_conditional_sample(rng, score_fn, log_prob_grad_fn, sde, labels, shape, *, scale=1.0,
                           predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1,
                           probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch", z=None,
-                          noise_fn=sampling.gaussian_noise):
+                          noise_fn=gaussian_noise):
   """Class-conditional PC sampling with the score s(x, t) + scale grad_x log p(labels | x(t)) (Eq. (14)).
 
   Args:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from score_jax import torch_pickle
+from score_jax import optim, torch_pickle
 from score_jax.models.registry import get_network
 from score_jax.models.utils import get_data_shape
 
@@ -209,7 +209,7 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
     match = re.fullmatch(r"checkpoint_(\d+)\.pth", os.path.basename(str(path)))
     ckpt = int(match.group(1)) if match else max(step // config.training.snapshot_freq, 1)
   state = train_state.TrainState(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema_params,
-                                 opt_state=losses.get_optimizer(config).init(params), model_state=variables)
+                                 opt_state=optim.get_optimizer(config).init(params), model_state=variables)
   orbax_step = ckpt * config.training.snapshot_freq
   manager = checkpoint_lib.get_manager(os.path.join(workdir, checkpoint_lib.SNAPSHOT_DIR))
   if orbax_step in manager.all_steps():

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from score_jax import checkpoint, classifier, controllable, datasets, losses, sde as sde_lib
+from score_jax import checkpoint, classifier, controllable, datasets, optim, sde as sde_lib
 from score_jax.config_utils import validate_classifier_config, validate_config
 from score_jax.models import get_model, get_score_fn
 from score_jax.train_state import init_train_state
@@ -119,7 +119,7 @@ def parse_labels(labels, num_classes):
 def load_score_model(config, workdir):
   """`(model, EMA variables, step)` of the newest readable checkpoint (snapshot or preemption) of `workdir`."""
   target = classifier.abstract_state(lambda: init_train_state(jax.random.PRNGKey(0), config,
-                                                              losses.get_optimizer(config)))
+                                                              optim.get_optimizer(config)))
   managers = [checkpoint.get_manager(os.path.join(workdir, d)) for d in (checkpoint.PREEMPTION_DIR,
                                                                          checkpoint.SNAPSHOT_DIR)]
   state, step = checkpoint.restore_latest(managers, target)

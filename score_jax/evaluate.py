@@ -29,7 +29,7 @@ import tqdm
 
 from score_jax import checkpoint, datasets, evaluation, parallel, plotting
 from score_jax.models import get_data_shape
-from score_jax.train import _Setup
+from score_jax.run_setup import RunSetup
 
 
 def _wait_for_step(manager, step, timeout):
@@ -135,7 +135,7 @@ def stats_path(config, workdir):
 
 def compute_fid_stats(config, workdir):
   """Inception pool3 features of every training image (uint8, no dequantisation), as the reference."""
-  run = _Setup(config)
+  run = RunSetup(config)
   source = getattr(run.dataset, "train_source", None)
   if source is None:
     raise ValueError(f"--mode=fid_stats needs an image data set with a training split, not {config.data.dataset!r}")
@@ -171,7 +171,7 @@ def _sample_quality(config, workdir, samples, features_fn):
 
 def evaluate(config, workdir, eval_folder="eval"):
   """Evaluates checkpoints `eval.begin_ckpt .. eval.end_ckpt`; returns their reports."""
-  run = _Setup(config)
+  run = RunSetup(config)
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))

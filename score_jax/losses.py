@@ -1,4 +1,4 @@
-"""Score-matching objectives (Song et al. 2021, Eq. (7)), the optimizer and train/eval steps.
+"""Score-matching objectives (Song et al. 2021, Eq. (7)): continuous DSM, and the SMLD / DDPM discrete losses.
 
 Randomness is drawn per example from `fold_in(rng, example_index)`, so a batch's
 loss does not depend on how the batch is split over devices.
@@ -9,9 +9,9 @@ import dataclasses
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 from score_jax.models import get_model_fn, get_score_fn
+from score_jax.rng import per_example
 from score_jax.utils import batch_mul
 
 
@@ -25,12 +25,6 @@ def _reduce(x, reduce_mean):
   """Per-example reduction: mean over dims, or the reference's 0.5 * sum (B20)."""
   x = x.reshape(x.shape[0], -1)
   return jnp.mean(x, axis=-1) if reduce_mean else 0.5 * jnp.sum(x, axis=-1)
-
-
-def _per_example(rng, batch_size, draw):
-  """Draws `draw(key)` for every example from its own key."""
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(batch_size))
-  return jax.vmap(draw)(keys)
 
 
 def dsm_loss(score_fn, sde, x0, t, z, *, reduce_mean=True, likelihood_weighting=False):
@@ -94,35 +88,17 @@ def get_loss_fn(sde, model, loss_config, *, train):
   def loss_fn(rng, variables, batch):
     batch_size = batch.shape[0]
     noise_rng, dropout_rng = jax.random.split(rng)
-    z = _per_example(noise_rng, batch_size, lambda key: jax.random.normal(key, batch.shape[1:]))
+    z = per_example(noise_rng, batch_size, lambda key: jax.random.normal(key, batch.shape[1:]))
     if loss_config.continuous:
-      t = _per_example(jax.random.fold_in(noise_rng, 1), batch_size,
+      t = per_example(jax.random.fold_in(noise_rng, 1), batch_size,
                        lambda key: jax.random.uniform(key, (), minval=loss_config.eps, maxval=sde.T))
       score_fn = get_score_fn(sde, model, variables, train=train, continuous=True, rng=dropout_rng)
       return dsm_loss(score_fn, sde, batch, t, z, reduce_mean=loss_config.reduce_mean,
                       likelihood_weighting=loss_config.likelihood_weighting)
-    labels = _per_example(jax.random.fold_in(noise_rng, 1), batch_size,
+    labels = per_example(jax.random.fold_in(noise_rng, 1), batch_size,
                           lambda key: jax.random.randint(key, (), 0, sde.N))
     model_fn = get_model_fn(model, variables, train=train, rng=dropout_rng)
     discrete_loss = {"smld": smld_loss, "ddpm": ddpm_loss}[sde.discrete_loss]
     return discrete_loss(model_fn, sde, batch, labels, z, reduce_mean=loss_config.reduce_mean)
 
   return loss_fn
-
-
-def get_optimizer(config):
-  """Adam with the reference's linear warm-up (first update at lr 0, B21), global-norm clipping
-  and decoupled weight decay (as flax.optim.Adam)."""
-  optim = config.optim
-  if optim.optimizer.lower() != "adam":
-    raise ValueError(f"optim.optimizer={optim.optimizer!r} is not valid; choose one of: Adam")
-  if optim.warmup > 0:
-    schedule = lambda count: optim.lr * jnp.minimum(count / optim.warmup, 1.0)
-  else:
-    schedule = optim.lr
-  return optax.chain(
-      optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip >= 0 else optax.identity(),
-      optax.scale_by_adam(b1=optim.beta1, b2=0.999, eps=optim.eps),
-      optax.add_decayed_weights(optim.weight_decay) if optim.weight_decay else optax.identity(),
-      optax.scale_by_learning_rate(schedule),
-  )

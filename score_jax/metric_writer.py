@@ -22,11 +22,13 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # a light dependency: no TensorFlow needed
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  def write(self, step, **scalars):
+  def write(self, step, note="", **scalars):
+    """Records `scalars` at `step`; `note` (e.g. the progress) goes on the console line only."""
     if not self.active:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    logging.info("step %d: %s", step, ", ".join(f"{k} {v:.5g}" for k, v in scalars.items()))
+    line = ", ".join(f"{k} {v:.5g}" for k, v in scalars.items())
+    logging.info("step %d: %s%s", step, line, f" | {note}" if note else "")
     with open(self._path, "a") as f:
       f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
     if self._tb is not None:

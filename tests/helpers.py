@@ -1,9 +1,15 @@
 """Test helpers: tiny configs, the reference's analytic toy network, Gaussian scores."""
 
+import pathlib
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from configs.toy import default as toy_default
+
+# The reference's numbers (score_sde_pytorch@cb1f359, cross-checked against the JAX original):
+# tests/fixtures/REFCHECK.md says what each file holds.
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
 def tiny_toy_config(**overrides):

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import checkpoint, convert, losses, torch_pickle, train_state
+from score_jax import checkpoint, convert, optim, torch_pickle, train_state
 from score_jax.models import get_model
-from tests.test_models import REFCHECK, fixture_config
+from tests.helpers import FIXTURES
+from tests.test_models import fixture_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -190,9 +191,7 @@ def test_reader_rejects_other_files(tmp_path):
 # --- Released-checkpoint layout: model + EMA, `module.` prefixes --------------------------------------------
 
 def load_fixture(name):
-  path = REFCHECK / "fixtures" / f"model_{name}.npz"
-  if not path.exists():
-    pytest.skip(f"reference fixture {path} not found (set SCORE_JAX_REFCHECK)")
+  path = FIXTURES / f"model_{name}.npz"
   arrays = dict(np.load(path))
   meta = json.loads(path.with_suffix(".json").read_text())
   state_dict = collections.OrderedDict((key, arrays[key]) for key in meta["state_dict_keys_in_order"])
@@ -252,7 +251,7 @@ def test_convert_command_writes_a_restorable_train_state(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.eval.begin_ckpt=3 --config.eval.end_ckpt=3" in result.stdout
-  optimizer = losses.get_optimizer(config)
+  optimizer = optim.get_optimizer(config)
   target = jax.eval_shape(lambda: train_state.init_train_state(jax.random.PRNGKey(0), config, optimizer))
   manager = checkpoint.get_manager(workdir / checkpoint.SNAPSHOT_DIR)
   assert manager.all_steps() == [3 * config.training.snapshot_freq]

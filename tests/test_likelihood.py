@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,7 @@ from scipy import stats
 
 from score_jax import likelihood, models
 from score_jax import sde as sde_lib
-from tests.helpers import ReferenceToyModel
+from tests.helpers import FIXTURES, ReferenceToyModel
 from tests import test_sampling
 
 DIM = 16
@@ -152,10 +150,7 @@ def test_get_likelihood_fn_runs_the_model():
 
 # ------------------------------------------------------------------- replays of the reference
 
-REFCHECK = pathlib.Path(os.environ.get(
-    "SCORE_JAX_REFCHECK", pathlib.Path(__file__).resolve().parents[2] / "shared" / "refcheck"))
-_JSON = REFCHECK / "fixtures" / "toy_pipelines.json"
-CASES = json.loads(_JSON.read_text())["cases"] if _JSON.exists() else {}
+CASES = json.loads((FIXTURES / "toy_pipelines.json").read_text())["cases"]
 TOY_SDES = {"vp": sde_lib.VPSDE(0.1, 20.0, 10), "subvp": sde_lib.subVPSDE(0.1, 20.0, 10),
             "ve": sde_lib.VESDE(0.01, 50.0, 10)}
 

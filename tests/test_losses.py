@@ -6,9 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from score_jax import losses, sde as sde_lib
+from score_jax import losses, optim, sde as sde_lib
 from score_jax.models import get_model_fn, get_score_fn
-from score_jax.train_state import get_train_step, init_train_state
+from score_jax.train_state import init_train_state
+from score_jax.train_steps import get_train_step
 from score_jax.models import get_model
 from tests.helpers import ReferenceToyModel, nhwc, tiny_toy_config
 
@@ -97,7 +98,7 @@ def _reference_adam(grads_seq, params, lr, warmup, clip, beta1=0.9, beta2=0.999,
 
 def test_optimizer_matches_reference_warmup_and_clipping():
   config = tiny_toy_config(**{"optim.lr": 0.1, "optim.warmup": 3, "optim.grad_clip": 1.0})
-  optimizer = losses.get_optimizer(config)
+  optimizer = optim.get_optimizer(config)
   rng = np.random.default_rng(0)
   grads_seq = [rng.normal(size=5) * scale for scale in (3.0, 0.1, 2.0, 0.5, 4.0)]
   params = jnp.asarray(rng.normal(size=5), jnp.float32)
@@ -118,7 +119,7 @@ def test_train_step_updates_ema_and_derives_rng_from_step():
   config = tiny_toy_config(**{"optim.warmup": 0})
   sde = sde_lib.VPSDE(N=20)
   model = get_model(config)
-  optimizer = losses.get_optimizer(config)
+  optimizer = optim.get_optimizer(config)
   state = init_train_state(jax.random.PRNGKey(0), config, optimizer)
   step = jax.jit(get_train_step(sde, model, optimizer, losses.LossConfig(), ema_rate=0.9,
                                 rng=jax.random.PRNGKey(3)))

@@ -2,8 +2,6 @@
 
 import importlib
 import json
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +11,9 @@ import pytest
 
 from score_jax import convert, parameterization, sde as sde_lib
 from score_jax.models import get_model, get_model_fn, get_score_fn, init_model
+from tests.helpers import FIXTURES
 
-REFCHECK = pathlib.Path(os.environ.get(
-    "SCORE_JAX_REFCHECK", pathlib.Path(__file__).resolve().parents[2] / "shared" / "refcheck"))
-FIXTURES = ["vp_cifar10_ddpmpp_continuous", "ve_cifar10_ncsnpp_continuous", "vp_ddpm_cifar10", "ve_cifar10_ncsnpp"]
+MODEL_FIXTURES = ["vp_cifar10_ddpmpp_continuous", "ve_cifar10_ncsnpp_continuous", "vp_ddpm_cifar10", "ve_cifar10_ncsnpp"]
 
 
 def load_config(name):
@@ -38,10 +35,10 @@ def fixture_config(meta):
   return config
 
 
-@pytest.fixture(scope="module", params=FIXTURES)
+@pytest.fixture(scope="module", params=MODEL_FIXTURES)
 def model_fixture(request, refcheck):
   arrays = refcheck(f"model_{request.param}")
-  meta = json.loads((REFCHECK / "fixtures" / f"model_{request.param}.json").read_text())
+  meta = json.loads((FIXTURES / f"model_{request.param}.json").read_text())
   config = fixture_config(meta)
   state_dict = {key: arrays[key] for key in meta["state_dict_keys_in_order"]}
   return config, arrays, state_dict, convert.torch_state_dict_to_variables(state_dict, config)

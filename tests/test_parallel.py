@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_SCRIPT = """
 import sys, numpy as np, jax
-from score_jax import train
+from score_jax import run_setup, train
 from tests.helpers import tiny_toy_config
 config = tiny_toy_config(**{"training.n_iters": 20, "training.batch_size": 64})
 state = train.train_and_evaluate(config, sys.argv[3])
@@ -143,7 +143,7 @@ def test_two_processes_match_one_process(tmp_path):
   config = tiny_toy_config(**{"training.n_iters": 20}, **evaluation)
   single = train.train_and_evaluate(config, str(tmp_path / "one"))  # meanwhile, in this process
   _wait(processes, 300, logs)
-  run = train._Setup(config)
+  run = run_setup.RunSetup(config)
   manager = checkpoint.get_manager(os.path.join(tmp_path / "two", checkpoint.SNAPSHOT_DIR))
   restored = checkpoint.restore(manager, 20, run.init_state())
   for a, b in zip(jax_leaves(single), jax_leaves(restored)):

@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import pytest
 
 from score_jax import models, sampling
 from score_jax import sde as sde_lib
-from tests.helpers import ReferenceToyModel
+from tests.helpers import FIXTURES, ReferenceToyModel
 
 # ----------------------------------------------------------------------------- closed-form scores
 
@@ -208,10 +206,7 @@ def test_sample_dispatches_to_ode():
 
 TOY_SDES = {"vp": sde_lib.VPSDE(0.1, 20.0, 10), "subvp": sde_lib.subVPSDE(0.1, 20.0, 10),
             "ve": sde_lib.VESDE(0.01, 50.0, 10)}
-REFCHECK = pathlib.Path(os.environ.get(  # as tests/conftest.py; the case list is needed at collection
-    "SCORE_JAX_REFCHECK", pathlib.Path(__file__).resolve().parents[2] / "shared" / "refcheck"))
-_JSON = REFCHECK / "fixtures" / "toy_pipelines.json"
-CASES = json.loads(_JSON.read_text())["cases"] if _JSON.exists() else {}
+CASES = json.loads((FIXTURES / "toy_pipelines.json").read_text())["cases"]  # the case list, at collection
 
 
 def toy_score_fn(sde, continuous):

@@ -2,19 +2,18 @@
 
 import json
 import os
-import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from score_jax import checkpoint, datasets, train
+from score_jax import checkpoint, datasets, run_setup, train
 from score_jax.config_utils import validate_config
 from score_jax.metric_writer import read_metrics
 from tests.helpers import tiny_toy_config
@@ -24,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _final_state(config, workdir):
   """The newest snapshot of `workdir`, restored."""
-  run = train._Setup(config)
+  run = run_setup.RunSetup(config)
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))
   return checkpoint.restore(manager, manager.latest_step(), run.init_state())
 
@@ -82,7 +81,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(uninterrupted, tmp_pa
         f.write(b"\0garbage")
   # A half-written step (orbax's temporary directory) must be ignored too.
   os.makedirs(os.path.join(workdir, checkpoint.SNAPSHOT_DIR, "50.orbax-checkpoint-tmp-1"))
-  run = train._Setup(config)
+  run = run_setup.RunSetup(config)
   managers = [checkpoint.get_manager(os.path.join(workdir, d)) for d in
               (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
   with caplog.at_level("WARNING"):
@@ -120,28 +119,37 @@ def _main(workdir, *extra):
   return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def test_kill_9_and_restart_gives_identical_parameters(tmp_path):
-  """Kill the trainer at a random moment after its first checkpoint; the restarted run ends bit-identical."""
-  overrides = ["--config.training.n_iters=80", "--config.training.snapshot_freq=40"]
+@pytest.fixture(scope="module")
+def uninterrupted_80(tmp_path_factory):
+  """An uninterrupted 80-step run (snapshots at 40 and 80) for the kill -9 tests."""
   config = tiny_toy_config(**{"training.n_iters": 80, "training.snapshot_freq": 40})
-  reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-  process = _main(killed_dir, *overrides)
-  meta = killed_dir / checkpoint.PREEMPTION_DIR
-  deadline = time.time() + 240
-  while not (meta.exists() and any(p.name.isdigit() for p in meta.iterdir())):
-    assert process.poll() is None, open(f"{killed_dir}.out").read()
-    assert time.time() < deadline
-    time.sleep(0.05)
-  time.sleep(random.uniform(0.0, 0.5))
-  os.kill(process.pid, signal.SIGKILL)
-  process.wait()
-  assert not (killed_dir / checkpoint.SNAPSHOT_DIR / "80").exists(), "killed too late to test anything"
+  workdir = str(tmp_path_factory.mktemp("uninterrupted_80"))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+@pytest.mark.parametrize("kill_at, when", [(50, "after"), (60, "before")])
+def test_kill_9_and_restart_gives_identical_parameters(uninterrupted_80, tmp_path, kill_at, when):
+  """SIGKILL right after (or right before) a preemption checkpoint; the restarted run ends bit-identical.
+
+  tests/kill_main.py kills main.py at that checkpoint save: deterministic, no timing involved.
+  """
+  config, reference_dir = uninterrupted_80
+  overrides = ["--config.training.n_iters=80", "--config.training.snapshot_freq=40"]
+  killed_dir = tmp_path / "killed"
+  cmd = [sys.executable, "tests/kill_main.py", "--config=tests/configs/tiny_checkerboard.py",
+         f"--workdir={killed_dir}", *overrides]
+  killed = subprocess.run(cmd, cwd=REPO, env={**os.environ, "KILL_AT_STEP": str(kill_at), "KILL_WHEN": when},
+                          capture_output=True, text=True)
+  assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+  saved = sorted(int(p.name) for p in (killed_dir / checkpoint.PREEMPTION_DIR).iterdir() if p.name.isdigit())
+  assert saved[-1] == (kill_at if when == "after" else kill_at - 10), saved
+  assert not (killed_dir / checkpoint.SNAPSHOT_DIR / "80").exists()
   restarted = _main(killed_dir, *overrides)
   assert restarted.wait(timeout=300) == 0
   output = open(f"{killed_dir}.out").read()
-  assert "Resuming from the checkpoint of step" in output
-  train.train_and_evaluate(config, str(reference_dir))  # the uninterrupted run
-  _assert_same_state(_final_state(config, str(killed_dir)), _final_state(config, str(reference_dir)))
+  assert f"Resuming from the checkpoint of step {saved[-1]}" in output
+  _assert_same_state(_final_state(config, str(killed_dir)), _final_state(config, reference_dir))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -150,6 +158,15 @@ def test_kill_9_and_restart_gives_identical_parameters(tmp_path):
     (["--workdir=/tmp/x"], "--config=PATH is required"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.sde=cosine"],
      "training.sde='cosine' is not valid; choose one of: subvpsde, vesde, vpsde"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.nonexistent=1"],
+     "--config.training.nonexistent: config.training has no key 'nonexistent'; choose one of: batch_size,"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir=/proc/x"], "--workdir=/proc/x cannot be created"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.optim.lr=-1"],
+     "optim.lr=-1.0 must be > 0"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.optim.lr=abc"],
+     "could not convert string to float: 'abc'"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.model.num_scales=0"],
+     "model.num_scales=0 must be >= 1"),
 ])
 def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
   args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -168,12 +185,32 @@ def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
     ("training.log_freq", 7, "training.log_freq=7 must be a positive multiple of training.n_jitted_steps"),
     ("training.batch_size", 0, "training.batch_size=0 must be a positive multiple of the device count"),
     ("model.ema_rate", 1.0, "model.ema_rate=1.0 must lie in"),
+    ("optim.warmup", -5, "optim.warmup=-5 must be >= 0"),
+    ("model.sigma_max", 0.001, "model.sigma_max=0.001 must exceed model.sigma_min"),
+    ("model.dropout", 1.5, "model.dropout=1.5 must lie in [0, 1)"),
+    ("training.eps", 0.0, "training.eps=0.0 must lie in (0, 1)"),
+    ("sampling.snr", -0.1, "sampling.snr=-0.1 must be >= 0"),
+    ("model.parameterization", "score", "model.parameterization='score' is not valid; choose one of: edm, eps,"),
+    ("model.dtype", "int8", "model.dtype='int8' is not valid"),
 ])
 def test_validate_config_names_the_bad_key(key, value, message):
   section, name = key.split(".")
   config = tiny_toy_config()
   config[section][name] = value
-  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    validate_config(config)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(method="ddim", schedule="cosine"), "schedule='cosine' is not valid; choose one of: logsnr,"),
+    (dict(method="ddim", steps=0), "ddim: steps must be an int >= 1"),
+    (dict(method="dpm_solver", order=4), "dpm_solver: order=4 is not valid"),
+    (dict(method="ode", rtol=0.0), "ode: rtol=0.0 must be positive"),
+])
+def test_validate_config_asks_the_sampler_to_check_its_options(options, message):
+  config = tiny_toy_config()
+  config.sampling.update(options)
+  with pytest.raises(ValueError, match=message):
     validate_config(config)
 
 
@@ -209,3 +246,18 @@ def test_image_model_trains_a_few_steps(tmp_path):
   assert all(np.isfinite(r.get("loss", r.get("eval_loss", 0.0))) for r in records)
   grid = tmp_path / "samples" / "iter_2.png"
   assert grid.exists() and np.load(tmp_path / "samples" / "iter_2.npz")["samples"].shape == (4, 8, 8, 3)
+
+
+def test_progress_line_reports_speed_and_time_left(monkeypatch):
+  clock = iter([100.0, 104.0, 106.0])
+  monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+  progress = train.Progress(200, 1000)
+  assert progress.line(600) == "600/1000 (60%), 100 steps/s, ETA 0:00:04"  # 400 steps in 4 s, 400 left
+  assert progress.line(1000) == "1000/1000 (100%), 200 steps/s, ETA 0:00:00"
+
+
+def test_training_logs_its_progress(tmp_path, caplog):
+  caplog.set_level("INFO")
+  train.train_and_evaluate(tiny_toy_config(**{"training.n_iters": 20}), str(tmp_path))
+  lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
+  assert lines and lines[0].startswith("step 10: loss ") and "10/20 (50%)" in lines[0] and "ETA" in lines[0]

@@ -1,4 +1,4 @@
-"""Samplers of Song et al. 2021: predictor-corrector (Algorithms 1-5) and the probability-flow ODE (Sec. 4.3).
+"""Predictor-corrector sampling of Song et al. 2021 (Algorithms 1-5).
 
 Every predictor and corrector is built by a factory of the registries `PREDICTORS` / `CORRECTORS`
 and has one shape, `update_fn(rng, x, t) -> (x, x_mean)`, where `rng` holds one key per sample
@@ -24,43 +24,17 @@ step size eps = 2 alpha (snr ||z|| / ||s||)^2 (Algorithm 5), whose norms are a c
 Deviations from the reference, on purpose: `nfe` counts the score evaluations actually made
 (B18: a `none` predictor or corrector costs nothing; the ODE sampler's denoising step costs one);
 the Euler-Maruyama predictor works with `probability_flow` (B9); sub-VP Langevin uses the VP
-alphas (B2, in `sde.langevin_alpha`); `get_sampling_fn` passes `config.sampling.rtol/atol` to
-the ODE sampler (B19) and the training `continuous` flag to its score function (B6).
+alphas (B2, in `sde.langevin_alpha`).
 """
 
-import inspect
 import math
 
-import flax
 import jax
 import jax.numpy as jnp
 
-from score_jax import ode, parallel
-from score_jax.models import get_score_fn
+from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
+from score_jax.sampling.common import SampleOutput, initial_state, jitted
 from score_jax.utils import batch_mul, choice_error, flat_sum
-
-
-@flax.struct.dataclass
-class SampleOutput:
-  """`samples` shaped like the request; `nfe`, the number of score evaluations (int or 0-d array)."""
-
-  samples: jax.Array
-  nfe: jax.Array
-
-
-def per_sample_keys(rng, batch_size):
-  """`(B,)` keys; key i depends only on (`rng`, i)."""
-  return jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(batch_size))
-
-
-def fold_in(keys, data):
-  """Folds `data` into each of the `(B,)` keys."""
-  return jax.vmap(jax.random.fold_in, (0, None))(keys, data)
-
-
-def gaussian_noise(keys, x):
-  """Per-sample N(0, I) noise shaped like `x`, from `(B,)` keys."""
-  return jax.vmap(lambda key: jax.random.normal(key, x.shape[1:], x.dtype))(keys)
 
 
 # ----------------------------------------------------------------------------------- predictors
@@ -176,35 +150,13 @@ def none_corrector(sde, score_fn, snr, n_steps, noise_fn=gaussian_noise, langevi
 CORRECTORS = {"langevin": langevin_corrector, "ald": annealed_langevin_corrector, "none": none_corrector}
 
 
-def _check_name(kind, name, registry):
-  if name not in registry:
-    raise choice_error(kind, name, registry)
-  return name
+def check_options(options):
+  """Raises `ValueError` for an unknown predictor, corrector or Langevin norm."""
+  for key, registry in (("predictor", PREDICTORS), ("corrector", CORRECTORS), ("langevin_norm", LANGEVIN_NORMS)):
+    if key in options and options[key] not in registry:
+      raise choice_error(key, options[key], registry)
 
-
-def _check_pc_options(predictor, corrector, langevin_norm):
-  _check_name("predictor", predictor, PREDICTORS)
-  _check_name("corrector", corrector, CORRECTORS)
-  _check_name("langevin_norm", langevin_norm, LANGEVIN_NORMS)
-
-# ------------------------------------------------------------------------------------- samplers
-
-
-def initial_state(keys, sde, shape, z=None):
-  """x_T: the given latent `z`, or a prior draw per sample."""
-  if z is not None:
-    return jnp.asarray(z, jnp.float32).reshape(shape)
-  return jax.vmap(lambda key: sde.prior_sampling(key, (1,) + shape[1:])[0])(keys)
-
-
-def prior_draw(rng, sde, shape):
-  """The x_T that every sampler draws from `rng` when `z` is None.
-
-  Passing it back as `z` with the same `rng` leaves the samples unchanged; a `z` split over
-  devices (e.g. `jax.jit(prior_draw, static_argnums=(1, 2), out_shardings=parallel.data_sharded(mesh))`)
-  makes the jitted sampler run split the same way.
-  """
-  return initial_state(fold_in(per_sample_keys(rng, shape[0]), 0), sde, tuple(shape))
+# ------------------------------------------------------------------------------------- sampler
 
 
 def pc_nfe(sde, predictor, corrector, n_steps):
@@ -236,18 +188,13 @@ def pc_loop(keys, x, *, score_fn, sde, predictor, corrector, snr, n_steps, proba
   return jax.lax.fori_loop(0, sde.N, step, (x, x))
 
 
-def _pc_sample(rng, z, *, score_fn, sde, shape, predictor, corrector, snr, n_steps, probability_flow,
+def run(rng, z, *, score_fn, sde, shape, predictor, corrector, snr, n_steps, probability_flow,
                denoise, eps, langevin_norm, noise_fn):
   keys = per_sample_keys(rng, shape[0])
   x, x_mean = pc_loop(keys, initial_state(fold_in(keys, 0), sde, shape, z), score_fn=score_fn, sde=sde,
                       predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                       probability_flow=probability_flow, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
   return SampleOutput(samples=x_mean if denoise else x, nfe=pc_nfe(sde, predictor, corrector, n_steps))
-
-
-_PC_STATIC = ("score_fn", "sde", "shape", "predictor", "corrector", "snr", "n_steps", "probability_flow",
-              "denoise", "eps", "langevin_norm", "noise_fn")
-_pc_sample_jit = jax.jit(_pc_sample, static_argnames=_PC_STATIC)
 
 
 def pc_sample(rng, score_fn, sde, shape, *, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
@@ -273,124 +220,10 @@ def pc_sample(rng, score_fn, sde, shape, *, predictor="reverse_diffusion", corre
   Returns:
     `SampleOutput(samples, nfe)`; `nfe = N (predictor_nfe + n_steps corrector_nfe)`, `none` costing 0.
   """
-  _check_pc_options(predictor, corrector, langevin_norm)
-  return _pc_sample_jit(rng, z, score_fn=score_fn, sde=sde, shape=tuple(shape), predictor=predictor,
-                        corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
-                        denoise=denoise, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
+  options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
+                 probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm,
+                 noise_fn=noise_fn)
+  check_options(options)
+  return jitted(run)(rng, z, score_fn=score_fn, sde=sde, shape=tuple(shape), **options)
 
 
-def _ode_sample(rng, z, *, score_fn, sde, shape, rtol, atol, eps, denoise, max_steps, noise_fn):
-  """Probability-flow ODE (Eq. (13)) from T to eps, then optionally one reverse-diffusion step."""
-  keys = per_sample_keys(rng, shape[0])
-  x = initial_state(fold_in(keys, 0), sde, shape, z)
-  flow = sde.reverse(score_fn, probability_flow=True)
-  drift_fn = lambda x, t: flow.sde(x, jnp.full((shape[0],), t))[0]
-  solution = ode.odeint(drift_fn, x, sde.T, eps, rtol=rtol, atol=atol, max_steps=max_steps)
-  x, nfe = solution.y, solution.nfe
-  if denoise:  # the reference's noise removal: the noise-free mean of one reverse-diffusion step at eps
-    denoiser = reverse_diffusion_predictor(sde, score_fn, noise_fn=noise_fn)
-    _, x = denoiser(fold_in(keys, 1), x, jnp.full((shape[0],), eps))
-    nfe = nfe + 1
-  # A solve that ran out of steps returns NaN rather than a silently unfinished sample.
-  return SampleOutput(samples=jnp.where(solution.success, x, jnp.nan), nfe=nfe)
-
-
-_ode_sample_jit = jax.jit(_ode_sample, static_argnames=("score_fn", "sde", "shape", "rtol", "atol", "eps",
-                                                        "denoise", "max_steps", "noise_fn"))
-
-
-def ode_sample(rng, score_fn, sde, shape, *, rtol=1e-5, atol=1e-5, eps=1e-3, denoise=False, z=None,
-               max_steps=4096, noise_fn=gaussian_noise):
-  """Samples by integrating the probability-flow ODE from T to eps with adaptive Dormand-Prince 5(4).
-
-  Args:
-    rng: PRNG key (prior draw and the denoising step's unused noise); per-sample keys as `pc_sample`.
-    score_fn, sde, shape: as `pc_sample`.
-    rtol, atol: solver tolerances (RMS norm over the whole batch, as scipy's RK45 in the reference;
-      samples therefore depend on the batch only through the shared step sizes, within tolerance).
-    eps: end time. denoise: finish with one reverse-diffusion step's mean at `eps` (costs 1 NFE).
-    z: optional latent x_T (else a prior draw). max_steps: most solver steps (NaN samples beyond).
-    noise_fn: as `pc_sample`.
-
-  Returns:
-    `SampleOutput(samples, nfe)`, `nfe` a 0-d int array (2 + 6 per solver step, + 1 with denoise).
-  """
-  return _ode_sample_jit(rng, z, score_fn=score_fn, sde=sde, shape=tuple(shape), rtol=rtol, atol=atol,
-                         eps=eps, denoise=denoise, max_steps=max_steps, noise_fn=noise_fn)
-
-
-SAMPLERS = {"pc": pc_sample, "ode": ode_sample}
-
-
-def sample(rng, score_fn, sde, shape, *, method="pc", **options):
-  """Dispatches to `SAMPLERS[method]`; unknown methods or options raise `ValueError`."""
-  if method not in SAMPLERS:
-    raise choice_error("method", method, SAMPLERS)
-  sampler = SAMPLERS[method]
-  valid = [name for name, p in inspect.signature(sampler).parameters.items() if p.kind == p.KEYWORD_ONLY]
-  unknown = sorted(set(options) - set(valid))
-  if unknown:
-    raise ValueError(f"unknown option(s) {unknown} for method={method!r}; valid: {', '.join(valid)}")
-  return sampler(rng, score_fn, sde, shape, **options)
-
-
-def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
-  """Builds the sampler of `config.sampling` for `model`.
-
-  `config.sampling.method` is "pc" (predictor, corrector, snr, n_steps_each, probability_flow,
-  noise_removal), "ode" (rtol, atol, noise_removal) or a fast sampler ("ddim", "dpm_solver", "heun",
-  "adaptive_sde": `fast_samplers.config_options`). All score functions use
-  `config.training.continuous`: the reference's ODE sampler always used continuous labels (B6),
-  which feeds sigma to discrete VE networks that expect an index; ours gives every network the
-  labels it was trained on.
-
-  The batch is split over the devices of `mesh` (default: every device of every process) and
-  `variables` are replicated: x_T is drawn sharded and every step runs on each device's slice.
-  Sample i depends on (rng, i) only, so the samples are those of a single-device run (the
-  Langevin and ODE step sizes use global-batch norms, reduced across devices inside jit).
-
-  Returns:
-    `sample_fn(rng, variables) -> SampleOutput`, jitted; samples pass through `inverse_scaler`
-    and come back split over the mesh (`parallel.gather` fetches them on every process).
-
-  Raises:
-    ValueError: for an unknown method or option, or a batch `shape[0]` that is not a multiple of
-      the device count (before anything compiles).
-  """
-  mesh = mesh if mesh is not None else parallel.make_mesh()
-  parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
-  sampling = config.sampling
-  method = sampling.method.lower()
-  continuous = config.training.continuous
-  shape = tuple(shape)
-  if method == "pc":
-    options = dict(predictor=sampling.predictor.lower(), corrector=sampling.corrector.lower(),
-                   snr=sampling.snr, n_steps=sampling.n_steps_each, probability_flow=sampling.probability_flow,
-                   denoise=sampling.noise_removal, eps=eps, langevin_norm=sampling.get("langevin_norm", "batch"),
-                   noise_fn=gaussian_noise)
-    _check_pc_options(options["predictor"], options["corrector"], options["langevin_norm"])
-    sampler = _pc_sample
-  elif method == "ode":
-    options = dict(rtol=sampling.get("rtol", 1e-5), atol=sampling.get("atol", 1e-5), eps=eps,
-                   denoise=sampling.noise_removal, max_steps=sampling.get("max_steps") or 4096,
-                   noise_fn=gaussian_noise)
-    sampler = _ode_sample
-  elif method in fast_samplers.FAST_SAMPLERS:  # options from config.sampling.<option name>
-    sampler, options = fast_samplers.config_options(method, sampling, eps)
-  else:
-    raise choice_error("sampling.method", sampling.method, SAMPLERS)
-
-  batch_sharding = parallel.data_sharded(mesh)
-
-  def sample_fn(rng, variables):
-    score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    z = jax.lax.with_sharding_constraint(prior_draw(rng, sde, shape), batch_sharding)  # the draw of z=None
-    output = sampler(rng, z, score_fn=score_fn, sde=sde, shape=shape, **options)
-    return output.replace(samples=inverse_scaler(output.samples))
-
-  return parallel.data_parallel(sample_fn, mesh, in_batch=(False, False),
-                                out_batch=SampleOutput(samples=True, nfe=False))
-
-
-# The fast samplers register themselves in `SAMPLERS` (they import this module's helpers).
-from score_jax import fast_samplers  # noqa: E402

@@ -1,0 +1,24 @@
+"""Per-example and per-sample randomness: key i depends only on (rng, i), never on the batch split."""
+
+import jax
+import jax.numpy as jnp
+
+
+def per_sample_keys(rng, batch_size):
+  """`(B,)` keys; key i depends only on (`rng`, i)."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(batch_size))
+
+
+def fold_in(keys, data):
+  """Folds `data` into each of the `(B,)` keys."""
+  return jax.vmap(jax.random.fold_in, (0, None))(keys, data)
+
+
+def per_example(rng, batch_size, draw):
+  """`draw(key)` for every example of a batch from its own key `fold_in(rng, i)`, stacked."""
+  return jax.vmap(draw)(per_sample_keys(rng, batch_size))
+
+
+def gaussian_noise(keys, x):
+  """Per-sample N(0, I) noise shaped like `x`, from `(B,)` keys."""
+  return jax.vmap(lambda key: jax.random.normal(key, x.shape[1:], x.dtype))(keys)

@@ -1,0 +1,36 @@
+"""Samplers: one module per family, one shape for all.
+
+Every sampler has the signature `(rng, score_fn, sde, shape, *, options) -> SampleOutput`, runs its
+whole loop in one jit with `score_fn` and `sde` static, draws sample i's randomness from (rng, i)
+only (`score_jax.rng`), and validates its own options (`check_options`). Families:
+
+  pc.py                predictors, correctors, the predictor-corrector loop (Song et al. 2021, Alg. 1-5)
+  probability_flow.py  the probability-flow ODE with the in-jit Dormand-Prince solver (`score_jax.ode`)
+  ddim.py              DDIM (Song, Meng & Ermon 2021)
+  dpm_solver.py        DPM-Solver++ multistep and singlestep, orders 1-3 (Lu et al. 2022b)
+  heun.py              Karras et al. 2022, Algorithms 1 and 2
+  adaptive_sde.py      Gotta Go Fast (Jolicoeur-Martineau et al. 2021)
+  schedules.py         time grids; common.py: SampleOutput, the prior draw, the data prediction
+  registry.py          SAMPLERS, sample(..., method=...), get_sampling_fn(config, ...)
+"""
+
+from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
+from score_jax.sampling.adaptive_sde import adaptive_sde_sample
+from score_jax.sampling.common import SampleOutput, initial_state, prior_draw
+from score_jax.sampling.ddim import ddim_sample
+from score_jax.sampling.dpm_solver import dpm_solver_sample
+from score_jax.sampling.heun import heun_sample
+from score_jax.sampling.pc import (CORRECTORS, LANGEVIN_NORMS, PREDICTORS, ancestral_sampling_predictor,
+                                   annealed_langevin_corrector, euler_maruyama_predictor, langevin_corrector,
+                                   none_corrector, none_predictor, pc_loop, pc_nfe, pc_sample,
+                                   reverse_diffusion_predictor)
+from score_jax.sampling.probability_flow import ode_sample
+from score_jax.sampling.registry import SAMPLERS, config_options, get_sampling_fn, sample
+from score_jax.sampling.schedules import SCHEDULES, get_timesteps
+
+__all__ = ["CORRECTORS", "LANGEVIN_NORMS", "PREDICTORS", "SAMPLERS", "SCHEDULES", "SampleOutput",
+           "adaptive_sde_sample", "ancestral_sampling_predictor", "annealed_langevin_corrector", "config_options",
+           "ddim_sample", "dpm_solver_sample", "euler_maruyama_predictor", "fold_in", "gaussian_noise",
+           "get_sampling_fn", "get_timesteps", "heun_sample", "initial_state", "langevin_corrector",
+           "none_corrector", "none_predictor", "ode_sample", "pc_loop", "pc_nfe", "pc_sample", "per_sample_keys",
+           "prior_draw", "reverse_diffusion_predictor", "sample"]

@@ -1,0 +1,106 @@
+"""The sampler registry, `sample(..., method=...)`, and `get_sampling_fn(config, ...)`."""
+
+import inspect
+import types
+
+import jax
+
+from score_jax import parallel
+from score_jax.models import get_score_fn
+from score_jax.rng import gaussian_noise
+from score_jax.sampling import adaptive_sde, ddim, dpm_solver, heun, pc, probability_flow
+from score_jax.sampling.common import SampleOutput, prior_draw
+from score_jax.utils import choice_error
+
+# name -> the sampler's module: its public `<name>_sample`, its un-jitted `run` and its `check_options`.
+FAMILIES = {
+    "pc": types.SimpleNamespace(module=pc, sample=pc.pc_sample),
+    "ode": types.SimpleNamespace(module=probability_flow, sample=probability_flow.ode_sample),
+    "ddim": types.SimpleNamespace(module=ddim, sample=ddim.ddim_sample),
+    "dpm_solver": types.SimpleNamespace(module=dpm_solver, sample=dpm_solver.dpm_solver_sample),
+    "heun": types.SimpleNamespace(module=heun, sample=heun.heun_sample),
+    "adaptive_sde": types.SimpleNamespace(module=adaptive_sde, sample=adaptive_sde.adaptive_sde_sample),
+}
+SAMPLERS = {name: family.sample for name, family in FAMILIES.items()}
+
+
+def keyword_options(sampler):
+  return [name for name, p in inspect.signature(sampler).parameters.items() if p.kind == p.KEYWORD_ONLY]
+
+
+def sample(rng, score_fn, sde, shape, *, method="pc", **options):
+  """Dispatches to `SAMPLERS[method]`; unknown methods or options raise `ValueError`."""
+  if method not in SAMPLERS:
+    raise choice_error("method", method, SAMPLERS)
+  valid = keyword_options(SAMPLERS[method])
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown option(s) {unknown} for method={method!r}; valid: {', '.join(valid)}")
+  return SAMPLERS[method](rng, score_fn, sde, shape, **options)
+
+
+# Option name -> its `config.sampling` key, where the reference named it otherwise.
+CONFIG_KEYS = {"n_steps": "n_steps_each", "denoise": "noise_removal"}
+_NOT_FROM_CONFIG = ("z", "noise_fn", "eps", "t_end")
+_LOWER_CASE = ("predictor", "corrector")  # the reference's configs spell these in any case
+
+
+def config_options(method, sampling_config, eps):
+  """`(run, options)` of `config.sampling` for `method`: each option from `config.sampling.<key>`
+  unless that is missing or None (then the sampler's default); the end time is `eps`.
+
+  Raises:
+    ValueError: the method or an option is invalid (the sampler's own `check_options`).
+  """
+  if method not in FAMILIES:
+    raise choice_error("sampling.method", method, SAMPLERS)
+  family = FAMILIES[method]
+  options = {}
+  for name, p in inspect.signature(family.sample).parameters.items():
+    if p.kind != p.KEYWORD_ONLY or name in _NOT_FROM_CONFIG:
+      continue
+    value = sampling_config.get(CONFIG_KEYS.get(name, name))
+    value = p.default if value is None else value
+    options[name] = value.lower() if name in _LOWER_CASE else value
+  family.module.check_options(options)
+  return family.module.run, dict(options, eps=eps, noise_fn=gaussian_noise)
+
+
+def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
+  """Builds the sampler of `config.sampling` for `model`.
+
+  `config.sampling.method` is "pc" (predictor, corrector, snr, n_steps_each, probability_flow,
+  noise_removal), "ode" (rtol, atol, noise_removal, max_steps) or a fast sampler ("ddim",
+  "dpm_solver", "heun", "adaptive_sde"), each option read from `config.sampling.<name>`. All score
+  functions use `config.training.continuous`: the reference's ODE sampler always used continuous
+  labels (B6), which feeds sigma to discrete VE networks that expect an index; ours gives every
+  network the labels it was trained on. `config.sampling.rtol/atol` reach the ODE sampler (B19).
+
+  The batch is split over the devices of `mesh` (default: every device of every process) and
+  `variables` are replicated: x_T is drawn sharded and every step runs on each device's slice.
+  Sample i depends on (rng, i) only, so the samples are those of a single-device run (the
+  Langevin and ODE step sizes use global-batch norms, reduced across devices inside jit).
+
+  Returns:
+    `sample_fn(rng, variables) -> SampleOutput`, jitted; samples pass through `inverse_scaler`
+    and come back split over the mesh (`parallel.gather` fetches them on every process).
+
+  Raises:
+    ValueError: for an unknown method or option, or a batch `shape[0]` that is not a multiple of
+      the device count (before anything compiles).
+  """
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
+  run, options = config_options(config.sampling.method.lower(), config.sampling, eps)
+  continuous = config.training.continuous
+  shape = tuple(shape)
+  batch_sharding = parallel.data_sharded(mesh)
+
+  def sample_fn(rng, variables):
+    score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
+    z = jax.lax.with_sharding_constraint(prior_draw(rng, sde, shape), batch_sharding)  # the draw of z=None
+    output = run(rng, z, score_fn=score_fn, sde=sde, shape=shape, **options)
+    return output.replace(samples=inverse_scaler(output.samples))
+
+  return parallel.data_parallel(sample_fn, mesh, in_batch=(False, False),
+                                out_batch=SampleOutput(samples=True, nfe=False))

@@ -1,0 +1,34 @@
+"""Time grids of the fast samplers, from `sde.T` down to the end time."""
+
+import math
+
+import jax.numpy as jnp
+
+from score_jax.utils import choice_error
+
+def _logsnr_times(sde, steps, eps):
+  """Uniform in lambda = -log sigma (Lu et al. 2022a, Sec. 3.3)."""
+  log_snr = lambda t: -jnp.log(sde.noise_level(jnp.float32(t)))
+  lambdas = jnp.linspace(log_snr(sde.T), log_snr(eps), steps + 1)
+  return sde.noise_level_to_t(jnp.exp(-lambdas))
+
+
+SCHEDULES = {
+    "logsnr": _logsnr_times,
+    "time_uniform": lambda sde, steps, eps: jnp.linspace(sde.T, eps, steps + 1),
+    "time_quadratic": lambda sde, steps, eps: jnp.linspace(math.sqrt(sde.T), math.sqrt(eps), steps + 1)**2,
+}
+
+
+def get_timesteps(sde, schedule, steps, eps):
+  """`(steps + 1,)` times from `sde.T` down to `eps` on the named schedule, ends pinned exactly."""
+  return SCHEDULES[schedule](sde, steps, eps).at[0].set(sde.T).at[-1].set(eps)
+
+
+def check_schedule_and_steps(method, options, least=1):
+  """The options every grid-based sampler shares: `schedule` (a name in `SCHEDULES`) and `steps`."""
+  if "schedule" in options and options["schedule"] not in SCHEDULES:
+    raise choice_error("schedule", options["schedule"], SCHEDULES)
+  steps = options.get("steps", least)
+  if not (isinstance(steps, int) and steps >= least):
+    raise ValueError(f"{method}: steps must be an int >= {least}")

@@ -1,0 +1,44 @@
+"""The pure train and eval steps (single program; data parallelism is applied by the caller)."""
+
+import jax
+import optax
+
+from score_jax import losses
+
+
+def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng):
+  """Returns `train_step(state, batch) -> (state, loss)`; its randomness is `fold_in(rng, state.step)`."""
+  loss_fn = losses.get_loss_fn(sde, model, loss_config, train=True)
+
+  def train_step(state, batch):
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def objective(params):
+      return loss_fn(step_rng, {**state.model_state, "params": params}, batch).loss
+
+    loss, grads = jax.value_and_grad(objective)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                                        state.ema_params, params)
+    return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                         opt_state=opt_state), loss
+
+  return train_step
+
+
+def get_multi_step(train_step):
+  """Scans `train_step` over a leading axis of batches: `(state, batches[n]) -> (state, losses[n])`."""
+  def multi_step(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+  return multi_step
+
+
+def get_eval_step(sde, model, loss_config, *, rng):
+  """Returns `eval_step(state, batch) -> loss` with the EMA parameters (the reference's eval loss)."""
+  loss_fn = losses.get_loss_fn(sde, model, loss_config, train=False)
+
+  def eval_step(state, batch):
+    return loss_fn(jax.random.fold_in(rng, state.step), state.variables(ema=True), batch).loss
+
+  return eval_step
