@@ -8,11 +8,13 @@ import sys
 
 import numpy as np
 
+from score_jax import run_setup
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_SCRIPT = """
 import sys, numpy as np, jax
-from score_jax import run_setup, train
+from score_jax import train
 from tests.helpers import tiny_toy_config
 config = tiny_toy_config(**{"training.n_iters": 20, "training.batch_size": 64})
 state = train.train_and_evaluate(config, sys.argv[3])
