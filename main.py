@@ -25,7 +25,7 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats", "train_classif
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
 flags.DEFINE_multi_string("image", [], "Edit modes: input image file(s) (repeat the flag or separate by commas).")
 flags.DEFINE_integer("from_dataset", 0, "Edit modes: edit this many images of the held-out split instead.")
-flags.DEFINE_string("mask", "half", "--mode=inpaint: a mask image (white = known) or one of score_jax.edit.MASKS.")
+flags.DEFINE_string("mask", "half", "--mode=inpaint: a mask image (white = known) or one of score_jax.drivers.edit.MASKS.")
 flags.DEFINE_string("labels", None, "--mode=conditional: comma-separated class labels, one sample each.")
 flags.DEFINE_float("guidance_scale", 1.0, "--mode=conditional: weight of the classifier's gradient.")
 flags.DEFINE_integer("seed", 0, "Edit modes: random seed of the sampler.")
@@ -61,7 +61,7 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
-  from score_jax import classifier, edit, evaluate, train  # after flag parsing: a bad flag fails fast
+  from score_jax.drivers import edit, evaluate, train, train_classifier  # after flag parsing: a bad flag fails fast
 
   try:
     if FLAGS.mode == "train":
@@ -71,7 +71,7 @@ def main(argv):
     elif FLAGS.mode == "fid_stats":
       evaluate.compute_fid_stats(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "train_classifier":
-      classifier.train_classifier(FLAGS.config, FLAGS.workdir)
+      train_classifier.train_classifier(FLAGS.config, FLAGS.workdir)
     else:
       images = [path for value in FLAGS.image for path in value.split(",") if path]
       path = edit.edit(FLAGS.config, FLAGS.workdir, FLAGS.mode, images=images, from_dataset=FLAGS.from_dataset,

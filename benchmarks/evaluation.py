@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, ".")
 from configs.toy import checkerboard  # noqa: E402
-from score_jax import inception, models, sampling  # noqa: E402
+from score_jax import models, sampling
+from score_jax.metrics import inception  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 
 

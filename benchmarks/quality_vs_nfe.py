@@ -4,7 +4,7 @@
                                         [--num_samples 4096] [--train_steps 1500] [--digits_samples 1000]
 
 mixture: the mixture's score under the VP SDE is exact (the perturbed mixture is again a mixture), so
-only the samplers err. Quality is the sliced Wasserstein distance (`evaluation.sliced_wasserstein`) to
+only the samplers err. Quality is the sliced Wasserstein distance (`distances.sliced_wasserstein`) to
 fresh mixture samples; the reference line is the PC sampler at N = 1000 steps, and the floor is the
 distance between two fresh draws of the mixture itself (sampling noise of the metric). Writes
 `quality_vs_nfe.json` and `quality_vs_nfe.png`.
@@ -12,12 +12,12 @@ distance between two fresh draws of the mixture itself (sampling noise of the me
 digits: `configs/digits.py` (DDPM++, VP SDE, 16 px) is trained for `--train_steps` in `--digits_workdir`
 (or resumed there), then every sampler draws `--digits_samples` digits with its score; quality is the
 Fréchet distance to the 1500 training digits in the feature space of the shipped digits classifier
-(`score_jax.digits_classifier`; not FID). The line of the 297 held-out real digits is no floor: the FD of
+(`score_jax.metrics.digits`; not FID). The line of the 297 held-out real digits is no floor: the FD of
 so few images carries a large small-sample bias (24.5 against ~3 for 1000 samples). Writes
 `digits_quality_vs_nfe.json` and `.png`. Meant for an accelerator: the two 1000-step PC reference runs
 alone are 4000 evaluations of the U-Net on the whole sample batch.
 
-`evaluation.sliced_wasserstein` costs O(n^2) (`np.quantile` at n levels): 4.5 s at n = 4096 and
+`distances.sliced_wasserstein` costs O(n^2) (`np.quantile` at n levels): 4.5 s at n = 4096 and
 24 s at n = 8192 on 2 shared CPU cores, which keeps the default sample count at 4096 and the
 default mixture run near 5 minutes; the floor (~0.03) then hides differences between the better samplers.
 """
@@ -38,7 +38,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from score_jax import evaluation, sampling  # noqa: E402
+from score_jax import sampling
+from score_jax.metrics import distances  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 
 # 8 isotropic components on a circle of radius 2, unequal weights and widths.
@@ -178,7 +179,7 @@ def mixture_benchmark(args, out_dir):
   shape = (args.num_samples, 2)
   rng = jax.random.key(args.seed)
   data = np.asarray(mixture_sample(jax.random.fold_in(rng, 10_000), args.num_samples))
-  distance = lambda x: evaluation.sliced_wasserstein(x, data, num_projections=args.num_projections)
+  distance = lambda x: distances.sliced_wasserstein(x, data, num_projections=args.num_projections)
   quality = lambda x: distance(x) if np.isfinite(x).all() else float("nan")
   floors = [distance(np.asarray(mixture_sample(jax.random.fold_in(rng, 20_000 + i), args.num_samples)))
             for i in range(3)]
@@ -196,7 +197,7 @@ def mixture_benchmark(args, out_dir):
 def trained_digits_model(workdir, train_steps):
   """(config, model, EMA variables) of `configs/digits.py` trained for `train_steps` in `workdir` (resumed)."""
   from configs import digits
-  from score_jax import train
+  from score_jax.drivers import train
   from score_jax.models import get_model
 
   config = digits.get_config()
@@ -209,7 +210,8 @@ def trained_digits_model(workdir, train_steps):
 
 def digits_benchmark(args, out_dir):
   """The same sweep on the DDPM++ trained on the embedded digits; quality = the digits-classifier FD."""
-  from score_jax import datasets, digits_classifier
+  from score_jax import datasets
+  from score_jax.metrics import digits as digits_metrics
   from score_jax.models import get_score_fn
   from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
 
@@ -222,15 +224,15 @@ def digits_benchmark(args, out_dir):
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   images = load_digits(config.data.image_size)[0]
   train_images, held_out = images[:DIGITS_TRAIN_SIZE], images[DIGITS_TRAIN_SIZE:]
-  features_fn = digits_classifier.digits_features_fn()
+  features_fn = digits_metrics.digits_features_fn()
 
   def quality(x):
     x = np.clip(np.asarray(inverse_scaler(x)), 0.0, 1.0)
     if not np.isfinite(x).all():
       return float("nan")
-    return digits_classifier.digits_frechet_distance(x, train_images, features_fn)
+    return digits_metrics.digits_frechet_distance(x, train_images, features_fn)
 
-  floor = digits_classifier.digits_frechet_distance(held_out, train_images, features_fn)
+  floor = digits_metrics.digits_frechet_distance(held_out, train_images, features_fn)
   shape = (args.digits_samples,) + (config.data.image_size, config.data.image_size, config.data.num_channels)
   rng = jax.random.key(args.seed)
   references = pc_references(rng, score_fn, sde, shape, quality, eps, "digits_fd")

@@ -23,7 +23,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.toy import checkerboard  # noqa: E402
-from score_jax import run_setup, train  # noqa: E402
+from score_jax import run_setup
+from score_jax.drivers import train  # noqa: E402
 
 
 def toy_config():

@@ -195,7 +195,7 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   Returns:
     `(ckpt, orbax_step)`.
   """
-  from score_jax import checkpoint as checkpoint_lib, losses, train_state  # noqa: I001 -- heavy, CLI only
+  from score_jax import checkpoint as checkpoint_lib, train_state  # noqa: I001 -- heavy, CLI only
 
   checkpoint = read_torch_checkpoint(path)
   has_ema = isinstance(checkpoint, dict) and "ema" in checkpoint

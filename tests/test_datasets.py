@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default_cifar10_configs, digits as digits_config
-from score_jax import datasets, toy_data
+from score_jax import datasets, tfrecord, toy_data
 from score_jax.config_utils import validate_config
 
 
@@ -228,19 +228,19 @@ def _write_tfrecords(path, payloads):
   with open(path, "wb") as f:
     for payload in payloads:
       header = struct.pack("<Q", len(payload))
-      f.write(header + struct.pack("<I", datasets.masked_crc32c(header)) + payload)
-      f.write(struct.pack("<I", datasets.masked_crc32c(payload)))
+      f.write(header + struct.pack("<I", tfrecord.masked_crc32c(header)) + payload)
+      f.write(struct.pack("<I", tfrecord.masked_crc32c(payload)))
 
 
 def test_crc32c_check_value():
-  assert datasets.crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
+  assert tfrecord.crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
 
 
 def test_tfrecord_images_round_trip(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (5, 3, 8, 8)).astype(np.uint8)  # CHW, as FFHQ's records
   _write_tfrecords(tmp_path / "ffhq-r03.tfrecords", [_example(x) for x in images])
-  source = datasets.TFRecordImages(str(tmp_path / "*.tfrecords"))
+  source = tfrecord.TFRecordImages(str(tmp_path / "*.tfrecords"))
   assert len(source) == 5
   for i in range(5):
     np.testing.assert_array_equal(source[i], images[i].transpose(1, 2, 0))
@@ -253,9 +253,9 @@ def test_tfrecord_images_round_trip(tmp_path):
 def test_tfrecord_errors(tmp_path):
   (tmp_path / "bad.tfrecords").write_bytes(b"not a tfrecord file at all")
   with pytest.raises(ValueError, match="not a TFRecord file"):
-    datasets.TFRecordImages(str(tmp_path / "bad.tfrecords"))
+    tfrecord.TFRecordImages(str(tmp_path / "bad.tfrecords"))
   with pytest.raises(FileNotFoundError, match="no TFRecord file matches"):
-    datasets.TFRecordImages(str(tmp_path / "missing*.tfrecords"))
+    tfrecord.TFRecordImages(str(tmp_path / "missing*.tfrecords"))
   with pytest.raises(ValueError, match="data.tfrecords_path, which is empty"):
     datasets.get_dataset(_image_config("CelebAHQ"))
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from configs.classifier import digits as digits_classifier
-from score_jax import checkpoint, classifier, edit, train
+from score_jax import checkpoint, classifier
+from score_jax.drivers import edit, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, SCALE_TO = 8, 384

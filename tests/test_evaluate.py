@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from score_jax import evaluate, train
+from score_jax.drivers import evaluate, train
 from tests.helpers import tiny_toy_config
 
 
@@ -36,7 +36,8 @@ def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
   """--mode=fid_stats then eval with FID on (the Inception network replaced by a fixed random projection;
   the network itself is tested in test_inception.py, the formulas in test_evaluation.py)."""
   from configs import digits
-  from score_jax import evaluation, inception
+  from score_jax import evaluation
+  from score_jax.metrics import inception
 
   projection = np.random.default_rng(0).normal(size=(8 * 8 * 1, 16))
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import inception
+from score_jax.metrics import inception
 
 PARAMS = 23_850_960        # trainable: convolutions, BatchNorm scale/bias, 2048 x 1008 fc + bias
 BATCH_STATS = 34_432       # BatchNorm running mean/var: 2 x 17,216 channels in 94 BasicConv layers

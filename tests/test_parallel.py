@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_SCRIPT = """
 import sys, numpy as np, jax
-from score_jax import train
+from score_jax.drivers import train
 from tests.helpers import tiny_toy_config
 config = tiny_toy_config(**{"training.n_iters": 20, "training.batch_size": 64})
 state = train.train_and_evaluate(config, sys.argv[3])
@@ -134,7 +134,8 @@ def test_two_processes_match_one_process(tmp_path):
   """`main.py` on 2 local processes (jax.distributed, gloo) trains to the parameters of 1 process, and
   evaluates a checkpoint to the report of 1 process (samples, likelihood, loss), resuming from a
   likelihood batch already on disk."""
-  from score_jax import checkpoint, evaluate, train
+  from score_jax import checkpoint
+  from score_jax.drivers import evaluate, train
   from tests.helpers import tiny_toy_config
 
   processes, logs = _main_on_two_processes(tmp_path, "train", f"--workdir={tmp_path / 'two'}",

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from score_jax import checkpoint, datasets, run_setup, train
+from score_jax import checkpoint, datasets, run_setup
+from score_jax.drivers import train
 from score_jax.config_utils import validate_config
 from score_jax.metric_writer import read_metrics
 from tests.helpers import tiny_toy_config

@@ -5,7 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from score_jax.rng import fold_in, gaussian_noise
+from score_jax.rng import gaussian_noise
 from score_jax.sampling.common import SampleOutput, denoise_fn, full, jitted, start
 from score_jax.sampling.schedules import check_schedule_and_steps, get_timesteps
 from score_jax.utils import batch_mul, choice_error

@@ -5,7 +5,7 @@ The network is trained by score_jax itself on the 1500 training digits
 `score_jax/assets/digits_classifier.npz` (a plain npz of float32 arrays, read
 with `allow_pickle=False`). Retrain them with
 
-  python -m score_jax.digits_classifier --out=score_jax/assets/digits_classifier.npz
+  python -m score_jax.metrics.digits --out=score_jax/assets/digits_classifier.npz
 
 `digits_frechet_distance` is the Fréchet distance (Heusel et al. 2017) between
 the 64-d penultimate-layer features of this classifier: a sample-quality score
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from score_jax import evaluation
+from score_jax.metrics import distances
 from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
 
 IMAGE_SIZE = 16  # the network's input size; other sizes are resized to it
@@ -161,7 +161,7 @@ def digits_frechet_distance(samples, reference_images, features_fn=None):
     ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) of the 64-d features, a float.
   """
   features_fn = digits_features_fn() if features_fn is None else features_fn
-  return evaluation.frechet_distance_from_features(features_fn(samples).features,
+  return distances.frechet_distance_from_features(features_fn(samples).features,
                                                    features_fn(reference_images).features)
 
 

@@ -27,7 +27,8 @@ from absl import logging
 
 import tqdm
 
-from score_jax import checkpoint, datasets, evaluation, parallel, plotting
+from score_jax import checkpoint, datasets, parallel, plotting
+from score_jax.metrics import distances
 from score_jax.models import get_data_shape
 from score_jax.run_setup import RunSetup
 
@@ -104,7 +105,7 @@ def _negative_log_likelihood(config, run, state, rng, directory):
 
 def _features_fn(config):
   """The FID Inception-v3 feature extractor named by `eval.inception_path` / `eval.inception_url`."""
-  from score_jax import inception
+  from score_jax.metrics import inception
 
   ev = config.eval
   return inception.get_inception_fn(path=ev.get("inception_path") or None, url=ev.get("inception_url") or None,
@@ -118,12 +119,12 @@ def _to_uint8(images):
 
 def _digits_fd(config, samples):
   """Fréchet distance of digit samples to the held-out digits in the feature space of a small
-  classifier trained by score_jax (`score_jax.digits_classifier`) -- not FID."""
-  from score_jax import digits_classifier
+  classifier trained by score_jax (`score_jax.metrics.digits`) -- not FID."""
+  from score_jax.metrics import digits as digits_metrics
   from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
 
   held_out = load_digits(config.data.image_size)[0][DIGITS_TRAIN_SIZE:]
-  return digits_classifier.digits_frechet_distance(samples, held_out)
+  return digits_metrics.digits_frechet_distance(samples, held_out)
 
 
 def stats_path(config, workdir):
@@ -148,7 +149,7 @@ def compute_fid_stats(config, workdir):
   pool3 = np.concatenate(pool3)
   path = stats_path(config, workdir)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  mu, sigma = evaluation.feature_statistics(pool3)
+  mu, sigma = distances.feature_statistics(pool3)
   np.savez_compressed(path + ".tmp.npz", pool_3=pool3, mu=mu, sigma=sigma)
   os.replace(path + ".tmp.npz", path)
   logging.info("Wrote the Inception statistics of %d training images to %s", len(pool3), path)
@@ -164,9 +165,9 @@ def _sample_quality(config, workdir, samples, features_fn):
   with np.load(path) as stats:
     data_pool3, mu, sigma = stats["pool_3"], stats["mu"], stats["sigma"]
   out = features_fn(_to_uint8(samples))
-  return {"fid": evaluation.frechet_distance(mu, sigma, *evaluation.feature_statistics(out.pool3)),
-          "kid": evaluation.kernel_inception_distance(data_pool3, out.pool3),
-          "inception_score": evaluation.inception_score(out.logits)}
+  return {"fid": distances.frechet_distance(mu, sigma, *distances.feature_statistics(out.pool3)),
+          "kid": distances.kernel_inception_distance(data_pool3, out.pool3),
+          "inception_score": distances.inception_score(out.logits)}
 
 
 def evaluate(config, workdir, eval_folder="eval"):
@@ -209,7 +210,7 @@ def evaluate(config, workdir, eval_folder="eval"):
       if samples.ndim == 2:  # the whole held-out set: each process reads its part of every batch
         reference = np.concatenate([parallel.gather(parallel.shard_batch(run.mesh, batch))
                                     for batch in run.dataset.eval_batches()])
-        report["sliced_wasserstein"] = evaluation.sliced_wasserstein(samples, reference)
+        report["sliced_wasserstein"] = distances.sliced_wasserstein(samples, reference)
       stem = os.path.join(eval_dir, f"ckpt_{ckpt}_samples")
       report["samples_png"] = f"{stem}.png"
       if jax.process_index() == 0:
