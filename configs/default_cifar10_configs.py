@@ -116,6 +116,7 @@ def get_default_configs():
   optim.eps = 1e-8                          # Adam epsilon
   optim.weight_decay = 0.0                  # decoupled weight decay
   optim.warmup = 5000                       # linear warm-up steps (first update has lr 0, B21)
+  optim.schedule = "constant"               # after warm-up: constant (the reference) | cosine (decay to 0 at n_iters)
   optim.grad_clip = 1.0                     # global-norm clipping (< 0 disables)
 
   config.classifier = get_classifier_config()  # noise-conditional classifier (configs/classifier/)

@@ -2,7 +2,7 @@
 
 import jax
 
-from score_jax import datasets, likelihood, parameterization, sampling, sde as sde_lib
+from score_jax import datasets, likelihood, optim, parameterization, sampling, sde as sde_lib
 from score_jax.models import model_names
 from score_jax.utils import choice_error
 
@@ -34,6 +34,7 @@ def validate_config(config):
   if sampling_config.predictor.lower() == "ancestral_sampling" and not hasattr(
       sde_lib.SDES[training.sde.lower()], "ancestral_step"):
     raise ValueError(f"sampling.predictor='ancestral_sampling' is defined for vesde and vpsde, not {training.sde}")
+  _check_choice("optim.schedule", config.optim.get("schedule", "constant"), optim.SCHEDULES, lower=False)
   if config.optim.optimizer.lower() != "adam":
     raise choice_error("optim.optimizer", config.optim.optimizer, ["Adam"])
   if not training.continuous and training.sde.lower() == "subvpsde":

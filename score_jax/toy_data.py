@@ -21,6 +21,13 @@ def checkerboard(rng, n):
   return jnp.stack([x1, x2], axis=1)
 
 
+def on_checkerboard(x):
+  """Fraction of the 2-D points `x` that lie on the checkerboard's 8 squares (its support)."""
+  x = np.asarray(x)
+  inside = np.all(np.abs(x) <= 2.0, axis=1)
+  return float(np.mean(inside & ((np.floor(x[:, 0]) + np.floor(x[:, 1])) % 2 == 0)))
+
+
 def moons(rng, n, noise=0.08):
   """Two interleaving half circles, centred and scaled to about [-2, 2]."""
   k1, k2, k3 = jax.random.split(rng, 3)

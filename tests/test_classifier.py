@@ -10,6 +10,7 @@ import pytest
 
 from configs.classifier import digits as digits_classifier
 from score_jax import classifier, datasets, sde as sde_lib
+from score_jax.drivers import train_classifier
 from score_jax.config_utils import validate_classifier_config
 from score_jax.metric_writer import read_metrics
 
@@ -35,7 +36,7 @@ def params_of(state):
 def trained(tmp_path_factory):
   """The workdir and final state of an uninterrupted 20-step run."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  return workdir, classifier.train_classifier(tiny_config(), workdir)
+  return workdir, train_classifier.train_classifier(tiny_config(), workdir)
 
 
 def low_noise_loss(config, variables_list):
@@ -52,7 +53,7 @@ def low_noise_loss(config, variables_list):
 def test_training_lowers_the_loss_and_logs_accuracy_by_noise_bin(trained):
   workdir, state = trained
   config = tiny_config()
-  initial = classifier._init_state(jax.random.PRNGKey(0), config, classifier._optimizer(config))  # untrained
+  initial = classifier.init_state(jax.random.PRNGKey(0), config, classifier.get_optimizer(config))  # untrained
   before, after = low_noise_loss(config, [initial.variables(), state.variables()])
   assert before > 2.0 and after < before - 0.3, (before, after)  # ln 10 = 2.30: chance level
   records = read_metrics(os.path.join(workdir, "classifier", "metrics.jsonl"))
@@ -72,7 +73,7 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(trained, tmp_path):
   stopped = str(tmp_path / "stopped")
   shutil.copytree(workdir, stopped)  # the same run stopped after the checkpoint of step 10:
   shutil.rmtree(os.path.join(stopped, "classifier", "checkpoints", "20"))
-  resumed = classifier.train_classifier(tiny_config(n_iters=20), stopped)
+  resumed = train_classifier.train_classifier(tiny_config(n_iters=20), stopped)
   assert int(resumed.step) == 20
   jax.tree_util.tree_map(np.testing.assert_array_equal, params_of(resumed), params_of(uninterrupted))
   model, variables = classifier.load_classifier(tiny_config(), workdir)
@@ -117,7 +118,7 @@ def test_bad_config_keys_raise_value_errors(tmp_path):
   config = tiny_config()
   config.classifier.num_noise_bins = 0
   with pytest.raises(ValueError, match="classifier.num_noise_bins=0"):
-    classifier.train_classifier(config, str(tmp_path))
+    train_classifier.train_classifier(config, str(tmp_path))
   config = tiny_config()
   config.data.dataset = "checkerboard"
   with pytest.raises(ValueError, match="data.dataset='checkerboard' is not valid; choose one of: CIFAR10, MNIST"):
@@ -139,7 +140,7 @@ def test_full_size_classifier_is_the_reference_wrn_28_10():
 
   config = cifar10_wrn.get_config()
   validate_classifier_config(config)
-  shapes = jax.eval_shape(lambda: classifier._init_state(jax.random.PRNGKey(0), config,
-                                                         classifier._optimizer(config)).variables())
+  shapes = jax.eval_shape(lambda: classifier.init_state(jax.random.PRNGKey(0), config,
+                                                         classifier.get_optimizer(config)).variables())
   assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes)) == 38_913_242
   assert config.training.sde == "vesde" and config.data.dataset == "CIFAR10"

@@ -289,3 +289,11 @@ def test_image_dataset_names_are_valid_choices():
     assert name in datasets.DATASETS
   with pytest.raises(ValueError, match="data.category"):
     datasets.get_dataset(_image_config("LSUN", **{"data.category": ""}))
+
+
+def test_on_checkerboard_counts_the_squares():
+  data = np.asarray(toy_data.checkerboard(jax.random.key(0), 4096))
+  assert toy_data.on_checkerboard(data) == 1.0
+  uniform = np.random.default_rng(0).uniform(-3, 3, (20000, 2))  # 8 unit squares of the 36 in [-3, 3]^2
+  assert abs(toy_data.on_checkerboard(uniform) - 8 / 36) < 0.01
+  assert toy_data.on_checkerboard(np.array([[0.5, 0.5], [1.5, 0.5], [-0.5, -0.5], [2.5, 0.5]])) == 0.5

@@ -40,8 +40,8 @@ def workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("edit"))
   config = tiny_config()
   train.train_and_evaluate(config, workdir)
-  state = classifier._init_state(jax.random.PRNGKey(0), config, classifier._optimizer(config))
-  checkpoint.save(classifier._manager(config, workdir), 1, state)
+  state = classifier.init_state(jax.random.PRNGKey(0), config, classifier.get_optimizer(config))
+  checkpoint.save(classifier.checkpoint_manager(config, workdir), 1, state)
   return workdir
 
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from score_jax import toy_data
 from score_jax.drivers import evaluate, train
 from tests.helpers import tiny_toy_config
 
@@ -24,6 +25,7 @@ def test_evaluate_reports_each_checkpoint_and_skips_finished_ones(tmp_path):
     assert os.path.getsize(report["samples_png"]) > 1000
     samples = np.load(tmp_path / "eval" / f"ckpt_{ckpt}_samples.npz")["samples"]
     assert samples.shape == (config.eval.num_samples, 2) and np.isfinite(samples).all()
+    assert report["on_checkerboard"] == toy_data.on_checkerboard(samples)
   # Finished checkpoints are not recomputed: a changed report on disk is returned as it is.
   with open(tmp_path / "eval" / "report_1.json", "w") as f:
     json.dump({"ckpt": 1, "marker": True}, f)
@@ -71,10 +73,12 @@ def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
   assert stats["pool_3"].shape == (1500, 16)  # every training digit
   report = evaluate.evaluate(config, workdir)[1]
   samples = np.load(tmp_path / "eval" / "ckpt_1_samples.npz")["samples"]
-  expected = evaluation.frechet_distance_from_features(stats["pool_3"],
-                                                       fake_features(evaluate._to_uint8(samples)).pool3)
+  features = fake_features(np.clip(samples * 255.0, 0, 255).astype(np.uint8))  # the reference's cast
+  expected = evaluation.frechet_distance_from_features(stats["pool_3"], features.pool3)
   np.testing.assert_allclose(report["fid"], expected, rtol=1e-6)
-  assert np.isfinite(report["kid"]) and report["inception_score"] >= 1.0
+  np.testing.assert_allclose(report["kid"], evaluation.kernel_inception_distance(stats["pool_3"], features.pool3),
+                             rtol=1e-6)
+  np.testing.assert_allclose(report["inception_score"], evaluation.inception_score(features.logits), rtol=1e-6)
   assert np.isfinite(report["eval_loss"])  # eval.num_eval_batches = 0: the whole held-out split
   assert report["digits_fd"] > 0  # the digits classifier's Frechet distance of the (untrained) samples
 

@@ -97,7 +97,7 @@ def _reference_adam(grads_seq, params, lr, warmup, clip, beta1=0.9, beta2=0.999,
 
 
 def test_optimizer_matches_reference_warmup_and_clipping():
-  config = tiny_toy_config(**{"optim.lr": 0.1, "optim.warmup": 3, "optim.grad_clip": 1.0})
+  config = tiny_toy_config(**{"optim.lr": 0.1, "optim.warmup": 3, "optim.grad_clip": 1.0, "optim.schedule": "constant"})
   optimizer = optim.get_optimizer(config)
   rng = np.random.default_rng(0)
   grads_seq = [rng.normal(size=5) * scale for scale in (3.0, 0.1, 2.0, 0.5, 4.0)]

@@ -131,3 +131,17 @@ def test_unknown_architecture_option_is_a_value_error():
   config = tiny_config(progressive="sideways")
   with pytest.raises(ValueError, match="progressive"):
     jax.eval_shape(lambda: init_model(jax.random.PRNGKey(0), config))
+
+
+def test_mlp_input_fourier_features():
+  """sin / cos(pi 2^k x) of every coordinate beside x; 0 frequencies is the plain MLP (fewer weights)."""
+  from score_jax.models.mlp import MLPScoreModel
+  x = jnp.array([[0.25, -0.5]])
+  features = MLPScoreModel(input_frequencies=2).bind({})._input_features(x)
+  angles = np.pi * np.array([[0.25, 0.5], [-0.5, -1.0]])  # coordinate x frequency
+  np.testing.assert_allclose(features, np.concatenate([[0.25, -0.5], np.sin(angles).ravel(), np.cos(angles).ravel()])[None],
+                             atol=1e-6)
+  count = lambda k: sum(a.size for a in jax.tree_util.tree_leaves(jax.eval_shape(
+      lambda: MLPScoreModel(hidden=8, num_layers=1, embedding_dim=8, input_frequencies=k).init(
+          jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,))))))
+  assert count(2) - count(0) == 8 * 2 * 2 * 2  # the first layer's extra inputs: 2 coordinates x 2 frequencies x 2

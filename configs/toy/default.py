@@ -73,7 +73,8 @@ def get_default_configs():
   model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
   model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
   model.dropout = 0.0                       # dropout inside residual blocks
-  model.ema_rate = 0.999                    # EMA decay of the parameters used for sampling/eval
+  model.input_frequencies = 4               # Fourier features sin/cos(pi 2^k x), k < this, of the input (0: off)
+  model.ema_rate = 0.99                     # EMA decay of the parameters used for sampling/eval
   model.sigma_min = 0.01                    # VE noise range
   model.sigma_max = 4.0
   model.beta_min = 0.1                      # VP / sub-VP beta range
@@ -87,6 +88,7 @@ def get_default_configs():
   optim.eps = 1e-8                          # Adam epsilon
   optim.weight_decay = 0.0                  # decoupled weight decay
   optim.warmup = 200                        # linear warm-up steps (first update has lr 0)
+  optim.schedule = "cosine"                 # after warm-up: constant (the reference) | cosine (decay to 0 at n_iters)
   optim.grad_clip = 1.0                     # global-norm clipping (< 0 disables)
 
   config.seed = 42

@@ -27,7 +27,7 @@ from absl import logging
 
 import tqdm
 
-from score_jax import checkpoint, datasets, parallel, plotting
+from score_jax import checkpoint, datasets, parallel, plotting, toy_data
 from score_jax.metrics import distances
 from score_jax.models import get_data_shape
 from score_jax.run_setup import RunSetup
@@ -211,6 +211,8 @@ def evaluate(config, workdir, eval_folder="eval"):
         reference = np.concatenate([parallel.gather(parallel.shard_batch(run.mesh, batch))
                                     for batch in run.dataset.eval_batches()])
         report["sliced_wasserstein"] = distances.sliced_wasserstein(samples, reference)
+        if config.data.dataset == "checkerboard":
+          report["on_checkerboard"] = toy_data.on_checkerboard(samples)  # the fraction on the 8 squares
       stem = os.path.join(eval_dir, f"ckpt_{ckpt}_samples")
       report["samples_png"] = f"{stem}.png"
       if jax.process_index() == 0:

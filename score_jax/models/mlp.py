@@ -22,6 +22,16 @@ class MLPScoreModel(nn.Module):
   embedding_dim: int = 64
   fourier_scale: float = 16.0
   dropout: float = 0.0
+  input_frequencies: int = 0  # sin / cos features of each coordinate at frequencies pi 2^k, k < this
+
+  def _input_features(self, x):
+    """x, with [sin, cos](pi 2^k x) of every coordinate for k < `input_frequencies` (Fourier features of the
+    input, Tancik et al. 2020): sharp edges of low-dimensional densities need high frequencies in x."""
+    if not self.input_frequencies:
+      return x
+    angles = x[..., None] * (math.pi * 2.0 ** jnp.arange(self.input_frequencies))
+    return jnp.concatenate([x, jnp.sin(angles).reshape(x.shape[0], -1), jnp.cos(angles).reshape(x.shape[0], -1)],
+                           axis=-1)
 
   @nn.compact
   def __call__(self, x, labels, train=False):
@@ -30,7 +40,7 @@ class MLPScoreModel(nn.Module):
     else:
       temb = layers.get_timestep_embedding(labels, self.embedding_dim)
     temb = nn.Dense(self.hidden)(nn.swish(nn.Dense(self.hidden)(temb)))
-    h = nn.Dense(self.hidden)(x)
+    h = nn.Dense(self.hidden)(self._input_features(x))
     for _ in range(self.num_layers):
       residual = nn.Dense(self.hidden)(nn.swish(h)) + temb
       residual = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(residual))
@@ -43,4 +53,4 @@ def build_mlp(config):
   model = config.model
   return MLPScoreModel(hidden=model.nf, num_layers=model.num_res_blocks, embedding_type=model.embedding_type,
                        embedding_dim=model.embedding_dim, fourier_scale=model.fourier_scale,
-                       dropout=model.dropout)
+                       dropout=model.dropout, input_frequencies=model.get("input_frequencies", 0))
