@@ -25,9 +25,7 @@ def validate_config(config):
   _check_choice("sampling.corrector", sampling_config.corrector, sampling.CORRECTORS)
   _check_choice("eval.bpd_dataset", config.eval.bpd_dataset, BPD_DATASETS)
   _check_choice("eval.hutchinson", config.eval.get("hutchinson", "rademacher"), likelihood.HUTCHINSON)
-  _check_choice("model.parameterization", config.model.get("parameterization", "reference"),
-                parameterization.PARAMETERIZATIONS, lower=False)
-  _check_choice("model.dtype", config.model.get("dtype", "float32"), parameterization.DTYPES, lower=False)
+  parameterization.get_parameterization(config)  # names a bad model.parameterization or model.dtype
   if not training.continuous and config.model.get("parameterization", "reference") != "reference":
     raise ValueError("training.continuous=False (the reference's SMLD / DDPM losses) needs "
                      "model.parameterization='reference'")
@@ -36,9 +34,9 @@ def validate_config(config):
     raise ValueError(f"sampling.predictor='ancestral_sampling' is defined for vesde and vpsde, not {training.sde}")
   _check_choice("optim.schedule", config.optim.get("schedule", "constant"), optim.SCHEDULES, lower=False)
   if config.optim.optimizer.lower() != "adam":
-    raise choice_error("optim.optimizer", config.optim.optimizer, ["Adam"])
-  if not training.continuous and training.sde.lower() == "subvpsde":
-    raise ValueError("training.continuous=False is defined for vesde (SMLD) and vpsde (DDPM), not subvpsde")
+    raise choice_error("optim.optimizer", config.optim.optimizer, optim.OPTIMIZERS)
+  if not training.continuous and sde_lib.SDES[training.sde.lower()].discrete_loss is None:
+    raise ValueError(f"training.continuous=False is defined for vesde (SMLD) and vpsde (DDPM), not {training.sde}")
   if not training.continuous and training.likelihood_weighting:
     raise ValueError("training.likelihood_weighting=True needs training.continuous=True")
 
