@@ -93,12 +93,15 @@ def reference_labels(sde, t, continuous):
   return _convention(sde)[0](sde, t, continuous)
 
 
+def tweedie(sde, x, t, score):
+  """Tweedie's formula E[x(0) | x(t)] = (x + std^2 s) / m for the score `s` at (x, t)."""
+  mean_scale, std = sde.marginal_coeffs(t)
+  return batch_mul(1.0 / mean_scale, x + batch_mul(std**2, score))
+
+
 def tweedie_denoiser(score_fn, sde):
-  """`denoiser_fn(x, t)`: Tweedie's formula E[x(0) | x(t)] = (x + std^2 s(x, t)) / m."""
-  def denoiser_fn(x, t):
-    mean_scale, std = sde.marginal_coeffs(t)
-    return batch_mul(1.0 / mean_scale, x + batch_mul(std**2, score_fn(x, t)))
-  return denoiser_fn
+  """`denoiser_fn(x, t)`: Tweedie's formula on `score_fn`."""
+  return lambda x, t: tweedie(sde, x, t, score_fn(x, t))
 
 
 def denoiser_of(score_fn, sde):
@@ -174,8 +177,7 @@ class Reference(Parameterization):
     return batch_mul(_convention(sde)[1](sde, t, continuous), self.scale_output(output, labels))
 
   def denoised(self, sde, output, x, t, continuous):
-    mean_scale, std = sde.marginal_coeffs(t)
-    return batch_mul(1.0 / mean_scale, x + batch_mul(std**2, self.score(sde, output, x, t, continuous)))
+    return tweedie(sde, x, t, self.score(sde, output, x, t, continuous))
 
   def target(self, sde, x0, noise, t):
     raise ValueError("model.parameterization='reference' has no regression target: it is trained by the "

@@ -16,6 +16,7 @@ from score_jax.classifier import (CLASSIFIER_DIR, checkpoint_manager, get_classi
                                   init_state)
 from score_jax.config_utils import validate_classifier_config
 from score_jax.metric_writer import MetricWriter
+from score_jax.rng import per_sample_keys
 
 
 def get_train_step(loss_fn, optimizer, rng):
@@ -43,7 +44,7 @@ def get_eval_step(loss_fn, edges, rng):
   low, high = jnp.asarray(edges[:-1], jnp.float32), jnp.asarray(edges[1:], jnp.float32)
 
   def eval_step(variables, images, labels, index):
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, index), jnp.arange(len(low)))
+    keys = per_sample_keys(jax.random.fold_in(rng, index), len(low))  # one key per bin
     return jax.vmap(lambda key, t_min, t_max: loss_fn(key, variables, images, labels, (t_min, t_max)))(keys, low, high)
   return eval_step
 
