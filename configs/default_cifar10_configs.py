@@ -107,6 +107,7 @@ def get_default_configs():
   model.embedding_type = "fourier"          # fourier (of log sigma; continuous only) | positional
   model.fourier_scale = 16.0                # std of the Fourier features' frequencies
   model.embedding_dim = 128                 # time-embedding size of the `mlp` model (image networks use nf)
+  model.input_frequencies = 0               # `mlp` model: Fourier features sin/cos(pi 2^k x), k < this, of the input
   model.interpolation = "bilinear"          # NCSN/NCSNv2 multi-scale fusion upsampling: bilinear | nearest_neighbor
 
   config.optim = optim = ml_collections.ConfigDict()
