@@ -138,10 +138,13 @@ class Parameterization(abc.ABC):
     mean_scale, std = sde.marginal_coeffs(t)
     return batch_mul(1.0 / std**2, batch_mul(mean_scale, self.denoised(sde, output, x, t, continuous)) - x)
 
-  def apply_network(self, network_fn, sde, x, t, continuous):
-    """`network_fn(x_in, labels)` on this parameterization's inputs, in the compute dtype; float32 output."""
-    x_in, labels = self.network_inputs(sde, x, t, continuous)
+  def call_network(self, network_fn, x_in, labels):
+    """`network_fn(x_in, labels)` in the compute dtype, the output back in float32 (the only cast)."""
     return network_fn(x_in.astype(self.dtype), labels).astype(jnp.float32)
+
+  def apply_network(self, network_fn, sde, x, t, continuous):
+    """`network_fn` on this parameterization's inputs at (x, t)."""
+    return self.call_network(network_fn, *self.network_inputs(sde, x, t, continuous))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +172,7 @@ class Reference(Parameterization):
 
   def reference_output(self, network_fn, x, labels):
     """The reference network's output `network(x, labels)` (input centering and `scale_by_sigma` included)."""
-    output = network_fn(self.scale_input(x).astype(self.dtype), labels).astype(jnp.float32)
-    return self.scale_output(output, labels)
+    return self.scale_output(self.call_network(network_fn, self.scale_input(x), labels), labels)
 
   def score(self, sde, output, x, t, continuous):
     labels = reference_labels(sde, t, continuous)

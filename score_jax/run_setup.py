@@ -1,6 +1,6 @@
 """`RunSetup`: everything static about a training run, built once from its config.
 
-Training (`train.train_and_evaluate`), evaluation, the benchmarks and the tests share it: the SDE,
+Training (`drivers.train.train_and_evaluate`), evaluation, the benchmarks and the tests share it: the SDE,
 the model, the optimizer, the data, and the jitted train / eval steps over the device mesh.
 """
 

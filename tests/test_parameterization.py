@@ -169,5 +169,4 @@ def test_unknown_parameterization_or_dtype_names_the_key():
   with pytest.raises(ValueError, match="model.dtype"):
     models.get_model(tiny_mlp_config("eps", dtype="int8"))
   with pytest.raises(ValueError, match="parameterization='reference'"):
-    param_lib.Epsilon().target  # noqa: B018 -- defined
     param_lib.Reference().target(SDES["vp"], None, None, None)

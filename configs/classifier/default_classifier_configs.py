@@ -28,7 +28,7 @@ def get_classifier_config():
   classifier.num_eval_batches = 0           # held-out batches per evaluation (0: all of them)
 
   classifier.optim = optim = ml_collections.ConfigDict()  # the keys of config.optim
-  optim.optimizer = "Adam"                  # Adam (score_jax.losses.get_optimizer)
+  optim.optimizer = "Adam"                  # Adam (score_jax.optim.get_optimizer)
   optim.lr = 2e-4                           # peak learning rate
   optim.beta1 = 0.9                         # Adam beta1 (beta2 = 0.999)
   optim.eps = 1e-8                          # Adam epsilon
