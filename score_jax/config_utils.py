@@ -2,7 +2,7 @@
 
 import jax
 
-from score_jax import datasets, likelihood, optim, parameterization, sampling, sde as sde_lib
+from score_jax import datasets, likelihood, losses, optim, parameterization, sampling, sde as sde_lib
 from score_jax.models import model_names
 from score_jax.utils import choice_error
 
@@ -35,10 +35,6 @@ def validate_config(config):
   _check_choice("optim.schedule", config.optim.get("schedule", "constant"), optim.SCHEDULES, lower=False)
   if config.optim.optimizer.lower() != "adam":
     raise choice_error("optim.optimizer", config.optim.optimizer, optim.OPTIMIZERS)
-  if not training.continuous and sde_lib.SDES[training.sde.lower()].discrete_loss is None:
-    raise ValueError(f"training.continuous=False is defined for vesde (SMLD) and vpsde (DDPM), not {training.sde}")
-  if not training.continuous and training.likelihood_weighting:
-    raise ValueError("training.likelihood_weighting=True needs training.continuous=True")
 
   devices = jax.device_count()
   for key in ("training.batch_size", "eval.batch_size", "sampling.batch_size"):
@@ -57,6 +53,9 @@ def validate_config(config):
     raise ValueError(f"training.n_iters={training.n_iters} must be positive")
   check_numbers(config, NUMERIC_RULES)
   model = config.model
+  if model.get("gamma_max", 5.0) <= model.get("gamma_min", -13.3):
+    raise ValueError(f"model.gamma_max={model.gamma_max} must exceed model.gamma_min={model.gamma_min}")
+  losses.check_loss_config(losses.LossConfig.from_config(config), sde_lib.get_sde(config)[0])
   if model.sigma_max <= model.sigma_min:
     raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
   if model.beta_max < model.beta_min:
@@ -93,6 +92,9 @@ NUMERIC_RULES = (
     ("model.sigma_min", lambda v: v > 0, "must be > 0"),
     ("model.beta_min", lambda v: v >= 0, "must be >= 0"),
     ("model.sigma_data", lambda v: v > 0, "must be > 0"),
+    ("model.schedule_features", lambda v: v >= 1, "must be >= 1"),
+    ("training.edm_p_std", lambda v: v > 0, "must be > 0"),
+    ("eval.elbo_num_times", lambda v: v >= 1, "must be >= 1"),
     ("model.fourier_scale", lambda v: v > 0, "must be > 0"),
     ("model.embedding_dim", lambda v: v >= 2 and v % 2 == 0, "must be an even number >= 2"),
     ("sampling.snr", lambda v: v >= 0, "must be >= 0"),

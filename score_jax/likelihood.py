@@ -198,8 +198,9 @@ def get_likelihood_fn(config, sde, model, inverse_scaler, *, eps=1e-5, hutchinso
   coefficients = _affine_coefficients(inverse_scaler)
 
   def bpd_fn(rng, variables, x):
-    score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    return _bits_per_dim(rng, x, None, score_fn=score_fn, sde=sde, hutchinson=hutchinson, rtol=rtol, atol=atol,
+    bound_sde = sde.bind(variables)  # a learned schedule's parameters are the model's
+    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous)
+    return _bits_per_dim(rng, x, None, score_fn=score_fn, sde=bound_sde, hutchinson=hutchinson, rtol=rtol, atol=atol,
                          eps=eps, max_steps=4096, num_repeats=num_repeats, dequantize=dequantize, **coefficients)
 
   return _data_parallel(bpd_fn, mesh, BitsPerDimOutput(bpd=True, z=True, nfe=False))
@@ -217,8 +218,9 @@ def get_log_likelihood_fn(config, sde, model, *, eps=1e-5, hutchinson="rademache
   continuous = config.training.continuous
 
   def logp_fn(rng, variables, x):
-    score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    return _repeated_log_likelihood(rng, x, None, score_fn=score_fn, sde=sde, hutchinson=hutchinson, rtol=rtol,
+    bound_sde = sde.bind(variables)
+    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous)
+    return _repeated_log_likelihood(rng, x, None, score_fn=score_fn, sde=bound_sde, hutchinson=hutchinson, rtol=rtol,
                                     atol=atol, eps=eps, max_steps=4096, num_repeats=num_repeats)
 
   return _data_parallel(logp_fn, mesh, LikelihoodOutput(logp=True, z=True, nfe=False))

@@ -50,12 +50,12 @@ def _vp_output_scale(sde, t, continuous):
   return -1.0 / std
 
 
-def _subvp_labels(sde, t, continuous):
+def _continuous_labels(sde, t, continuous):
   del continuous  # The reference feeds t * 999 for discrete sub-VP models too.
   return t * 999
 
 
-def _subvp_output_scale(sde, t, continuous):
+def _noise_prediction_scale(sde, t, continuous):
   del continuous
   return -1.0 / sde.marginal_coeffs(t)[1]
 
@@ -75,8 +75,9 @@ def _ve_output_scale(sde, t, continuous):
 # Per SDE class: (labels(sde, t, continuous), output scale(sde, t, continuous)) with score = scale * output.
 REFERENCE_CONVENTIONS = {
     sde_lib.VPSDE: (_vp_labels, _vp_output_scale),
-    sde_lib.subVPSDE: (_subvp_labels, _subvp_output_scale),
+    sde_lib.subVPSDE: (_continuous_labels, _noise_prediction_scale),
     sde_lib.VESDE: (_ve_labels, _ve_output_scale),
+    sde_lib.GammaVPSDE: (_continuous_labels, _noise_prediction_scale),  # t * 999, the network predicts the noise
 }
 
 
@@ -133,6 +134,10 @@ class Parameterization(abc.ABC):
   def target(self, sde, x0, noise, t):
     """The output that gives D = x0 exactly at x = m x0 + std noise (the regression target)."""
 
+  @abc.abstractmethod
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    """The network output whose `denoised(...)` is `denoised` (the inverse of `denoised` in the output)."""
+
   def score(self, sde, output, x, t, continuous):
     """The score (m D - x) / std^2 (Tweedie's formula)."""
     mean_scale, std = sde.marginal_coeffs(t)
@@ -181,6 +186,13 @@ class Reference(Parameterization):
   def denoised(self, sde, output, x, t, continuous):
     return tweedie(sde, x, t, self.score(sde, output, x, t, continuous))
 
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    mean_scale, std = sde.marginal_coeffs(t)
+    score = batch_mul(1.0 / std**2, batch_mul(mean_scale, denoised) - x)
+    labels = reference_labels(sde, t, continuous)
+    output = batch_mul(1.0 / _convention(sde)[1](sde, t, continuous), score)
+    return output * (self.scale_output(jnp.ones_like(output), labels) ** -1)
+
   def target(self, sde, x0, noise, t):
     raise ValueError("model.parameterization='reference' has no regression target: it is trained by the "
                      "reference's score-matching losses (training.objective='dsm')")
@@ -208,6 +220,10 @@ class Epsilon(_Scaled):
   def target(self, sde, x0, noise, t):
     return noise
 
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    mean_scale, std = sde.marginal_coeffs(t)
+    return batch_mul(1.0 / std, x - batch_mul(mean_scale, denoised))
+
 
 @dataclasses.dataclass(frozen=True)
 class Data(_Scaled):
@@ -218,6 +234,9 @@ class Data(_Scaled):
 
   def target(self, sde, x0, noise, t):
     return x0
+
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    return denoised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +251,10 @@ class Velocity(_Scaled):
   def target(self, sde, x0, noise, t):
     mean_scale, std, a = coefficients(sde, t)
     return batch_mul(mean_scale / a, noise) - batch_mul(std / a, x0)
+
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    mean_scale, std, a = coefficients(sde, t)
+    return batch_mul(a / std, batch_mul(mean_scale / a**2, x) - denoised)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +282,10 @@ class EDM(Parameterization):
   def target(self, sde, x0, noise, t):
     _, sigma, c_skip, c_out, _, _ = self._preconditioning(sde, t)
     return batch_mul(1.0 / c_out, x0 - batch_mul(c_skip, x0 + batch_mul(sigma, noise)))
+
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    mean_scale, _, c_skip, c_out, _, _ = self._preconditioning(sde, t)
+    return batch_mul(1.0 / c_out, denoised - batch_mul(c_skip / mean_scale, x))
 
 
 PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "edm": EDM}

@@ -6,12 +6,14 @@ score wrappers never branch on the SDE type.
 
 import abc
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import noise_schedule
 from score_jax.utils import batch_mul, choice_error, flat_sum
 
 
@@ -21,6 +23,8 @@ class SDE(abc.ABC):
   N: int
   T = 1.0
   discrete_loss = None  # the discrete-time objective of `training.continuous=False`, if any
+  prior_std = 1.0       # the prior p_T is N(0, prior_std^2 I)
+  noisy_at_zero = False  # std(0) > 0: the ELBO starts at t = 0 (else at training.eps)
 
   @abc.abstractmethod
   def sde(self, x, t):
@@ -71,6 +75,27 @@ class SDE(abc.ABC):
   def noise_level_to_t(self, sigma):
     """The time t at which `noise_level(t) = sigma` (the inverse of `noise_level`)."""
     raise NotImplementedError(f"{type(self).__name__} does not invert its noise level")
+
+  # For the ELBO (Kingma et al. 2021): the signal-to-noise ratio SNR(t) = m^2 / std^2 = sigma(t)^-2.
+
+  def snr_decay(self, t):
+    """-dSNR/dt, the weight of the continuous-time diffusion loss; elementwise in `t`."""
+    def neg_log_snr(time):
+      return 2.0 * jnp.log(self.noise_level(time))
+    value, derivative = jax.jvp(neg_log_snr, (t,), (jnp.ones_like(t),))
+    return jnp.exp(-value) * derivative
+
+  # Learned schedules keep their parameters in the model's variables; fixed SDEs have none.
+
+  def init_params(self, rng):
+    """The SDE's trainable parameters, `{}` or `{"noise_schedule": ...}`, merged into the model's params."""
+    del rng
+    return {}
+
+  def bind(self, variables):
+    """This SDE with the parameters in `variables` (the model's); a fixed SDE returns itself."""
+    del variables
+    return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +291,10 @@ class VESDE(SDE):
   def marginal_prob(self, x0, t):
     return x0, self.sigma(t)
 
+  @property
+  def prior_std(self):
+    return self.sigma_max
+
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape) * self.sigma_max
 
@@ -299,7 +328,91 @@ class VESDE(SDE):
     return jnp.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
 
-SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+@dataclasses.dataclass(frozen=True, eq=False)
+class GammaVPSDE(SDE):
+  """The VP SDE of a noise schedule gamma(t) = log(std^2 / m^2) = -log SNR(t) (Kingma et al. 2021).
+
+  m^2 = sigmoid(-gamma), std^2 = sigmoid(gamma), and beta(t) = sigmoid(gamma) gamma'(t) in
+  dx = -beta x / 2 dt + sqrt(beta) dw. `gamma_fn(t) -> (gamma(t), gamma'(t))`, increasing in t.
+  Compared by identity (its `gamma_fn` may close over parameters).
+  """
+
+  gamma_fn: object = None
+  N: int = 1000
+  noisy_at_zero = True
+
+  def gamma_and_rate(self, t):
+    """(gamma(t), gamma'(t)), each shaped like `t`."""
+    if self.gamma_fn is None:
+      raise ValueError(f"{type(self).__name__} has no schedule yet: a learned SDE needs its parameters, "
+                       "sde.bind(variables) with the model's variables")
+    return self.gamma_fn(t)
+
+  def gamma(self, t):
+    return self.gamma_and_rate(t)[0]
+
+  def sde(self, x, t):
+    gamma, gamma_rate = self.gamma_and_rate(t)
+    beta = jax.nn.sigmoid(gamma) * gamma_rate
+    return batch_mul(-0.5 * beta, x), jnp.sqrt(beta)
+
+  def marginal_prob(self, x0, t):
+    gamma = self.gamma(t)
+    return batch_mul(jnp.sqrt(jax.nn.sigmoid(-gamma)), x0), jnp.sqrt(jax.nn.sigmoid(gamma))
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z)
+
+  def noise_level(self, t):
+    return jnp.exp(0.5 * self.gamma(t))
+
+  def snr_decay(self, t):
+    gamma, gamma_rate = self.gamma_and_rate(t)
+    return jnp.exp(-gamma) * gamma_rate
+
+  def noise_level_to_t(self, sigma, iterations=40):
+    """Bisection on the increasing gamma over [0, T] (clipped to the ends outside gamma's range)."""
+    target = 2.0 * jnp.log(sigma)
+    low, high = jnp.zeros_like(target), jnp.full_like(target, self.T)
+
+    def halve(_, bounds):
+      low, high = bounds
+      middle = 0.5 * (low + high)
+      below = self.gamma(middle) < target
+      return jnp.where(below, middle, low), jnp.where(below, high, middle)
+
+    low, high = jax.lax.fori_loop(0, iterations, halve, (low, high))
+    return 0.5 * (low + high)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LearnedVPSDE(GammaVPSDE):
+  """VDM's learned schedule (Kingma et al. 2021, Sec. 5.1 and Appendix H): gamma(t) = gamma_0 +
+  |gamma_1 - gamma_0| u(t), u a monotone network normalised to u(0) = 0, u(1) = 1, its endpoints
+  gamma_0, gamma_1 learned. Its parameters live in the model's params (`"noise_schedule"`);
+  `bind(variables)` gives the SDE of those parameters.
+  """
+
+  gamma_min: float = -13.3   # initial gamma_0 (log SNR(0) = 13.3)
+  gamma_max: float = 5.0     # initial gamma_1
+  features: int = 1024       # width of the monotone network
+  params: object = None      # set by `bind`
+
+  def __post_init__(self):
+    if self.gamma_fn is None and self.params is not None:
+      object.__setattr__(self, "gamma_fn", functools.partial(noise_schedule.gamma_and_rate, self.params))
+
+  def init_params(self, rng):
+    return {"noise_schedule": noise_schedule.init_params(rng, self.gamma_min, self.gamma_max, self.features)}
+
+  def bind(self, variables):
+    return dataclasses.replace(self, params=variables["params"]["noise_schedule"], gamma_fn=None)
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE, "learned_vpsde": LearnedVPSDE}
 
 
 def get_sde(config):
@@ -313,4 +426,7 @@ def get_sde(config):
   model = config.model
   if name == "vesde":
     return VESDE(sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales), 1e-5
+  if name == "learned_vpsde":
+    return LearnedVPSDE(gamma_min=model.get("gamma_min", -13.3), gamma_max=model.get("gamma_max", 5.0),
+                        features=model.get("schedule_features", 1024), N=model.num_scales), 1e-3
   return SDES[name](beta_min=model.beta_min, beta_max=model.beta_max, N=model.num_scales), 1e-3

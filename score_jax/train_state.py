@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from score_jax import sde as sde_lib
 from score_jax.models import init_model
 
 
@@ -24,7 +25,9 @@ class TrainState:
 
 
 def init_train_state(rng, config, optimizer):
+  """The initial state: the model's variables, and a learned SDE's parameters (`params["noise_schedule"]`)."""
   variables = init_model(rng, config)
   params = variables.pop("params")
+  params = {**params, **sde_lib.get_sde(config)[0].init_params(jax.random.fold_in(rng, 1))}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     opt_state=optimizer.init(params), model_state=variables)

@@ -12,9 +12,14 @@ def get_default_configs():
   config = ml_collections.ConfigDict()
 
   config.training = training = ml_collections.ConfigDict()
-  training.sde = "vpsde"                    # vpsde | subvpsde | vesde
+  training.sde = "vpsde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM)
   training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
   training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
+  training.objective = "dsm"                # dsm | edm | vdm | ssm (score_jax.losses)
+  training.importance_sampling = False      # importance-sampled t for likelihood_weighting (Song et al. 2021b)
+  training.edm_p_mean = -1.2                # edm objective: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022)
+  training.edm_p_std = 1.2
+  training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
   training.reduce_mean = True               # per-sample mean over dims (False: 0.5 * sum, as the reference)
   training.batch_size = 512                 # global batch size, split over all devices
   training.n_iters = 6000                   # number of optimisation steps
@@ -53,6 +58,7 @@ def get_default_configs():
   evaluate.bpd_dataset = "test"             # train | test
   evaluate.bpd_num_repeats = 1              # likelihood estimates averaged per example (fresh noise each)
   evaluate.hutchinson = "exact"             # divergence: rademacher | gaussian | exact (small dims only)
+  evaluate.elbo_num_times = 16              # time draws per example of the ELBO (vdm, likelihood weighting)
   evaluate.num_eval_batches = 4             # held-out batches for the eval loss
 
   config.data = data = ml_collections.ConfigDict()
@@ -71,6 +77,9 @@ def get_default_configs():
   model.scale_by_sigma = False              # divide the output by sigma (VE; reference parameterization)
   model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | edm
   model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
+  model.gamma_min = -13.3                   # learned_vpsde: initial gamma(0) = -log SNR(0) (Kingma et al. 2021)
+  model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)
+  model.schedule_features = 1024            # learned_vpsde: width of the monotone schedule network
   model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
   model.dropout = 0.0                       # dropout inside residual blocks
   model.input_frequencies = 4               # Fourier features sin/cos(pi 2^k x), k < this, of the input (0: off)

@@ -187,6 +187,7 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
 
   sde, eps = sde_lib.get_sde(config)
   model, variables, step = load_score_model(config, workdir)
+  sde = sde.bind(variables)  # a learned schedule's parameters are the model's
   score_fn = get_score_fn(sde, model, variables, continuous=config.training.continuous)
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
   options, rng = _sampling_options(config, eps), jax.random.PRNGKey(seed)

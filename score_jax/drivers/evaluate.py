@@ -2,7 +2,9 @@
 
 For flat (2-D toy) data the report has the held-out NLL in nats/dim and the
 sliced Wasserstein distance between samples and held-out data; for images,
-bits/dim (dequantised, `score_jax.likelihood.bits_per_dim`).
+bits/dim (dequantised, `score_jax.likelihood.bits_per_dim`). Models trained on a
+likelihood bound (`training.objective='vdm'`, `training.likelihood_weighting`)
+also report the held-out ELBO (`elbo_nats_per_dim` / `elbo_bpd`, `score_jax.elbo`).
 
 Checkpoint k is the snapshot of step `k * training.snapshot_freq`, as in the
 reference. Each finished checkpoint leaves `report_<k>.json` in the eval folder
@@ -101,6 +103,36 @@ def _negative_log_likelihood(config, run, state, rng, directory):
       "nll": nll_fn(jax.random.fold_in(rng, i), state.variables(), parallel.shard_batch(run.mesh,
                                                                                          run.scaler(batches[i])))})
   return ("nll_nats_per_dim" if flat else "bpd"), float(np.mean(np.concatenate([r["nll"] for r in rounds])))
+
+
+def _elbo(config, run, state, rng, directory):
+  """Mean held-out ELBO (Kingma et al. 2021, `score_jax.elbo`): bits/dim of 8-bit images, nats/dim of flat data.
+
+  Each batch averages `eval.elbo_num_times` antithetic time draws per example (an unbiased estimate).
+  """
+  from score_jax import elbo, losses
+
+  loss_config = losses.LossConfig.from_config(config)
+  elbo_fn = jax.jit(elbo.get_elbo_fn(run.sde, run.model, t0=losses.elbo_start(run.sde, loss_config),
+                                     levels=loss_config.pixel_levels))
+  num_times = config.eval.get("elbo_num_times", 16)
+  shape = get_data_shape(config)
+  flat = len(shape) == 1
+
+  def one_batch(i, batch):
+    x = parallel.shard_batch(run.mesh, run.scaler(batch))
+    nats = sum(elbo_fn(jax.random.fold_in(jax.random.fold_in(rng, i), k), state.variables(), x)
+               for k in range(num_times)) / num_times
+    return {"elbo": elbo.per_dim(nats, shape) if flat else elbo.bits_per_dim(nats, shape)}
+
+  batches = list(run.dataset.eval_batches(split="train" if config.eval.bpd_dataset == "train" else "eval"))
+  rounds = _rounds(directory, "elbo", len(batches), lambda i: one_batch(i, batches[i]))
+  return ("elbo_nats_per_dim" if flat else "elbo_bpd"), float(np.mean(np.concatenate([r["elbo"] for r in rounds])))
+
+
+def has_bound(config):
+  """Whether the objective trains a likelihood bound, which evaluation then reports (`elbo_*`)."""
+  return config.training.get("objective", "dsm") == "vdm" or bool(config.training.likelihood_weighting)
 
 
 def _features_fn(config):
@@ -204,6 +236,9 @@ def evaluate(config, workdir, eval_folder="eval"):
     if config.eval.enable_bpd:
       key, value = _negative_log_likelihood(config, run, state, jax.random.fold_in(rng, 1), rounds_dir)
       report[key] = value
+      if has_bound(config):
+        key, value = _elbo(config, run, state, jax.random.fold_in(rng, 3), rounds_dir)
+        report[key] = value
     if config.eval.enable_sampling:
       samples, nfe = _sample(config, run, state, rng, rounds_dir)
       reference = None

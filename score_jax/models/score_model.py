@@ -56,6 +56,7 @@ def get_model_fn(model, variables, *, train=False, rng=None):
 
 
 def _get_output_fn(sde, model, variables, train, continuous, rng, convert):
+  sde = sde.bind(variables)  # a learned schedule takes its parameters from the model's
   parameterization = parameterization_of(model)
   network_fn = get_network_fn(model, variables, train=train, rng=rng)
 
@@ -79,6 +80,12 @@ def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=Non
   # The samplers that work with data predictions take the model's own (`parameterization.denoiser_of`).
   score_fn.denoiser_fn = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng)
   return score_fn
+
+
+def get_output_fn(sde, model, variables, *, train=False, continuous=True, rng=None):
+  """Returns `output_fn(x, t) -> the raw network output` on the parameterization's inputs at (x, t)
+  (what the regression objectives compare with `parameterization.target`)."""
+  return _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, sde, output, *args: output)
 
 
 def get_denoiser_fn(sde, model, variables, *, train=False, continuous=True, rng=None):

@@ -97,9 +97,10 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   batch_sharding = parallel.data_sharded(mesh)
 
   def sample_fn(rng, variables):
-    score_fn = get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    z = jax.lax.with_sharding_constraint(prior_draw(rng, sde, shape), batch_sharding)  # the draw of z=None
-    output = run(rng, z, score_fn=score_fn, sde=sde, shape=shape, **options)
+    bound_sde = sde.bind(variables)  # a learned schedule's parameters are the model's
+    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous)
+    z = jax.lax.with_sharding_constraint(prior_draw(rng, bound_sde, shape), batch_sharding)  # the draw of z=None
+    output = run(rng, z, score_fn=score_fn, sde=bound_sde, shape=shape, **options)
     return output.replace(samples=inverse_scaler(output.samples))
 
   return parallel.data_parallel(sample_fn, mesh, in_batch=(False, False),
