@@ -198,7 +198,7 @@ def elbo_start(sde, loss_config):
   return 0.0 if sde.noisy_at_zero else loss_config.eps
 
 
-def _learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, train, rng):
+def learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, train, rng):
   """Per-example ELBO on a learned schedule, `(total, diffusion)`, with VDM's gradients.
 
   The network and the endpoints gamma_0, gamma_1 get the gradient of the bound; the schedule's shape u
@@ -278,7 +278,7 @@ def get_loss_fn(sde, model, loss_config, *, train):
       t = elbo.antithetic_times(jax.random.fold_in(noise_rng, 3), batch_size, t0, sde.T)
       z_0 = draw(4, lambda key: jax.random.normal(key, batch.shape[1:]))
       if isinstance(sde, sde_lib.LearnedVPSDE):
-        total, _ = _learned_schedule_elbo(model, sde, variables, batch, t, z, z_0, loss_config.pixel_levels,
+        total, _ = learned_schedule_elbo(model, sde, variables, batch, t, z, z_0, loss_config.pixel_levels,
                                           train=train, rng=dropout_rng)
       else:
         denoiser_fn = get_denoiser_fn(bound_sde, model, variables, **fns)

@@ -170,3 +170,16 @@ def test_unknown_parameterization_or_dtype_names_the_key():
     models.get_model(tiny_mlp_config("eps", dtype="int8"))
   with pytest.raises(ValueError, match="parameterization='reference'"):
     param_lib.Reference().target(SDES["vp"], None, None, None)
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_output_from_denoised_inverts_denoised(name, sde_name):
+  """`output_from_denoised` is the hand-derived optimal output, and `denoised` of it gives D back."""
+  sde = SDES[sde_name]
+  p = param_lib.PARAMETERIZATIONS[name]()
+  t, _, _, x = gaussian_problem(sde, seed=3)
+  denoised, _ = exact_denoiser_and_score(sde, x, t)
+  output = p.output_from_denoised(sde, denoised, x, t, True)
+  np.testing.assert_allclose(output, optimal_output(name, sde, x, t, denoised), rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(p.denoised(sde, output, x, t, True), denoised, rtol=2e-4, atol=2e-4)
