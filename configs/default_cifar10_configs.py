@@ -62,6 +62,7 @@ def get_default_configs():
   evaluate.bpd_dataset = "test"             # train | test
   evaluate.bpd_num_repeats = 5              # likelihood estimates averaged per example (fresh noise each)
   evaluate.hutchinson = "rademacher"        # divergence: rademacher | gaussian | exact (small dims only)
+  evaluate.enable_elbo = False              # report the ELBO for any model (always for vdm / likelihood weighting)
   evaluate.elbo_num_times = 16              # time draws per example of the ELBO (vdm, likelihood weighting)
   evaluate.enable_fid = True                # FID / KID / Inception score of the samples (needs --mode=fid_stats)
   evaluate.stats_path = ""                  # data statistics file (default <workdir>/stats/<dataset>_<size>_stats.npz)

@@ -262,6 +262,7 @@ class EDM(Parameterization):
   """Karras et al. 2022, Table 1 ("Ours"), on x_hat = x / m at sigma = std / m (Sec. 4 for any SDE)."""
 
   sigma_data: float = 0.5
+  log_embedding: bool = False  # the network embeds log(labels) (NCSN++'s Fourier features): feed exp(c_noise)
 
   def _preconditioning(self, sde, t):
     """(m, sigma, c_skip, c_out, c_in, c_noise), each `(B,)`."""
@@ -273,7 +274,7 @@ class EDM(Parameterization):
 
   def network_inputs(self, sde, x, t, continuous):
     mean_scale, _, _, _, c_in, c_noise = self._preconditioning(sde, t)
-    return batch_mul(c_in / mean_scale, x), c_noise
+    return batch_mul(c_in / mean_scale, x), jnp.exp(c_noise) if self.log_embedding else c_noise
 
   def denoised(self, sde, output, x, t, continuous):
     mean_scale, _, c_skip, c_out, _, _ = self._preconditioning(sde, t)
@@ -309,7 +310,8 @@ def get_parameterization(config, network=None):
     return Reference(dtype=dtype, centered=config.data.get("centered", True), scale_by_sigma=model.scale_by_sigma,
                      labels_are_sigmas=getattr(network, "embedding_type", None) == "fourier", sigmas=sigmas)
   if name == "edm":
-    return EDM(dtype=dtype, sigma_data=model.get("sigma_data", 0.5))
+    return EDM(dtype=dtype, sigma_data=model.get("sigma_data", 0.5),
+               log_embedding=getattr(network, "embedding_type", None) == "fourier")
   return PARAMETERIZATIONS[name](dtype=dtype)
 
 

@@ -58,6 +58,7 @@ def get_default_configs():
   evaluate.bpd_dataset = "test"             # train | test
   evaluate.bpd_num_repeats = 1              # likelihood estimates averaged per example (fresh noise each)
   evaluate.hutchinson = "exact"             # divergence: rademacher | gaussian | exact (small dims only)
+  evaluate.enable_elbo = False              # report the ELBO for any model (always for vdm / likelihood weighting)
   evaluate.elbo_num_times = 16              # time draws per example of the ELBO (vdm, likelihood weighting)
   evaluate.num_eval_batches = 4             # held-out batches for the eval loss
 

@@ -131,8 +131,10 @@ def _elbo(config, run, state, rng, directory):
 
 
 def has_bound(config):
-  """Whether the objective trains a likelihood bound, which evaluation then reports (`elbo_*`)."""
-  return config.training.get("objective", "dsm") == "vdm" or bool(config.training.likelihood_weighting)
+  """Whether evaluation reports the ELBO (`elbo_*`): for objectives that train it (`vdm`, likelihood
+  weighting), or any model with `eval.enable_elbo`."""
+  return (config.training.get("objective", "dsm") == "vdm" or bool(config.training.likelihood_weighting)
+          or bool(config.eval.get("enable_elbo", False)))
 
 
 def _features_fn(config):
