@@ -331,8 +331,9 @@ def test_every_objective_trains(case):
 
 
 def test_learned_schedule_trains_monotone_and_samples():
-  """A VDM model: the schedule moves and stays monotone; every sampler and the ODE likelihood run on it."""
-  from score_jax import likelihood, sampling
+  """A VDM model: the schedule moves and stays monotone; the samplers that invert its noise level (by
+  bisection) run on it (tests/test_evaluate.py runs PC sampling and the ODE likelihood of a VDM run)."""
+  from score_jax import sampling
   from score_jax.models import get_score_fn
   from score_jax.run_setup import RunSetup
 
@@ -350,12 +351,10 @@ def test_learned_schedule_trains_monotone_and_samples():
   variables = state.variables()
   sde = run.sde.bind(variables)
   score_fn = get_score_fn(sde, run.model, variables)
-  for method, options in [("pc", dict(corrector="langevin", snr=0.1)), ("ode", {}), ("ddim", dict(steps=5)),
-                          ("dpm_solver", dict(steps=6)), ("heun", dict(steps=4)), ("adaptive_sde", {})]:
+  for method, options in [("pc", dict(corrector="langevin", snr=0.1)), ("dpm_solver", dict(steps=6)),
+                          ("heun", dict(steps=4))]:
     out = sampling.sample(jax.random.PRNGKey(0), score_fn, sde, (16, 2), method=method, **options)
     assert bool(jnp.all(jnp.isfinite(out.samples))), method
-  logp = likelihood.log_likelihood(jax.random.PRNGKey(1), score_fn, sde, jnp.zeros((4, 2)), hutchinson="exact")
-  assert bool(jnp.all(jnp.isfinite(logp.logp)))
 
 
 def test_edm_preconditioning_feeds_a_fourier_network_its_log_noise():
