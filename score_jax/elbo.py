@@ -73,21 +73,46 @@ def diffusion_loss(denoiser_fn, sde, x0, t, z):
   return 0.5 * sde.snr_decay(t) * flat_sum(jnp.square(x0 - denoiser_fn(x, t)))
 
 
+def importance_times(u, sde, t0):
+  """Times drawn with density q(t) proportional to d/dt log sigma(t)^2 from uniforms `u`: `(t, 1 / q(t))`.
+
+  log sigma(t)^2 = (1 - u) log sigma(t0)^2 + u log sigma(T)^2. For the VP and VE SDEs q is
+  proportional to g^2 / std^2, so the likelihood-weighted DSM integrand has constant weight (Song et
+  al. 2021b's importance sampling); in the bound, -SNR'(t) / q(t) = Z / sigma(t)^2 with Z the log-SNR
+  range, which keeps the diffusion term's estimate bounded where uniform times make it heavy-tailed
+  near t0. The returned 1 / q(t) keeps any estimate unbiased, for any SDE.
+  """
+  def log_variance(time):
+    return 2.0 * jnp.log(sde.noise_level(time))
+  ends = log_variance(jnp.array([t0, sde.T], jnp.float32))
+  sigma = jnp.exp(0.5 * ((1.0 - u) * ends[0] + u * ends[1]))
+  t = sde.noise_level_to_t(sigma)
+  _, rate = jax.jvp(log_variance, (t,), (jnp.ones_like(t),))
+  return t, (ends[1] - ends[0]) / rate
+
+
+def antithetic_uniforms(rng, batch_size):
+  """VDM's low-discrepancy uniforms frac(u + i / B) for one uniform u."""
+  return jnp.mod(jax.random.uniform(rng, ()) + jnp.arange(batch_size) / batch_size, 1.0)
+
+
 def antithetic_times(rng, batch_size, t0, t1):
   """VDM's low-discrepancy times: t_i = t0 + (t1 - t0) frac(u + i / B) for one uniform u."""
-  u = jax.random.uniform(rng, ())
-  return t0 + (t1 - t0) * jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+  return t0 + (t1 - t0) * antithetic_uniforms(rng, batch_size)
 
 
-def elbo_terms(denoiser_fn, sde, x0, t, z_t, z_0, t0, levels=None):
+def elbo_terms(denoiser_fn, sde, x0, t, z_t, z_0, t0, levels=None, inverse_density=None):
   """The bound's three terms `(prior, reconstruction, diffusion)`, each `(B,)` nats, with the diffusion
-  integral estimated at one uniform time `t` in [t0, T] per example (noise `z_t`; `z_0` for the decoder)."""
-  diffusion = (sde.T - t0) * diffusion_loss(denoiser_fn, sde, x0, t, z_t)
+  integral estimated at one time `t` in [t0, T] per example (noise `z_t`; `z_0` for the decoder): a
+  uniform time, or one of density q with `inverse_density` 1 / q(t) (`importance_times`)."""
+  weight = sde.T - t0 if inverse_density is None else inverse_density
+  diffusion = weight * diffusion_loss(denoiser_fn, sde, x0, t, z_t)
   return prior_kl(sde, x0), reconstruction_nll(sde, x0, t0, z_0, levels), diffusion
 
 
 def get_elbo_fn(sde, model, *, t0, levels=None):
-  """Returns `elbo_fn(rng, variables, x0) -> (B,)` nats: the bound with one antithetic time per example.
+  """Returns `elbo_fn(rng, variables, x0) -> (B,)` nats: the bound with one importance-sampled,
+  antithetic time per example (`importance_times` of VDM's low-discrepancy uniforms).
 
   Averaging `elbo_fn` over independent keys converges to the bound (each call is unbiased).
   """
@@ -96,10 +121,10 @@ def get_elbo_fn(sde, model, *, t0, levels=None):
     denoiser_fn = get_denoiser_fn(bound_sde, model, variables)
     batch_size = x0.shape[0]
     normal = lambda key: jax.random.normal(key, x0.shape[1:])
-    t = antithetic_times(jax.random.fold_in(rng, 0), batch_size, t0, bound_sde.T)
+    t, inverse_density = importance_times(antithetic_uniforms(jax.random.fold_in(rng, 0), batch_size), bound_sde, t0)
     z_t = per_example(jax.random.fold_in(rng, 1), batch_size, normal)
     z_0 = per_example(jax.random.fold_in(rng, 2), batch_size, normal)
-    return sum(elbo_terms(denoiser_fn, bound_sde, x0, t, z_t, z_0, t0, levels))
+    return sum(elbo_terms(denoiser_fn, bound_sde, x0, t, z_t, z_0, t0, levels, inverse_density))
   return elbo_fn
 
 

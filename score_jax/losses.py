@@ -7,8 +7,9 @@
 * `edm`: Karras et al. 2022, Sec. 5: log-normal noise levels, lambda(sigma) = (sigma^2 + sigma_data^2)
   / (sigma sigma_data)^2 on the denoiser, for any SDE through its noise level.
 * `vdm`: the continuous-time ELBO of Kingma et al. 2021 (`score_jax.elbo`) with antithetic times; on a
-  learned schedule (`learned_vpsde`) the schedule's shape follows the gradient of the diffusion loss's
-  variance (VDM Sec. 5.1), its endpoints and the network that of the bound.
+  learned schedule (`learned_vpsde`) the times are uniform and the schedule's shape follows the gradient
+  of the diffusion loss's variance (VDM Sec. 5.1), its endpoints and the network that of the bound; on
+  a fixed schedule the times are importance-sampled in log-SNR (`elbo.importance_times`).
 * `ssm`: sliced score matching (Song et al. 2019) on noise-perturbed data, in the variance-reduced
   form |s|^2 + 2 v^T (ds/dx) v, with lambda(t) = std^2.
 
@@ -97,23 +98,6 @@ def ssm_loss(score_fn, sde, x0, t, z, v, *, reduce_mean=True):
   score, jacobian_v = jax.jvp(lambda x: score_fn(x, t), (perturbed,), (v,))
   losses = _reduce(jnp.square(score) + 2.0 * v * jacobian_v, reduce_mean) * std**2
   return LossOutput(jnp.mean(losses), losses)
-
-
-def importance_times(u, sde, t0):
-  """Song et al. 2021b's importance sampling of t for the g^2 weighting: `(t, 1 / q(t))` from uniforms `u`.
-
-  q(t) is proportional to d/dt log sigma(t)^2, which equals g^2 / std^2 for the VP and VE SDEs (the
-  likelihood weighting's DSM integrand then has constant weight); t solves
-  log sigma(t)^2 = (1 - u) log sigma(t0)^2 + u log sigma(T)^2. For any SDE the returned 1 / q(t)
-  makes the estimate unbiased.
-  """
-  def log_variance(time):
-    return 2.0 * jnp.log(sde.noise_level(time))
-  ends = log_variance(jnp.array([t0, sde.T]))
-  sigma = jnp.exp(0.5 * ((1.0 - u) * ends[0] + u * ends[1]))
-  t = sde.noise_level_to_t(sigma)
-  _, rate = jax.jvp(log_variance, (t,), (jnp.ones_like(t),))
-  return t, (ends[1] - ends[0]) / rate
 
 
 def smld_loss(model_fn, sde, x0, labels, z, *, reduce_mean=False):
@@ -275,20 +259,23 @@ def get_loss_fn(sde, model, loss_config, *, train):
                       reduce_mean=loss_config.reduce_mean)
     if objective == "vdm":
       t0 = elbo_start(sde, loss_config)
-      t = elbo.antithetic_times(jax.random.fold_in(noise_rng, 3), batch_size, t0, sde.T)
+      u = elbo.antithetic_uniforms(jax.random.fold_in(noise_rng, 3), batch_size)
       z_0 = draw(4, lambda key: jax.random.normal(key, batch.shape[1:]))
-      if isinstance(sde, sde_lib.LearnedVPSDE):
+      if isinstance(sde, sde_lib.LearnedVPSDE):  # uniform times: the learned shape is what reduces the variance
+        t = t0 + u * (sde.T - t0)
         total, _ = learned_schedule_elbo(model, sde, variables, batch, t, z, z_0, loss_config.pixel_levels,
-                                          train=train, rng=dropout_rng)
-      else:
+                                         train=train, rng=dropout_rng)
+      else:  # a fixed schedule: times importance-sampled in log-SNR
+        t, inverse_density = elbo.importance_times(u, bound_sde, t0)
         denoiser_fn = get_denoiser_fn(bound_sde, model, variables, **fns)
-        total = sum(elbo.elbo_terms(denoiser_fn, bound_sde, batch, t, z, z_0, t0, loss_config.pixel_levels))
+        total = sum(elbo.elbo_terms(denoiser_fn, bound_sde, batch, t, z, z_0, t0, loss_config.pixel_levels,
+                                    inverse_density))
       losses = elbo.per_dim(total, batch.shape[1:])
       return LossOutput(jnp.mean(losses), losses)
     if loss_config.likelihood_weighting:
       time_weight = None
       if loss_config.importance_sampling:
-        t, inverse_density = importance_times(uniform, bound_sde, loss_config.eps)
+        t, inverse_density = elbo.importance_times(uniform, bound_sde, loss_config.eps)
         time_weight = inverse_density / (sde.T - loss_config.eps)  # the plain weighting's expectation
       return dsm_loss(get_score_fn(bound_sde, model, variables, **fns), bound_sde, batch, t, z,
                       reduce_mean=loss_config.reduce_mean, likelihood_weighting=True, time_weight=time_weight)
