@@ -152,3 +152,21 @@ def test_msf_resize_is_half_pixel_bilinear(ops):
   x = _nhwc(ops["ops/msf_input_4x4"])
   out = jax.image.resize(x, (x.shape[0], 8, 8, x.shape[-1]), "bilinear")
   _assert_close_nchw(out, ops["ops/bilinear_align_corners_false_8x8"])
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 32), (1, 4, 6, 16)])
+def test_fused_attention_equals_the_written_out_attention(shape):
+  """`jax.nn.dot_product_attention` (the block's attention) equals softmax(q k^T / sqrt(C)) v written out."""
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  batch, height, width, channels = shape
+  q, k, v = (3.0 * jax.random.normal(key, (batch, height * width, 1, channels)) for key in keys[:3])
+  np.testing.assert_allclose(layers.attention(q, k, v), layers.reference_attention(q, k, v), rtol=1e-5, atol=1e-5)
+  # The whole block against its written-out form with the same parameters.
+  x = jax.random.normal(keys[3], shape)
+  block = layers.AttnBlockpp(init_scale=1.0)
+  params = block.init(keys[0], x)["params"]
+  h = layers.group_norm(channels, None).apply({"params": params["GroupNorm_0"]}, x)
+  nin = lambda i, y: jnp.tensordot(y, params[f"NIN_{i}"]["W"], axes=1) + params[f"NIN_{i}"]["b"]
+  flat = lambda y: y.reshape(batch, height * width, 1, channels)
+  attended = layers.reference_attention(flat(nin(0, h)), flat(nin(1, h)), flat(nin(2, h))).reshape(shape)
+  np.testing.assert_allclose(block.apply({"params": params}, x), x + nin(3, attended), rtol=1e-5, atol=1e-5)

@@ -1,12 +1,12 @@
 """The DDPM U-Net (Ho et al. 2020), as used by the score_sde reference (`model.name = 'ddpm'`)."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from score_jax.models import layers
-from score_jax.models.registry import register_model
+from score_jax.models.registry import compute_dtype, register_model
 
 
 class DDPM(nn.Module):
@@ -20,28 +20,30 @@ class DDPM(nn.Module):
   resamp_with_conv: bool = True
   conditional: bool = True
   nonlinearity: str = "swish"
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _resnet_block(self, out_ch=None):
-    return layers.ResnetBlockDDPM(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout)
+    return layers.ResnetBlockDDPM(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout,
+                                  dtype=self.dtype)
 
   def _embed(self, labels):
     if not self.conditional:
       return None
     act = layers.get_act(self.nonlinearity)
     temb = layers.get_timestep_embedding(labels, self.nf)
-    temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-    return nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
+    temb = layers.dense(4 * self.nf, self.dtype)(temb)  # the embedding itself is float32
+    return layers.dense(4 * self.nf, self.dtype)(act(temb))
 
   def _encode(self, x, temb, train):
-    hs = [layers.conv3x3(self.nf)(x)]
+    hs = [layers.conv3x3(self.nf, dtype=self.dtype)(x)]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = self._resnet_block(self.nf * mult)(hs[-1], temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = layers.AttnBlock()(h)
+          h = layers.AttnBlock(dtype=self.dtype)(h)
         hs.append(h)
       if level != len(self.ch_mult) - 1:
-        hs.append(layers.Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
+        hs.append(layers.Downsample(with_conv=self.resamp_with_conv, dtype=self.dtype)(hs[-1]))
     return hs
 
   def _decode(self, h, hs, temb, train):
@@ -49,9 +51,9 @@ class DDPM(nn.Module):
       for _ in range(self.num_res_blocks + 1):
         h = self._resnet_block(self.nf * self.ch_mult[level])(jnp.concatenate([h, hs.pop()], -1), temb, train)
       if h.shape[1] in self.attn_resolutions:
-        h = layers.AttnBlock()(h)
+        h = layers.AttnBlock(dtype=self.dtype)(h)
       if level != 0:
-        h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
+        h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=self.dtype)(h)
     assert not hs
     return h
 
@@ -60,11 +62,11 @@ class DDPM(nn.Module):
     temb = self._embed(labels)
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
-    h = layers.AttnBlock()(h)
+    h = layers.AttnBlock(dtype=self.dtype)(h)
     h = self._resnet_block()(h, temb, train)
     h = self._decode(h, hs, temb, train)
-    h = layers.get_act(self.nonlinearity)(layers.group_norm(h.shape[-1], 32)(h))
-    return layers.conv3x3(x.shape[-1], init_scale=0.0)(h)
+    h = layers.get_act(self.nonlinearity)(layers.group_norm(h.shape[-1], 32, self.dtype)(h))
+    return layers.conv3x3(x.shape[-1], init_scale=0.0, dtype=self.dtype)(h)
 
 
 @register_model("ddpm")
@@ -73,4 +75,4 @@ def build_ddpm(config):
   m = config.model
   return DDPM(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
-              conditional=m.conditional, nonlinearity=m.nonlinearity)
+              conditional=m.conditional, nonlinearity=m.nonlinearity, dtype=compute_dtype(config))

@@ -1,5 +1,10 @@
 """Layers shared by the score networks (DDPM and NCSN++ blocks).
 
+Compute dtype (`model.dtype`): every block takes `dtype` (None: float32) for its convolutions, dense
+layers and normalisation outputs; parameters stay float32, GroupNorm computes its statistics and
+attention its softmax in float32, and the parameter-free or hand-written ops (NIN, the FIR
+resampling) compute in their input's dtype.
+
 Modules create their sub-modules in the order of the JAX original, so that Flax's
 automatic names (`Conv_0`, `GroupNorm_1`, `NIN_3`, ...) match its checkpoints and
 the PyTorch port's attribute names (INVENTORY.md §7.8).
@@ -7,12 +12,11 @@ the PyTorch port's attribute names (INVENTORY.md §7.8).
 
 import functools
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_jax.models import up_or_down_sampling as resample
 from score_jax.utils import choice_error
@@ -68,21 +72,26 @@ class GaussianFourierProjection(nn.Module):
     return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
 
 
-def conv3x3(out_ch, stride=1, bias=True, dilation=1, init_scale=1.0):
+def conv3x3(out_ch, stride=1, bias=True, dilation=1, init_scale=1.0, dtype=None):
   """The reference's `ddpm_conv3x3`: SAME padding, `default_init(init_scale)` kernel, zero bias."""
   return nn.Conv(out_ch, (3, 3), strides=(stride, stride), padding="SAME", use_bias=bias,
-                 kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale))
+                 kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale), dtype=dtype)
 
 
-def conv1x1(out_ch, stride=1, bias=True, init_scale=1.0):
+def conv1x1(out_ch, stride=1, bias=True, init_scale=1.0, dtype=None):
   """The reference's `ddpm_conv1x1`."""
   return nn.Conv(out_ch, (1, 1), strides=(stride, stride), padding="SAME", use_bias=bias,
-                 kernel_init=default_init(init_scale))
+                 kernel_init=default_init(init_scale), dtype=dtype)
 
 
-def group_norm(channels, num_groups=None):
-  """GroupNorm with epsilon 1e-6; `num_groups=None` is NCSN++'s `min(C // 4, 32)`."""
-  return nn.GroupNorm(num_groups=num_groups or min(channels // 4, 32), epsilon=1e-6)
+def dense(features, dtype=None):
+  """The time-embedding dense layers: `default_init()` kernel."""
+  return nn.Dense(features, kernel_init=default_init(), dtype=dtype)
+
+
+def group_norm(channels, num_groups=None, dtype=None):
+  """GroupNorm with epsilon 1e-6 (statistics in float32); `num_groups=None` is NCSN++'s `min(C // 4, 32)`."""
+  return nn.GroupNorm(num_groups=num_groups or min(channels // 4, 32), epsilon=1e-6, dtype=dtype)
 
 
 class NIN(nn.Module):
@@ -95,7 +104,19 @@ class NIN(nn.Module):
   def __call__(self, x):
     W = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
     b = self.param("b", nn.initializers.zeros, (self.num_units,))
-    return jnp.tensordot(x, W, axes=1) + b
+    return jnp.tensordot(x, W.astype(x.dtype), axes=1) + b.astype(x.dtype)  # in the input's dtype
+
+
+def attention(q, k, v):
+  """Softmax(q k^T / sqrt(C)) v over `(B, positions, heads, C)`, through `jax.nn.dot_product_attention`:
+  cuDNN's fused kernel where the platform has one (GPU, 16-bit inputs), XLA's elsewhere."""
+  return jax.nn.dot_product_attention(q, k, v)
+
+
+def reference_attention(q, k, v):
+  """The same attention written out (the reference's einsum and softmax), for tests and comparisons."""
+  logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) * (q.shape[-1] ** -0.5)
+  return jnp.einsum("bhqk,bkhc->bqhc", jax.nn.softmax(logits, axis=-1), v)
 
 
 class AttnBlockpp(nn.Module):
@@ -104,17 +125,16 @@ class AttnBlockpp(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   num_groups: Optional[int] = None  # None: min(C // 4, 32)
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x):
     batch, height, width, channels = x.shape
-    h = group_norm(channels, self.num_groups)(x)
-    q, k, v = NIN(channels)(h), NIN(channels)(h), NIN(channels)(h)
-    w = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (channels ** -0.5)
-    w = jax.nn.softmax(w.reshape(batch, height, width, height * width), axis=-1)
-    h = jnp.einsum("bhwHW,bHWc->bhwc", w.reshape(batch, height, width, height, width), v)
+    h = group_norm(channels, self.num_groups, self.dtype)(x)
+    q, k, v = (NIN(channels)(h).reshape(batch, height * width, 1, channels) for _ in range(3))
+    h = attention(q, k, v).reshape(batch, height, width, channels)
     h = NIN(channels, init_scale=self.init_scale)(h)
-    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+    return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
 class AttnBlock(AttnBlockpp):
@@ -130,13 +150,14 @@ class Upsample(nn.Module):
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x):
     out_ch = self.out_ch or x.shape[-1]
     if not self.fir:
       h = resample.naive_upsample_2d(x)
-      return conv3x3(out_ch)(h) if self.with_conv else h
+      return conv3x3(out_ch, dtype=self.dtype)(h) if self.with_conv else h
     if not self.with_conv:
       return resample.upsample_2d(x, self.fir_kernel)
     return resample.Conv2d(out_ch, 3, up=True, resample_kernel=self.fir_kernel, kernel_init=default_init())(x)
@@ -149,12 +170,13 @@ class Downsample(nn.Module):
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x):
     out_ch = self.out_ch or x.shape[-1]
     if not self.fir:
-      return conv3x3(out_ch, stride=2)(x) if self.with_conv else resample.naive_downsample_2d(x)
+      return conv3x3(out_ch, stride=2, dtype=self.dtype)(x) if self.with_conv else resample.naive_downsample_2d(x)
     if not self.with_conv:
       return resample.downsample_2d(x, self.fir_kernel)
     return resample.Conv2d(out_ch, 3, down=True, resample_kernel=self.fir_kernel, kernel_init=default_init())(x)
@@ -170,21 +192,22 @@ class ResnetBlockDDPMpp(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   num_groups: Optional[int] = None  # None: min(C // 4, 32)
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, temb=None, train=False):
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
-    h = self.act(group_norm(channels, self.num_groups)(x))
-    h = conv3x3(out_ch)(h)
+    h = self.act(group_norm(channels, self.num_groups, self.dtype)(x))
+    h = conv3x3(out_ch, dtype=self.dtype)(h)
     if temb is not None:
-      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-    h = self.act(group_norm(out_ch, self.num_groups)(h))
+      h += dense(out_ch, self.dtype)(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch, self.num_groups, self.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = conv3x3(out_ch, init_scale=self.init_scale)(h)
+    h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
     if channels != out_ch:
-      x = conv3x3(out_ch)(x) if self.conv_shortcut else NIN(out_ch)(x)
-    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+      x = conv3x3(out_ch, dtype=self.dtype)(x) if self.conv_shortcut else NIN(out_ch)(x)
+    return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
 class ResnetBlockDDPM(ResnetBlockDDPMpp):
@@ -205,6 +228,7 @@ class ResnetBlockBigGANpp(nn.Module):
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
   init_scale: float = 0.0
+  dtype: Optional[Any] = None
 
   def _resample(self, x):
     if self.up:
@@ -217,27 +241,28 @@ class ResnetBlockBigGANpp(nn.Module):
   def __call__(self, x, temb=None, train=False):
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
-    h = self.act(group_norm(channels)(x))
+    h = self.act(group_norm(channels, dtype=self.dtype)(x))
     h, x = self._resample(h), self._resample(x)
-    h = conv3x3(out_ch)(h)
+    h = conv3x3(out_ch, dtype=self.dtype)(h)
     if temb is not None:
-      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-    h = self.act(group_norm(out_ch)(h))
+      h += dense(out_ch, self.dtype)(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch, dtype=self.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = conv3x3(out_ch, init_scale=self.init_scale)(h)
+    h = conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype)(h)
     if channels != out_ch or self.up or self.down:
-      x = conv1x1(out_ch)(x)
-    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+      x = conv1x1(out_ch, dtype=self.dtype)(x)
+    return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
 class Combine(nn.Module):
   """Merges the input pyramid `x` into `y`: 1x1 conv to y's channels, then concat or sum."""
 
   method: str = "cat"
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x, y):
-    h = conv1x1(y.shape[-1])(x)
+    h = conv1x1(y.shape[-1], dtype=self.dtype)(x)
     if self.method == "cat":
       return jnp.concatenate([h, y], axis=-1)
     if self.method == "sum":

@@ -1,12 +1,13 @@
 """A time-conditioned MLP score model for flat (B, D) data such as the 2-D toys."""
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from score_jax.models import layers
-from score_jax.models.registry import register_model
+from score_jax.models.registry import compute_dtype, register_model
 
 
 class MLPScoreModel(nn.Module):
@@ -23,6 +24,7 @@ class MLPScoreModel(nn.Module):
   fourier_scale: float = 16.0
   dropout: float = 0.0
   input_frequencies: int = 0  # sin / cos features of each coordinate at frequencies pi 2^k, k < this
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _input_features(self, x):
     """x, with [sin, cos](pi 2^k x) of every coordinate for k < `input_frequencies` (Fourier features of the
@@ -39,13 +41,14 @@ class MLPScoreModel(nn.Module):
       temb = layers.GaussianFourierProjection(self.embedding_dim // 2, self.fourier_scale)(jnp.log(labels))
     else:
       temb = layers.get_timestep_embedding(labels, self.embedding_dim)
-    temb = nn.Dense(self.hidden)(nn.swish(nn.Dense(self.hidden)(temb)))
-    h = nn.Dense(self.hidden)(self._input_features(x))
+    dense = lambda features, **kwargs: nn.Dense(features, dtype=self.dtype, **kwargs)
+    temb = dense(self.hidden)(nn.swish(dense(self.hidden)(temb)))  # the embedding itself is float32
+    h = dense(self.hidden)(self._input_features(x))
     for _ in range(self.num_layers):
-      residual = nn.Dense(self.hidden)(nn.swish(h)) + temb
+      residual = dense(self.hidden)(nn.swish(h)) + temb
       residual = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(residual))
-      h = (h + nn.Dense(self.hidden)(residual)) / math.sqrt(2.0)
-    return nn.Dense(x.shape[-1], kernel_init=layers.default_init(0.1))(nn.swish(h))
+      h = (h + dense(self.hidden)(residual)) / math.sqrt(2.0)
+    return dense(x.shape[-1], kernel_init=layers.default_init(0.1))(nn.swish(h))
 
 
 @register_model("mlp")
@@ -53,4 +56,5 @@ def build_mlp(config):
   model = config.model
   return MLPScoreModel(hidden=model.nf, num_layers=model.num_res_blocks, embedding_type=model.embedding_type,
                        embedding_dim=model.embedding_dim, fourier_scale=model.fourier_scale,
-                       dropout=model.dropout, input_frequencies=model.get("input_frequencies", 0))
+                       dropout=model.dropout, input_frequencies=model.get("input_frequencies", 0),
+                       dtype=compute_dtype(config))

@@ -6,14 +6,14 @@ Sub-modules are created in the JAX original's order, so parameter names match it
 checkpoints (and, through `score_jax.convert`, the PyTorch port's).
 """
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from score_jax.models import layers
-from score_jax.models.registry import register_model
+from score_jax.models.registry import compute_dtype, register_model
 from score_jax.utils import choice_error
 
 _PROGRESSIVE = ("none", "output_skip", "residual")
@@ -48,19 +48,20 @@ class NCSNpp(nn.Module):
   fourier_scale: float = 16.0
   init_scale: float = 0.0
   nonlinearity: str = "swish"
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _resnet_block(self, **kwargs):
     common = dict(act=layers.get_act(self.nonlinearity), dropout=self.dropout, init_scale=self.init_scale,
-                  skip_rescale=self.skip_rescale)
+                  skip_rescale=self.skip_rescale, dtype=self.dtype)
     if self.resblock_type == "ddpm":
       return layers.ResnetBlockDDPMpp(**common, **kwargs)
     return layers.ResnetBlockBigGANpp(**common, fir=self.fir, fir_kernel=self.fir_kernel, **kwargs)
 
   def _attn_block(self):
-    return layers.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+    return layers.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale, dtype=self.dtype)
 
   def _merge(self, a, b):
-    return (a + b) / np.sqrt(2.0) if self.skip_rescale else a + b
+    return (a + b) / math.sqrt(2.0) if self.skip_rescale else a + b
 
   def _embed(self, labels):
     """Time embedding (B, 4nf), or None for an unconditional network."""
@@ -71,13 +72,13 @@ class NCSNpp(nn.Module):
     if not self.conditional:
       return None
     act = layers.get_act(self.nonlinearity)
-    temb = nn.Dense(4 * self.nf, kernel_init=layers.default_init())(temb)
-    return nn.Dense(4 * self.nf, kernel_init=layers.default_init())(act(temb))
+    temb = layers.dense(4 * self.nf, self.dtype)(temb)  # the embedding itself is float32
+    return layers.dense(4 * self.nf, self.dtype)(act(temb))
 
   def _encode(self, x, temb, train):
     """Encoder; returns the skip stack (its last entry feeds the middle block)."""
     input_pyramid = x
-    hs = [layers.conv3x3(self.nf)(x)]
+    hs = [layers.conv3x3(self.nf, dtype=self.dtype)(x)]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = self._resnet_block(out_ch=self.nf * mult)(hs[-1], temb, train)
@@ -87,12 +88,13 @@ class NCSNpp(nn.Module):
       if level == len(self.ch_mult) - 1:
         break
       if self.resblock_type == "ddpm":
-        h = layers.Downsample(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel)(hs[-1])
+        h = layers.Downsample(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel,
+                              dtype=self.dtype)(hs[-1])
       else:
         h = self._resnet_block(down=True)(hs[-1], temb, train)
       if self.progressive_input == "input_skip":
         input_pyramid = layers.Downsample(fir=self.fir, fir_kernel=self.fir_kernel)(input_pyramid)
-        h = layers.Combine(method=self.progressive_combine)(input_pyramid, h)
+        h = layers.Combine(method=self.progressive_combine, dtype=self.dtype)(input_pyramid, h)
       elif self.progressive_input == "residual":
         input_pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
                                           fir_kernel=self.fir_kernel)(input_pyramid)
@@ -102,9 +104,9 @@ class NCSNpp(nn.Module):
 
   def _output_head(self, h, out_ch, bias=True, init_scale=None):
     act = layers.get_act(self.nonlinearity)
-    h = act(layers.group_norm(h.shape[-1])(h))
+    h = act(layers.group_norm(h.shape[-1], dtype=self.dtype)(h))
     init_scale = self.init_scale if init_scale is None else init_scale
-    return layers.conv3x3(out_ch, bias=bias, init_scale=init_scale)(h)
+    return layers.conv3x3(out_ch, bias=bias, init_scale=init_scale, dtype=self.dtype)(h)
 
   def _decode(self, h, hs, temb, train, num_channels):
     """Decoder with the output pyramid; consumes the skip stack `hs`."""
@@ -130,7 +132,8 @@ class NCSNpp(nn.Module):
           h = pyramid = self._merge(pyramid, h)
       if level != 0:
         if self.resblock_type == "ddpm":
-          h = layers.Upsample(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel)(h)
+          h = layers.Upsample(with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel,
+                              dtype=self.dtype)(h)
         else:
           h = self._resnet_block(up=True)(h, temb, train)
     assert not hs
@@ -167,5 +170,5 @@ def build_ncsnpp(config):
       resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
       progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
       embedding_type=m.embedding_type.lower(), fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
-      nonlinearity=m.nonlinearity)
+      nonlinearity=m.nonlinearity, dtype=compute_dtype(config))
 

@@ -9,21 +9,21 @@ noise scale (`model.num_scales`), and average-pooling in its CRP blocks.
 """
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from score_jax.models import layers, normalization
-from score_jax.models.registry import register_model
+from score_jax.models.registry import compute_dtype, register_model
 
 
-def ncsn_conv(out_ch, kernel=3, bias=True, dilation=1, init_scale=1.0):
+def ncsn_conv(out_ch, kernel=3, bias=True, dilation=1, init_scale=1.0, dtype=None):
   """The reference's `ncsn_conv{1x1,3x3}`: PyTorch's default uniform fan-in init, for kernel and bias."""
   kernel_init = nn.initializers.variance_scaling(init_scale / 3, "fan_in", "uniform")
   return nn.Conv(out_ch, (kernel, kernel), padding="SAME", use_bias=bias, kernel_dilation=(dilation, dilation),
-                 kernel_init=kernel_init,
+                 kernel_init=kernel_init, dtype=dtype,
                  bias_init=lambda key, shape, dtype=jnp.float32: kernel_init(key, (kernel, kernel, 1, shape[0]), dtype)[0, 0, 0])
 
 
@@ -36,10 +36,11 @@ class ConvMeanPool(nn.Module):
 
   output_dim: int
   kernel_size: int = 3
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Conv(self.output_dim, (self.kernel_size, self.kernel_size), padding="SAME")(x)
+    h = nn.Conv(self.output_dim, (self.kernel_size, self.kernel_size), padding="SAME", dtype=self.dtype)(x)
     return (h[:, ::2, ::2] + h[:, 1::2, ::2] + h[:, ::2, 1::2] + h[:, 1::2, 1::2]) / 4.0
 
 
@@ -51,27 +52,28 @@ class ResidualBlock(nn.Module):
   resample: Optional[str] = None
   act: Callable = nn.elu
   dilation: int = 1
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, x, y=None):
     h = self.act(_normalize(self.norm, x, y))
     if self.resample == "down":
-      h = ncsn_conv(x.shape[-1], dilation=self.dilation)(h)
+      h = ncsn_conv(x.shape[-1], dilation=self.dilation, dtype=self.dtype)(h)
       h = self.act(_normalize(self.norm, h, y))
       if self.dilation > 1:
-        h = ncsn_conv(self.output_dim, dilation=self.dilation)(h)
-        shortcut = ncsn_conv(self.output_dim, dilation=self.dilation)(x)
+        h = ncsn_conv(self.output_dim, dilation=self.dilation, dtype=self.dtype)(h)
+        shortcut = ncsn_conv(self.output_dim, dilation=self.dilation, dtype=self.dtype)(x)
       else:
-        h = ConvMeanPool(self.output_dim)(h)
-        shortcut = ConvMeanPool(self.output_dim, kernel_size=1)(x)
+        h = ConvMeanPool(self.output_dim, dtype=self.dtype)(h)
+        shortcut = ConvMeanPool(self.output_dim, kernel_size=1, dtype=self.dtype)(x)
       return h + shortcut
     if self.output_dim == x.shape[-1]:
       shortcut = x
     else:
-      shortcut = ncsn_conv(self.output_dim, kernel=3 if self.dilation > 1 else 1, dilation=self.dilation)(x)
-    h = ncsn_conv(self.output_dim, dilation=self.dilation)(h)
+      shortcut = ncsn_conv(self.output_dim, kernel=3 if self.dilation > 1 else 1, dilation=self.dilation, dtype=self.dtype)(x)
+    h = ncsn_conv(self.output_dim, dilation=self.dilation, dtype=self.dtype)(h)
     h = self.act(_normalize(self.norm, h, y))
-    return ncsn_conv(self.output_dim, dilation=self.dilation)(h) + shortcut
+    return ncsn_conv(self.output_dim, dilation=self.dilation, dtype=self.dtype)(h) + shortcut
 
 
 class RCUBlock(nn.Module):
@@ -82,6 +84,7 @@ class RCUBlock(nn.Module):
   n_stages: int
   act: Callable = nn.relu
   norm: Optional[Callable] = None  # conditional blocks normalise first
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, x, y=None):
@@ -89,7 +92,7 @@ class RCUBlock(nn.Module):
       residual = x
       for _ in range(self.n_stages):
         x = x if y is None else _normalize(self.norm, x, y)
-        x = ncsn_conv(self.features, bias=False)(self.act(x))
+        x = ncsn_conv(self.features, bias=False, dtype=self.dtype)(self.act(x))
       x = x + residual
     return x
 
@@ -101,6 +104,7 @@ class MSFBlock(nn.Module):
   features: int
   interpolation: str = "bilinear"
   norm: Optional[Callable] = None
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, xs, y=None):
@@ -108,7 +112,7 @@ class MSFBlock(nn.Module):
     total = 0.0
     for x in xs:
       h = x if y is None else _normalize(self.norm, x, y)
-      h = ncsn_conv(self.features)(h)
+      h = ncsn_conv(self.features, dtype=self.dtype)(h)
       total = total + jax.image.resize(h, (h.shape[0], *self.shape, self.features), method)
     return total
 
@@ -120,6 +124,7 @@ class CRPBlock(nn.Module):
   n_stages: int = 2
   act: Callable = nn.relu
   norm: Optional[Callable] = None
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, x, y=None):
@@ -129,7 +134,7 @@ class CRPBlock(nn.Module):
         path = nn.max_pool(path, (5, 5), strides=(1, 1), padding="SAME")
       else:
         path = nn.avg_pool(_normalize(self.norm, path, y), (5, 5), strides=(1, 1), padding="SAME")
-      path = ncsn_conv(self.features, bias=False)(path)
+      path = ncsn_conv(self.features, bias=False, dtype=self.dtype)(path)
       x = path + x
     return x
 
@@ -144,16 +149,19 @@ class RefineBlock(nn.Module):
   start: bool = False
   end: bool = False
   norm: Optional[Callable] = None
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, xs, y=None):
-    hs = [RCUBlock(x.shape[-1], n_blocks=2, n_stages=2, act=self.act, norm=self.norm)(x, y) for x in xs]
+    hs = [RCUBlock(x.shape[-1], n_blocks=2, n_stages=2, act=self.act, norm=self.norm, dtype=self.dtype)(x, y)
+          for x in xs]
     if self.start:
       h = hs[0]
     else:
-      h = MSFBlock(self.output_shape, self.features, self.interpolation, norm=self.norm)(hs, y)
-    h = CRPBlock(self.features, act=self.act, norm=self.norm)(h, y)
-    return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2, act=self.act, norm=self.norm)(h, y)
+      h = MSFBlock(self.output_shape, self.features, self.interpolation, norm=self.norm, dtype=self.dtype)(hs, y)
+    h = CRPBlock(self.features, act=self.act, norm=self.norm, dtype=self.dtype)(h, y)
+    return RCUBlock(self.features, n_blocks=3 if self.end else 1, n_stages=2, act=self.act, norm=self.norm,
+                    dtype=self.dtype)(h, y)
 
 
 # (output_dim / nf, resample, dilation) for each residual block of the backbone; a stage is two blocks,
@@ -177,6 +185,7 @@ class NCSNv2(nn.Module):
   interpolation: str = "bilinear"
   conditional: bool = False  # NCSN v1: noise-conditional normalisation
   num_scales: int = 232  # noise levels: the classes of NCSN v1's conditional normalisation
+  dtype: Any = None  # compute dtype (`model.dtype`; None: float32)
 
   @nn.compact
   def __call__(self, x, labels, train=False):
@@ -184,20 +193,20 @@ class NCSNv2(nn.Module):
     act = layers.get_act(self.nonlinearity)
     norm = normalization.get_normalization(self.normalization, self.conditional, self.num_scales)
     y = labels.astype(jnp.int32) if self.conditional else None
-    h = ncsn_conv(self.nf)(x)
+    h = ncsn_conv(self.nf, dtype=self.dtype)(x)
     stages = []
     for mult, resample, dilation in _STAGES[self.architecture]:
-      h = ResidualBlock(mult * self.nf, norm, resample, act, dilation)(h, y)
-      h = ResidualBlock(mult * self.nf, norm, None, act, dilation)(h, y)
+      h = ResidualBlock(mult * self.nf, norm, resample, act, dilation, dtype=self.dtype)(h, y)
+      h = ResidualBlock(mult * self.nf, norm, None, act, dilation, dtype=self.dtype)(h, y)
       stages.append(h)
     refine = functools.partial(RefineBlock, act=act, interpolation=self.interpolation,
-                               norm=norm if self.conditional else None)
+                               norm=norm if self.conditional else None, dtype=self.dtype)
     features = _REFINE[self.architecture]
     h = refine(stages[-1].shape[1:3], features[0] * self.nf, start=True)([stages[-1]], y)
     for i, skip in enumerate(reversed(stages[:-1]), start=1):
       h = refine(skip.shape[1:3], features[i] * self.nf, end=i == len(stages) - 1)([skip, h], y)
     h = act(_normalize(norm, h, y))
-    return ncsn_conv(x.shape[-1])(h)
+    return ncsn_conv(x.shape[-1], dtype=self.dtype)(h)
 
 
 def _builder(architecture, conditional=False):
@@ -205,7 +214,7 @@ def _builder(architecture, conditional=False):
     m = config.model
     return NCSNv2(architecture=architecture, nf=m.nf, nonlinearity=m.nonlinearity, normalization=m.normalization,
                   interpolation=m.get("interpolation", "bilinear"), conditional=conditional,
-                  num_scales=m.num_scales)
+                  num_scales=m.num_scales, dtype=compute_dtype(config))
   return build
 
 

@@ -20,7 +20,8 @@ def _scale_init(key, shape, dtype=jnp.float32):
 
 
 def _instance_norm_plus(x, unbiased_channel_var):
-  """Returns the instance-normalised `x` and the standardised channel means (B, C)."""
+  """Returns the instance-normalised `x` and the standardised channel means (B, C), in float32."""
+  x = x.astype(jnp.float32)  # statistics in float32 whatever the compute dtype
   means = jnp.mean(x, axis=(1, 2))
   m = jnp.mean(means, axis=-1, keepdims=True)
   v = jnp.var(means, axis=-1, keepdims=True, ddof=1 if unbiased_channel_var else 0)
@@ -42,7 +43,8 @@ class InstanceNorm2dPlus(nn.Module):
     gamma = self.param("gamma", _scale_init, shape)
     h, means_plus = _instance_norm_plus(x, self.unbiased_channel_var)
     h = gamma * (h + means_plus[:, None, None, :] * alpha)
-    return h + self.param("beta", nn.initializers.zeros, shape) if self.bias else h
+    h = h + self.param("beta", nn.initializers.zeros, shape) if self.bias else h
+    return h.astype(x.dtype)
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
@@ -65,7 +67,8 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     h, means_plus = _instance_norm_plus(x, self.unbiased_channel_var)
     gamma, alpha = rows[..., :channels], rows[..., channels:2 * channels]
     h = gamma * (h + means_plus[:, None, None, :] * alpha)
-    return h + rows[..., 2 * channels:] if self.bias else h
+    h = h + rows[..., 2 * channels:] if self.bias else h
+    return h.astype(x.dtype)
 
 
 def get_normalization(name, conditional=False, num_classes=None):

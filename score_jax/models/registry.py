@@ -1,5 +1,7 @@
 """Model registry: `config.model.name` -> a builder `config -> network`, wrapped with its parameterization."""
 
+import jax.numpy as jnp
+
 from score_jax import parameterization
 from score_jax.models.score_model import ScoreModel
 from score_jax.utils import choice_error
@@ -15,6 +17,12 @@ def register_model(name):
     _MODELS[name] = builder
     return builder
   return register
+
+
+def compute_dtype(config):
+  """The networks' compute dtype from `model.dtype` (None for float32, the flax default)."""
+  name = config.model.get("dtype", "float32")
+  return None if name == "float32" else jnp.dtype(name)
 
 
 def model_names():
