@@ -1,28 +1,39 @@
-"""Single-accelerator training throughput of the CIFAR-10 models, by matmul/conv precision.
+"""Training and sampling throughput of the CIFAR-10 models on one accelerator, by compute precision.
 
-  python benchmarks/gpu_train.py [--models ddpmpp,ncsnpp] [--precisions float32,tensorfloat32,bfloat16]
-                                 [--batch_size 128] [--json benchmarks/results/gpu_train.json]
+  python benchmarks/gpu_train.py [--rows all] [--budget_s 540] [--batch_size 128]
+                                 [--json benchmarks/results/gpu_train.json] [--cache_dir ~/.cache/score_jax_xla]
+  python benchmarks/gpu_train.py --dry_run     # every row on a tiny config on CPU: a plumbing check
 
-For each model (the reference's `vp/cifar10_ddpmpp_continuous` and `ve/cifar10_ncsnpp_continuous`
-configs, full size) and each precision of `jax.default_matmul_precision` (the precision XLA uses for
-float32 convolutions and matrix products: `float32` = true fp32, `tensorfloat32` = TF32 tensor cores,
-`bfloat16` = bf16 inputs with fp32 accumulation; parameters and activations stay float32), it runs
-the jitted `n_jitted_steps` training block (`run_setup.RunSetup.multi_step`, as `main.py --mode=train`
-does) on a fixed synthetic batch and reports:
+Prepared for a short device loan (a fresh machine, ~80 s per CIFAR-size compile, ~10 minutes): the
+rows run in the order of what they are worth (`ROWS`, the bf16/TF32 ratio of DDPM++ first), each in
+its own process (separate memory peaks) with a persistent XLA compilation cache (`--cache_dir`, so a
+rerun on the same machine skips compiles), the JSON is rewritten after every row, and no row starts
+when less than `--row_estimate_s` of the `--budget_s` is left.
 
-* compile time, seconds per optimisation step, images/s;
-* achieved TFLOP/s: XLA's count of the floating-point operations of one training step (forward,
-  backward, Adam and EMA; `Lowered.cost_analysis()`, counted on CPU with `--count_flops` because the
-  GPU backend does not count before compiling) divided by the measured step time, and that as a
-  fraction of the chip's dense peak for the precision (`--peak_tflops`, H100 SXM by default);
-* peak device memory (`memory_stats()["peak_bytes_in_use"]`).
+Training rows (the reference's `vp/cifar10_ddpmpp_continuous` and `ve/cifar10_ncsnpp_continuous`,
+full size, batch 128, the jitted `n_jitted_steps` block as `main.py --mode=train` runs it, on a fixed
+synthetic batch):
 
-Each (model, precision) runs in its own process, so memory peaks and compilation caches are not shared.
-The reference (JAX 0.2, 4 V100s, batch 128, n_jitted_steps 5) reports 0.20 s/step and 74.8 GB.
+* `float32`: true fp32 (`jax.default_matmul_precision("float32")`);
+* `tf32`: float32 activations on TF32 tensor cores (the default precision of XLA on GPUs);
+* `bf16`: `model.dtype = "bfloat16"`: bf16 activations on float32 parameters (score_jax's mixed
+  precision; `jax.default_matmul_precision("bfloat16")` alone changed nothing on an H100).
+
+Each reports compile time, ms per optimisation step, images/s, XLA's count of the training step's
+floating-point operations (`Compiled.cost_analysis()`; from `results/train_flops.json`, counted on CPU
+with `--count_flops`, where the backend gives none), achieved TFLOP/s and that as a fraction of the
+chip's dense peak for the precision (H100 / H200: TF32 494.7, bf16 989.4, fp32 67 TFLOP/s), and the
+peak device memory.
+
+Sampling rows (DDPM++, batch `--sample_batch` 1024): images/s of the 1000-step PC sampler (Euler-
+Maruyama, no corrector) and of 20-NFE DPM-Solver++, in float32 (TF32) and bf16. The PC sampler is
+timed over `--pc_steps` of its 1000 steps (the steps are identical programs in one loop) and scaled to
+1000; DPM-Solver++ runs whole.
 """
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -32,71 +43,60 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 MODELS = {"ddpmpp": "configs.vp.cifar10_ddpmpp_continuous", "ncsnpp": "configs.ve.cifar10_ncsnpp_continuous"}
-# Dense peak TFLOP/s of an H100 SXM (NVIDIA's datasheet, without sparsity).
-H100_PEAK = {"float32": 67.0, "tensorfloat32": 494.7, "bfloat16": 989.4}
-
-
+# Dense peak TFLOP/s (NVIDIA's datasheets, without sparsity); the H200 has the H100 SXM's compute.
+PEAK_TFLOPS = {"float32": 67.0, "tf32": 494.7, "bf16": 989.4}
+PEAK_DEVICES = ("H100", "H200")
+# The rows, most valuable first: (kind, model, precision).
+ROWS = [("train", "ddpmpp", "bf16"), ("train", "ddpmpp", "tf32"), ("sample_dpm_solver", "ddpmpp", "bf16"),
+        ("train", "ncsnpp", "bf16"), ("train", "ncsnpp", "tf32"), ("sample_pc", "ddpmpp", "bf16"),
+        ("sample_dpm_solver", "ddpmpp", "tf32"), ("sample_pc", "ddpmpp", "tf32"), ("train", "ddpmpp", "float32"),
+        ("train", "ncsnpp", "float32")]
 FLOPS_FILE = os.path.join(ROOT, "benchmarks", "results", "train_flops.json")
 
 
-def step_flops(model, batch_size, lower):
-  """XLA's flop count of one training step: from the lowered program where the backend gives one (CPU),
-  else from `FLOPS_FILE`, which `--count_flops` fills on CPU (the GPU backend returns None)."""
-  cost = lower().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  if cost and "flops" in cost:
-    return float(cost["flops"])
+def _config(model, precision, batch_size, dry_run):
+  import importlib
+
+  config = importlib.import_module(MODELS[model]).get_config()
+  config.training.batch_size = batch_size
+  config.training.snapshot_sampling = False
+  config.data.dataset = "blobs"  # synthetic images of the same shape: the batch is fixed anyway
+  config.model.dtype = "bfloat16" if precision == "bf16" else "float32"
+  if dry_run:  # one level of 4 px: the rows' plumbing, compiled in seconds on a CPU
+    config.data.image_size = 4
+    config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 8, (1,), 1
+    config.model.attn_resolutions = (4,)
+    config.training.n_jitted_steps = 1
+  return config
+
+
+def _matmul_precision(precision):
+  return {"float32": "float32", "tf32": "tensorfloat32", "bf16": None}[precision]
+
+
+def _flops(lowered, key):
+  """XLA's flop count of a lowered program (CPU counts before compiling; GPU backends only after),
+  else the count `--count_flops` stored for `key`."""
+  for analysis in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
+    cost = analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if cost and cost.get("flops"):
+      return float(cost["flops"])
   if os.path.exists(FLOPS_FILE):
     with open(FLOPS_FILE) as f:
-      return json.load(f).get(f"{model}@{batch_size}", float("nan"))
+      return json.load(f).get(key, float("nan"))
   return float("nan")
 
 
-def count_flops(models, batch_size):
-  """Fills `FLOPS_FILE` with the lowered training step's flop count per model (no compilation)."""
-  import importlib
-
-  import jax
-  import numpy as np
-
-  from score_jax import losses, run_setup
-  from score_jax.train_steps import get_train_step
-
-  counts = {}
-  if os.path.exists(FLOPS_FILE):
-    with open(FLOPS_FILE) as f:
-      counts = json.load(f)
-  for model in models:
-    config = importlib.import_module(MODELS[model]).get_config()
-    config.training.batch_size = batch_size
-    config.data.dataset = "blobs"
-    run = run_setup.RunSetup(config)
-    state = jax.eval_shape(run.init_state)
-    batch = jax.ShapeDtypeStruct((batch_size, config.data.image_size, config.data.image_size,
-                                  config.data.num_channels), np.float32)
-    train_step = get_train_step(run.sde, run.model, run.optimizer, losses.LossConfig.from_config(config),
-                                ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
-    counts[f"{model}@{batch_size}"] = step_flops(model, batch_size, lambda: jax.jit(train_step).lower(state, batch))
-    print(f"{model} batch {batch_size}: {counts[f'{model}@{batch_size}'] / 1e12:.3f} TFLOP per training step")
-  with open(FLOPS_FILE, "w") as f:
-    json.dump(counts, f, indent=1)
-
-
-def measure(model, precision, batch_size, repeats):
-  """One (model, precision) in this process; returns a result row."""
-  import importlib
-
+def measure_train(model, precision, batch_size, repeats, dry_run):
   import jax
   import numpy as np
 
   from score_jax import losses, parallel, run_setup
   from score_jax.train_steps import get_train_step
 
-  config = importlib.import_module(MODELS[model]).get_config()
-  config.training.batch_size = batch_size
-  config.training.snapshot_sampling = False
-  config.data.dataset = "blobs"  # synthetic images of the same shape: the batch below is fixed anyway
-  with jax.default_matmul_precision(precision):
+  config = _config(model, precision, batch_size, dry_run)
+  with jax.default_matmul_precision(_matmul_precision(precision)):
     run = run_setup.RunSetup(config)
     state = run.init_state()
     n = config.training.n_jitted_steps
@@ -105,7 +105,7 @@ def measure(model, precision, batch_size, repeats):
                                    batch_axis=1)
     train_step = get_train_step(run.sde, run.model, run.optimizer, losses.LossConfig.from_config(config),
                                 ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
-    flops_per_step = step_flops(model, batch_size, lambda: jax.jit(train_step).lower(state, batches[0]))
+    flops = _flops(jax.jit(train_step).lower(state, batches[0]), f"{model}@{batch_size}")
     start = time.perf_counter()
     state, loss = run.multi_step(state, batches)
     jax.block_until_ready(loss)
@@ -117,70 +117,191 @@ def measure(model, precision, batch_size, repeats):
       state, loss = run.multi_step(state, batches)
     jax.block_until_ready(loss)
     step_s = (time.perf_counter() - start) / (repeats * n)
-  stats = jax.devices()[0].memory_stats() or {}
   params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  return {"model": model, "precision": precision, "device": jax.devices()[0].device_kind,
-          "parameters": int(params), "batch_size": batch_size, "n_jitted_steps": n, "compile_s": compile_s,
-          "step_s": step_s, "images_per_s": batch_size / step_s, "flops_per_step": flops_per_step,
-          "achieved_tflops": flops_per_step / step_s / 1e12,
-          "peak_memory_gib": stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None,
+  return {"parameters": int(params), "n_jitted_steps": n, "compile_s": compile_s, "ms_per_step": 1e3 * step_s,
+          "images_per_s": batch_size / step_s, "flops_per_step": flops, "achieved_tflops": flops / step_s / 1e12,
           "final_loss": float(np.asarray(loss)[-1])}
 
 
-def write(path, rows):
+def measure_sampling(method, precision, batch_size, pc_steps, dry_run):
+  import jax
+
+  from score_jax import run_setup
+
+  config = _config("ddpmpp", precision, batch_size, dry_run)
+  config.sampling.batch_size = batch_size
+  if method == "pc":
+    config.sampling.method, config.sampling.predictor, config.sampling.corrector = "pc", "euler_maruyama", "none"
+    config.model.num_scales = pc_steps  # timed over pc_steps steps, scaled to 1000 below
+    full_steps = 1000
+  else:
+    config.sampling.method, config.sampling.steps = "dpm_solver", 10 if dry_run else 20
+    full_steps = None
+  with jax.default_matmul_precision(_matmul_precision(precision)):
+    run = run_setup.RunSetup(config)
+    variables = run.init_state().variables()
+    sample_fn = run.sampler(batch_size)
+    start = time.perf_counter()
+    out = sample_fn(jax.random.PRNGKey(0), variables)
+    jax.block_until_ready(out.samples)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    out = sample_fn(jax.random.PRNGKey(1), variables)
+    jax.block_until_ready(out.samples)
+    seconds = time.perf_counter() - start
+  nfe = int(out.nfe)
+  if full_steps:
+    seconds, nfe = seconds * full_steps / pc_steps, nfe * full_steps // pc_steps
+  return {"compile_s": compile_s, "nfe": nfe, "seconds_per_batch": seconds, "images_per_s": batch_size / seconds,
+          "timed_steps": pc_steps if full_steps else nfe}
+
+
+def measure(kind, model, precision, args):
+  """One row, in this process."""
+  import jax
+
+  if kind == "train":
+    row = measure_train(model, precision, args.batch_size, args.repeats, args.dry_run)
+  else:
+    row = measure_sampling(kind.split("_", 1)[1], precision, args.sample_batch, args.pc_steps, args.dry_run)
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  row.update(kind=kind, model=model, precision=precision, device=device.device_kind,
+             batch_size=args.batch_size if kind == "train" else args.sample_batch,
+             peak_memory_gib=stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None)
+  if "achieved_tflops" in row and any(name in device.device_kind for name in PEAK_DEVICES):
+    row["utilisation"] = row["achieved_tflops"] / PEAK_TFLOPS[precision]
+  return row
+
+
+def count_flops(batch_size):
+  """Fills `FLOPS_FILE` with the lowered training step's flop count per model (CPU; no compilation)."""
+  import jax
+  import numpy as np
+
+  from score_jax import losses, run_setup
+  from score_jax.train_steps import get_train_step
+
+  counts = json.load(open(FLOPS_FILE)) if os.path.exists(FLOPS_FILE) else {}
+  for model in MODELS:
+    config = _config(model, "float32", batch_size, False)
+    run = run_setup.RunSetup(config)
+    state = jax.eval_shape(run.init_state)
+    batch = jax.ShapeDtypeStruct((batch_size, config.data.image_size, config.data.image_size,
+                                  config.data.num_channels), np.float32)
+    train_step = get_train_step(run.sde, run.model, run.optimizer, losses.LossConfig.from_config(config),
+                                ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
+    cost = jax.jit(train_step).lower(state, batch).cost_analysis()
+    counts[f"{model}@{batch_size}"] = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    print(f"{model} batch {batch_size}: {counts[f'{model}@{batch_size}'] / 1e12:.3f} TFLOP per training step")
+  with open(FLOPS_FILE, "w") as f:
+    json.dump(counts, f, indent=1)
+
+
+def write(path, rows, args):
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"rows": rows, "peak_tflops": H100_PEAK}, f, indent=1)
+  ratio = _ratio(rows)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"rows": rows, "peak_tflops": PEAK_TFLOPS, "bf16_over_tf32_images_per_s": ratio,
+               "batch_size": args.batch_size, "dry_run": args.dry_run}, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="ddpmpp,ncsnpp")
-  parser.add_argument("--precisions", default="float32,tensorfloat32,bfloat16")
-  parser.add_argument("--batch_size", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=20, help="timed blocks of n_jitted_steps steps")
-  parser.add_argument("--json", default="benchmarks/results/gpu_train.json")
-  parser.add_argument("--count_flops", action="store_true", help=f"only count flops (on CPU) into {FLOPS_FILE}")
-  parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "model:precision"
-  args = parser.parse_args()
-  if args.count_flops:
-    count_flops(args.models.split(","), args.batch_size)
-    return
-  if args.one:
-    model, precision = args.one.split(":")
-    print("ROW " + json.dumps(measure(model, precision, args.batch_size, args.repeats)), flush=True)
-    return
-  for name in args.models.split(","):
-    if name not in MODELS:
-      raise SystemExit(f"--models: unknown model {name!r}; choose from {sorted(MODELS)}")
-  rows = []
-  for model in args.models.split(","):
-    for precision in args.precisions.split(","):
-      proc = subprocess.run([sys.executable, __file__, f"--one={model}:{precision}",
-                             f"--batch_size={args.batch_size}", f"--repeats={args.repeats}"],
-                            capture_output=True, text=True, cwd=ROOT)
-      lines = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
-      if proc.returncode or not lines:
-        print(f"{model} {precision}: failed\n{proc.stderr[-3000:]}")
-        rows.append({"model": model, "precision": precision, "error": proc.stderr[-500:]})
-        continue
-      row = json.loads(lines[-1][4:])
-      row["utilisation"] = row["achieved_tflops"] / H100_PEAK[precision] if "H100" in row["device"] else None
-      rows.append(row)
-      print(f"{model} {precision}: {row['step_s'] * 1e3:.1f} ms/step", flush=True)
-      write(args.json, rows)  # after every row: a run cut short keeps what it measured
-  print(f"\n{'model':7} {'precision':13} {'params':>7} {'compile s':>9} {'ms/step':>8} {'img/s':>7} "
-        f"{'TFLOP/s':>8} {'of peak':>7} {'peak GiB':>8}")
+def _ratio(rows):
+  """DDPM++ training images/s in bf16 over TF32 (the issue's target: >= 1.8), when both rows ran."""
+  speed = {r["precision"]: r["images_per_s"] for r in rows
+           if r.get("kind") == "train" and r.get("model") == "ddpmpp" and "images_per_s" in r}
+  return speed["bf16"] / speed["tf32"] if "bf16" in speed and "tf32" in speed else None
+
+
+def print_table(rows):
+  print(f"\n{'row':26} {'compile s':>9} {'ms/step':>8} {'img/s':>8} {'TFLOP/s':>8} {'of peak':>7} {'peak GiB':>8}")
   for r in rows:
+    name = f"{r['kind']} {r['model']} {r['precision']}"
     if "error" in r:
-      print(f"{r['model']:7} {r['precision']:13} failed")
+      print(f"{name:26} failed")
       continue
     util = f"{100 * r['utilisation']:6.1f}%" if r.get("utilisation") is not None else "      -"
-    print(f"{r['model']:7} {r['precision']:13} {r['parameters'] / 1e6:6.1f}M {r['compile_s']:9.1f} "
-          f"{r['step_s'] * 1e3:8.1f} {r['images_per_s']:7.0f} {r['achieved_tflops']:8.1f} {util:>7} "
-          f"{r['peak_memory_gib'] or float('nan'):8.2f}")
-  write(args.json, rows)
+    ms = f"{r['ms_per_step']:8.1f}" if "ms_per_step" in r else "       -"
+    tflops = f"{r['achieved_tflops']:8.1f}" if "achieved_tflops" in r else "       -"
+    memory = r.get("peak_memory_gib")
+    print(f"{name:26} {r['compile_s']:9.1f} {ms} {r['images_per_s']:8.0f} {tflops} {util:>7} "
+          f"{memory if memory is not None else float('nan'):8.2f}")
+  ratio = _ratio(rows)
+  if ratio is not None:
+    print(f"DDPM++ bf16 / TF32 images/s: {ratio:.2f} (target >= 1.8)")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--rows", default="all", help="'all' or comma-separated kind:model:precision")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--sample_batch", type=int, default=1024)
+  parser.add_argument("--pc_steps", type=int, default=50, help="PC steps timed (scaled to 1000)")
+  parser.add_argument("--repeats", type=int, default=10, help="timed blocks of n_jitted_steps steps")
+  parser.add_argument("--budget_s", type=float, default=540.0, help="no row starts after this many seconds")
+  parser.add_argument("--row_estimate_s", type=float, default=150.0, help="time one row is assumed to take")
+  parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks/results/gpu_train.json"))
+  parser.add_argument("--cache_dir", default=os.path.expanduser("~/.cache/score_jax_xla"))
+  parser.add_argument("--dry_run", action="store_true", help="tiny configs, CPU-sized, every row in this process")
+  parser.add_argument("--count_flops", action="store_true", help=f"only count flops (on CPU) into {FLOPS_FILE}")
+  parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "kind:model:precision"
+  args = parser.parse_args(argv)
+  if args.dry_run:
+    args.batch_size, args.sample_batch, args.pc_steps, args.repeats = 4, 4, 3, 1
+  if args.count_flops:
+    count_flops(args.batch_size)
+    return
+  if args.one:
+    _enable_cache(args.cache_dir)
+    print("ROW " + json.dumps(measure(*args.one.split(":"), args)), flush=True)
+    return
+  rows_wanted = ROWS if args.rows == "all" else [tuple(r.split(":")) for r in args.rows.split(",")]
+  for kind, model, precision in rows_wanted:
+    if (kind, model, precision) not in ROWS:
+      raise SystemExit(f"--rows: unknown row {kind}:{model}:{precision}; choose from "
+                       + ", ".join(":".join(r) for r in ROWS))
+  start, rows = time.time(), []
+  for kind, model, precision in rows_wanted:
+    left = args.budget_s - (time.time() - start)
+    if left < args.row_estimate_s and not args.dry_run:
+      print(f"{kind} {model} {precision}: skipped, {left:.0f} s of the budget left")
+      rows.append({"kind": kind, "model": model, "precision": precision, "skipped": "budget"})
+      continue
+    if args.dry_run:  # in this process: a CPU plumbing check in the tests' time
+      row = measure(kind, model, precision, args)
+    else:
+      row = _run_row(kind, model, precision, args, timeout=max(60.0, left))
+    rows.append(row)
+    print(f"{kind} {model} {precision}: " + ("failed" if "error" in row else f"{row['images_per_s']:.0f} images/s"),
+          flush=True)
+    write(args.json, rows, args)  # after every row: a loan cut short keeps what it measured
+  print_table([r for r in rows if "skipped" not in r])
+  write(args.json, rows, args)
   print(f"wrote {args.json}")
+
+
+def _enable_cache(cache_dir):
+  import jax
+
+  os.makedirs(cache_dir, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _run_row(kind, model, precision, args, timeout):
+  command = [sys.executable, os.path.abspath(__file__), f"--one={kind}:{model}:{precision}",
+             f"--batch_size={args.batch_size}", f"--sample_batch={args.sample_batch}",
+             f"--pc_steps={args.pc_steps}", f"--repeats={args.repeats}", f"--cache_dir={args.cache_dir}"]
+  try:
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {"kind": kind, "model": model, "precision": precision, "error": f"timed out after {timeout:.0f} s"}
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+  if proc.returncode or not lines:
+    print(proc.stderr[-3000:])
+    return {"kind": kind, "model": model, "precision": precision, "error": proc.stderr[-500:]}
+  return json.loads(lines[-1][4:])
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def test_kill_9_and_restart_gives_identical_parameters(uninterrupted_80, tmp_pat
     (["--config=configs/no_such_file.py", "--workdir=/tmp/x"], "cannot read config file"),
     (["--workdir=/tmp/x"], "--config=PATH is required"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.sde=cosine"],
-     "training.sde='cosine' is not valid; choose one of: subvpsde, vesde, vpsde"),
+     "training.sde='cosine' is not valid; choose one of: learned_vpsde, subvpsde, vesde, vpsde"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.nonexistent=1"],
      "--config.training.nonexistent: config.training has no key 'nonexistent'; choose one of: batch_size,"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir=/proc/x"], "--workdir=/proc/x cannot be created"),
@@ -178,7 +178,7 @@ def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("training.sde", "vp", "training.sde='vp' is not valid; choose one of: subvpsde, vesde, vpsde"),
+    ("training.sde", "vp", "training.sde='vp' is not valid; choose one of: learned_vpsde, subvpsde, vesde, vpsde"),
     ("model.name", "unet", "model.name='unet' is not valid; choose one of:"),
     ("data.dataset", "cifar100", "data.dataset='cifar100' is not valid"),
     ("sampling.predictor", "heun", "sampling.predictor='heun' is not valid"),
