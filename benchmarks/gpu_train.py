@@ -33,7 +33,6 @@ timed over `--pc_steps` of its 1000 steps (the steps are identical programs in o
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
