@@ -11,17 +11,18 @@ import gpu_train  # noqa: E402
 
 def test_gpu_benchmark_dry_run_writes_every_row(tmp_path):
   out = tmp_path / "gpu.json"
-  gpu_train.main(["--dry_run", "--rows", "train:ddpmpp:bf16,sample_pc:ddpmpp:tf32",
+  # float32 rows: XLA:CPU compiles bf16 convolutions slowly (tests/test_mixed_precision.py covers bf16)
+  gpu_train.main(["--dry_run", "--rows", "train:ddpmpp:tf32,sample_pc:ddpmpp:tf32",
                   "--json", str(out), "--cache_dir", str(tmp_path / "cache")])
   result = json.loads(out.read_text())
-  assert [(r["kind"], r["precision"]) for r in result["rows"]] == [("train", "bf16"), ("sample_pc", "tf32")]
+  assert [(r["kind"], r["precision"]) for r in result["rows"]] == [("train", "tf32"), ("sample_pc", "tf32")]
   for row in result["rows"]:
     assert row["images_per_s"] > 0 and row["compile_s"] > 0
   train = result["rows"][0]
   assert train["flops_per_step"] > 0 and train["achieved_tflops"] > 0 and train["parameters"] > 0
   assert result["rows"][1]["nfe"] == 1000  # the PC row is timed over a few steps and scaled to 1000
   assert result["bf16_over_tf32_images_per_s"] is None  # one of the two training rows ran
-  assert gpu_train._ratio([dict(train, precision="tf32", images_per_s=50.0), train]) == train["images_per_s"] / 50
+  assert gpu_train._ratio([dict(train, precision="bf16", images_per_s=90.0), train]) == 90.0 / train["images_per_s"]
 
 
 def test_rows_are_ordered_by_value_and_validated():

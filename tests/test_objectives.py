@@ -302,13 +302,14 @@ def test_importance_sampling_same_expectation_lower_variance():
 
 # ------------------------------------------------------------------------------- training, end to end
 
-TRAINING_CASES = {
+TRAINING_CASES = {  # the regression targets and SSM train in benchmarks/objectives.py; their losses are tested above
     "dsm-v": dict(objective="dsm", parameterization="v"),
     "dsm-lw-is": dict(objective="dsm", likelihood_weighting=True, importance_sampling=True),
     "edm-ve": dict(objective="edm", parameterization="edm", sde="vesde"),
     "ssm-gaussian": dict(objective="ssm", ssm_projection="gaussian"),
     "vdm-learned": dict(objective="vdm", parameterization="eps", sde="learned_vpsde"),
 }
+TRAINED_IN_TESTS = ("dsm-lw-is", "edm-ve", "vdm-learned")
 
 
 def training_config(case):
@@ -326,8 +327,8 @@ def training_config(case):
   return config
 
 
-@pytest.mark.parametrize("case", sorted(TRAINING_CASES))
-def test_every_objective_trains(case):
+@pytest.mark.parametrize("case", TRAINED_IN_TESTS)
+def test_objectives_train(case):
   """60 steps through the real train step lower the objective on held-out data (fixed noise, raw parameters)."""
   from score_jax.run_setup import RunSetup
 
