@@ -106,12 +106,10 @@ def test_edm_objective_with_edm_parameterization_is_plain_regression():
   sigma = jnp.exp(-1.2 + 1.2 * jax.random.normal(key, (64,)))
   output = jax.random.normal(jax.random.PRNGKey(9), x0.shape)
   t = sde.noise_level_to_t(sigma)
-  x = x0 + batch_mul(sigma, z)
   denoiser = lambda x, t: p.denoised(sde, output, x, t, True)
   out = losses.edm_loss(denoiser, sde, x0, sigma, z, sigma_data=0.5)
   direct = jnp.mean(jnp.square(output - p.target(sde, x0, z, t)), axis=-1)
   np.testing.assert_allclose(out.per_example, direct, rtol=1e-4)
-  del x
 
 
 def wrong_score(sde):
