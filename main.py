@@ -4,6 +4,8 @@
   python main.py --config=configs/toy/checkerboard.py --workdir=runs/checkerboard --mode=eval
   python main.py --config=configs/classifier/digits.py --workdir=runs/digits --mode=train_classifier
   python main.py --config=configs/digits.py --workdir=runs/digits --mode=inpaint --from_dataset=8 --mask=half
+  python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=conditional --labels=0,1,2 --guidance_scale=2
+  python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=reconstruct_ema --sigma_rel=0.08
 """
 
 import importlib.util
@@ -19,15 +21,19 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats", "train_classifier", "inpaint", "colorize",
-                                    "conditional"],
+                                    "conditional", "reconstruct_ema"],
                   "Train, evaluate checkpoints, compute the data set's Inception statistics for FID, train the "
-                  "noise-conditional classifier, or edit images with the trained score model.")
+                  "noise-conditional classifier, edit images with the trained score model, or write a post-hoc "
+                  "EMA checkpoint (model.ema_type=power).")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
 flags.DEFINE_multi_string("image", [], "Edit modes: input image file(s) (repeat the flag or separate by commas).")
 flags.DEFINE_integer("from_dataset", 0, "Edit modes: edit this many images of the held-out split instead.")
 flags.DEFINE_string("mask", "half", "--mode=inpaint: a mask image (white = known) or one of score_jax.drivers.edit.MASKS.")
 flags.DEFINE_string("labels", None, "--mode=conditional: comma-separated class labels, one sample each.")
-flags.DEFINE_float("guidance_scale", 1.0, "--mode=conditional: weight of the classifier's gradient.")
+flags.DEFINE_float("guidance_scale", 1.0, "--mode=conditional: weight of the classifier's gradient, or the "
+                   "classifier-free guidance weight w of a class-conditional model (model.num_classes > 0).")
+flags.DEFINE_float("sigma_rel", None, "--mode=reconstruct_ema: relative width of the post-hoc EMA (EDM2).")
+flags.DEFINE_integer("ema_step", None, "--mode=reconstruct_ema: the EMA snapshot's step (default: the newest).")
 flags.DEFINE_integer("seed", 0, "Edit modes: random seed of the sampler.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) of a multi-host run.")
@@ -61,6 +67,7 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
+  from score_jax import ema
   from score_jax.drivers import edit, evaluate, train, train_classifier  # after flag parsing: a bad flag fails fast
 
   try:
@@ -72,6 +79,13 @@ def main(argv):
       evaluate.compute_fid_stats(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "train_classifier":
       train_classifier.train_classifier(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "reconstruct_ema":
+      if FLAGS.sigma_rel is None:
+        raise ValueError("--mode=reconstruct_ema needs --sigma_rel, e.g. --sigma_rel=0.08")
+      directory, step = ema.write_reconstruction(FLAGS.config, FLAGS.workdir, FLAGS.sigma_rel, step=FLAGS.ema_step)
+      print(directory)
+      logging.info("Post-hoc EMA of step %d in %s: evaluate it with --mode=eval --workdir=%s", step, directory,
+                   directory)
     else:
       images = [path for value in FLAGS.image for path in value.split(",") if path]
       path = edit.edit(FLAGS.config, FLAGS.workdir, FLAGS.mode, images=images, from_dataset=FLAGS.from_dataset,

@@ -4,7 +4,7 @@ from ml_collections.config_dict import placeholder
 
 
 def add_sampler_options(sampling):
-  """Adds the fast samplers' options and the Langevin norm to a `config.sampling` section."""
+  """Adds the fast samplers' options, the Langevin norm and the guidance keys to a `config.sampling` section."""
   # Fast samplers (sampling.method ddim | dpm_solver | heun | adaptive_sde); unset = the method's default.
   sampling.steps = placeholder(int)         # time steps (ddim 50, dpm_solver 20, heun 18)
   sampling.order = placeholder(int)         # dpm_solver order: 1, 2, 3 (multistep) or 1, 2 (singlestep)
@@ -25,3 +25,6 @@ def add_sampler_options(sampling):
   sampling.step_size = placeholder(str)     # adaptive_sde: batch | sample
   sampling.max_steps = placeholder(int)     # ode / adaptive_sde step limit
   sampling.langevin_norm = "batch"          # Langevin norms: batch (reference) | sample
+  # Classifier-free guidance of a class-conditional model (model.num_classes > 0), every sampler.
+  sampling.guidance_scale = 0.0             # w: (1 + w) D(x, c) - w D(x, null); 0 samples p(x | c)
+  sampling.guidance_interval = ()           # (low, high): guide only at noise levels sigma in (low, high]; (): all

@@ -13,6 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from score_jax import parallel
+
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-meta"
 
@@ -49,6 +51,13 @@ def _abstract(x):
   return np.asarray(x) if np.isscalar(x) else x
 
 
+def abstract_state(init_fn, mesh=None):
+  """The shapes, dtypes and (replicated) shardings of `init_fn()`'s output, computed without running it."""
+  sharding = parallel.replicated(mesh or parallel.make_mesh())
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                jax.eval_shape(init_fn))
+
+
 def restore_latest(managers, target):
   """Restores the newest readable step over `managers`; returns `(state, step)` or `(target, None)`.
 
@@ -64,3 +73,24 @@ def restore_latest(managers, target):
       logging.warning("Checkpoint step %d in %s is unreadable (%s: %s); trying an older one.",
                       step, manager.directory, type(error).__name__, str(error).splitlines()[0][:200])
   return target, None
+
+
+def load_model(config, workdir, *, ema=True):
+  """The model of a training workdir: `(model, variables, step)` of its newest readable checkpoint
+  (snapshot or preemption), with the EMA parameters by default (`ema=False`: the raw ones).
+
+  A post-hoc EMA (`score_jax.ema.write_reconstruction`) is loaded from its own directory likewise.
+
+  Raises:
+    ValueError: `workdir` holds no readable checkpoint of this config's model.
+  """
+  from score_jax import optim, train_state  # the training state's modules use checkpoints
+  from score_jax.models import get_model
+  target = abstract_state(lambda: train_state.init_train_state(jax.random.PRNGKey(0), config,
+                                                                optim.get_optimizer(config)))
+  managers = [get_manager(os.path.join(workdir, d)) for d in (PREEMPTION_DIR, SNAPSHOT_DIR)]
+  state, step = restore_latest(managers, target)
+  if step is None:
+    raise ValueError(f"no readable score-model checkpoint in {workdir}; train one with `python main.py "
+                     "--mode=train` and the same --config and --workdir")
+  return get_model(config), state.variables(ema=ema), step

@@ -27,7 +27,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from score_jax import checkpoint, controllable, optim, parallel, sde as sde_lib
+from score_jax import checkpoint, controllable, optim, sde as sde_lib
 from score_jax.rng import per_example
 from score_jax.config_utils import validate_classifier_config
 from score_jax.models.wideresnet import WideResnet
@@ -112,11 +112,7 @@ def checkpoint_manager(config, workdir):
   return checkpoint.get_manager(directory, config.classifier.keep_checkpoints)
 
 
-def abstract_state(init_fn, mesh=None):
-  """The shapes, dtypes and (replicated) shardings of `init_fn()`'s output, computed without running it."""
-  sharding = parallel.replicated(mesh or parallel.make_mesh())
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                                jax.eval_shape(init_fn))
+abstract_state = checkpoint.abstract_state  # moved; kept importable here
 
 
 def load_classifier(config, workdir):

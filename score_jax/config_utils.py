@@ -2,7 +2,7 @@
 
 import jax
 
-from score_jax import datasets, likelihood, losses, optim, parameterization, sampling, sde as sde_lib
+from score_jax import datasets, ema, likelihood, losses, optim, parameterization, sampling, sde as sde_lib
 from score_jax.models import model_names
 from score_jax.utils import choice_error
 
@@ -69,6 +69,34 @@ def validate_config(config):
   if config.eval.end_ckpt < config.eval.begin_ckpt:
     raise ValueError(f"eval.end_ckpt={config.eval.end_ckpt} must be at least eval.begin_ckpt={config.eval.begin_ckpt}")
   sampling.config_options(sampling_config.method.lower(), sampling_config, 1e-3)  # the sampler checks its options
+  _check_class_conditioning(config)
+  ema.check_ema_config(config)
+
+
+CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm", "mlp")
+
+
+def _check_class_conditioning(config):
+  """`model.num_classes` against the data set's classes, and the guidance keys against the model."""
+  num_classes, name = config.model.get("num_classes", 0), config.data.dataset
+  if num_classes:
+    if config.model.name not in CLASS_CONDITIONAL_MODELS:
+      raise ValueError(f"model.num_classes={num_classes}: class-conditional networks are "
+                       f"{', '.join(CLASS_CONDITIONAL_MODELS)}, not model.name={config.model.name!r}")
+    if name not in datasets.NUM_CLASSES:
+      raise ValueError(f"model.num_classes={num_classes} needs labelled data; data.dataset={name!r} has no "
+                       f"labels (labelled: {', '.join(datasets.NUM_CLASSES)})")
+    if num_classes != datasets.NUM_CLASSES[name]:
+      raise ValueError(f"model.num_classes={num_classes}, but data.dataset={name!r} has "
+                       f"{datasets.NUM_CLASSES[name]} classes")
+  scale, interval = sampling.guidance_options(config)
+  if scale < 0:
+    raise ValueError(f"sampling.guidance_scale={scale} must be >= 0")
+  if scale and not num_classes:
+    raise ValueError(f"sampling.guidance_scale={scale} needs a class-conditional model (model.num_classes > 0)")
+  if interval is not None and (len(interval) != 2 or not 0.0 <= interval[0] < interval[1]):
+    raise ValueError(f"sampling.guidance_interval={interval} must be noise levels (low, high) with "
+                     "0 <= low < high, or () for every level")
 
 
 def _between(low, high, closed_high=False):

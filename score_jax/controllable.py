@@ -28,7 +28,11 @@ Deviations from the reference, on purpose:
   mean/std in `get_logit_fn`, then per-image standardisation inside the WideResNet). Here
   `log_prob_grad_fn(x, t, labels)` receives the sampler's `x` and `t` and the classifier does its own
   normalisation, once.
-* `nfe` counts score evaluations actually made, as `pc_sample` (B18); a classifier costs none.
+* `nfe` counts network evaluations actually made, as `pc_sample` (B18); a classifier costs none, a
+  classifier-free-guided score (`models.get_score_fn(..., guidance_scale=w)`) two per evaluation.
+
+Classifier-free guidance needs nothing here: a guided `score_fn` of a class-conditional model inpaints,
+colorizes and samples conditionally like any other.
 """
 
 import math
@@ -40,6 +44,7 @@ import numpy as np
 from score_jax import sampling
 from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
 from score_jax.sampling import pc
+from score_jax.sampling.common import count_network_evaluations
 from score_jax.utils import batch_mul
 
 # The reference's decoupling matrix for RGB (rows: RGB channel, columns: latent channel).
@@ -142,7 +147,8 @@ def pc_inpaint(rng, score_fn, sde, data, mask, *, predictor="reverse_diffusion",
       rng, z, data, mask, None, score_fn=score_fn, sde=sde, predictor=predictor, corrector=corrector, snr=snr,
       n_steps=n_steps, probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm,
       fix_b8=fix_b8, noise_fn=noise_fn)
-  return sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps))
+  return count_network_evaluations(
+      sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps)), score_fn)
 
 
 def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_diffusion", corrector="langevin",
@@ -174,7 +180,8 @@ def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_d
       rng, z, known, mask, (matrix, inverse), score_fn=score_fn, sde=sde, predictor=predictor, corrector=corrector,
       snr=snr, n_steps=n_steps, probability_flow=probability_flow, denoise=denoise, eps=eps,
       langevin_norm=langevin_norm, fix_b8=fix_b8, noise_fn=noise_fn)
-  return sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps))
+  return count_network_evaluations(
+      sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps)), score_fn)
 
 
 def _conditional_sample(rng, z, labels, scale, *, score_fn, log_prob_grad_fn, sde, shape, denoise, **options):
@@ -212,4 +219,5 @@ def pc_conditional_sample(rng, score_fn, log_prob_grad_fn, sde, labels, shape, *
       rng, z, labels, jnp.asarray(scale, jnp.float32), score_fn=score_fn, log_prob_grad_fn=log_prob_grad_fn, sde=sde,
       shape=tuple(shape), predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
       probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
-  return sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps))
+  return count_network_evaluations(
+      sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps)), score_fn)

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from score_jax import tfrecord
-from score_jax.toy_data import DIGITS_TRAIN_SIZE, IMAGE_TOY_DATASETS, TOY_DATASETS, load_digits
+from score_jax.toy_data import (DIGITS_TRAIN_SIZE, IMAGE_TOY_DATASETS, LABELLED_TOY_DATASETS, TOY_DATASETS,
+                                TOY_NUM_CLASSES, load_digits)
 from score_jax.utils import choice_error
 
 
@@ -59,10 +60,11 @@ class ToyDataset:
   eval_batch_size: int
   num_eval: int
 
-  def _local(self, x, axis):
-    """This process's slice of the global batch (every process draws the same global batch)."""
-    local = _local_slice(x.shape[axis])
-    return jax.lax.slice_in_dim(x, local.start, local.stop, axis=axis)
+  def _local(self, batch, axis):
+    """This process's slice of the global batch (every process draws the same global batch); a labelled
+    sampler's batches are `(points, labels)`."""
+    local = _local_slice(jax.tree_util.tree_leaves(batch)[0].shape[axis])
+    return jax.tree_util.tree_map(lambda x: jax.lax.slice_in_dim(x, local.start, local.stop, axis=axis), batch)
 
   def train_batches(self, step, n):
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(self.seed), s))(step + jnp.arange(n))
@@ -74,7 +76,7 @@ class ToyDataset:
     offset = {"eval": 1_000_003, "train": 2_000_003}[split]
     data = self.sampler(jax.random.PRNGKey(self.seed + offset), self.num_eval)
     for start in range(0, self.num_eval - self.eval_batch_size + 1, self.eval_batch_size):
-      yield self._local(data[start:start + self.eval_batch_size], axis=0)
+      yield self._local(jax.tree_util.tree_map(lambda x: x[start:start + self.eval_batch_size], data), axis=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -351,20 +353,22 @@ IMAGE_DATASETS = {
 }
 DATASETS = {**TOY_DATASETS, **IMAGE_TOY_DATASETS, **IMAGE_DATASETS}
 LABELLED_DATASETS = ("CIFAR10", "MNIST", "SVHN", "digits")  # image data sets with class labels
+NUM_CLASSES = {"CIFAR10": 10, "MNIST": 10, "SVHN": 10, "digits": 10, **TOY_NUM_CLASSES}  # every labelled set
 
 
 def get_dataset(config, labels=False, batch_size=None):
   """Builds the data set named by `config.data.dataset`.
 
   Args:
-    labels: batches are `(images, int32 labels)`; only for `LABELLED_DATASETS`.
+    labels: batches are `(data, int32 labels)`; only for the data sets in `NUM_CLASSES` (the labelled
+      images, and the toys with a natural label: 8gaussians' mode, checkerboard's square, moons' moon).
     batch_size: the training batch size (default `training.batch_size`).
   """
   name = config.data.dataset
   if name not in DATASETS:
     raise choice_error("data.dataset", name, DATASETS)
-  if labels and name not in LABELLED_DATASETS:
-    raise ValueError(f"data.dataset={name!r} has no class labels; labelled data sets: {', '.join(LABELLED_DATASETS)}")
+  if labels and name not in NUM_CLASSES:
+    raise ValueError(f"data.dataset={name!r} has no class labels; labelled data sets: {', '.join(NUM_CLASSES)}")
   if name in IMAGE_DATASETS:
     if labels:
       train_source, eval_source = IMAGE_DATASETS[name](config, labelled=True)
@@ -384,6 +388,6 @@ def get_dataset(config, labels=False, batch_size=None):
     sampler = functools.partial(IMAGE_TOY_DATASETS[name], image_size=config.data.image_size,
                                 num_channels=config.data.num_channels)
   else:
-    sampler = TOY_DATASETS[name]
+    sampler = LABELLED_TOY_DATASETS[name] if labels else TOY_DATASETS[name]
   return ToyDataset(sampler=sampler, seed=config.seed, batch_size=config.training.batch_size,
                     eval_batch_size=config.eval.batch_size, num_eval=config.data.get("num_eval", 1024))

@@ -132,6 +132,8 @@ class LossConfig:
   sigma_data: float = 0.5
   ssm_projection: str = "rademacher"
   pixel_levels: elbo.PixelLevels = None  # 8-bit data: the decoder of the vdm objective; None: continuous data
+  num_classes: int = 0        # class-conditional model (`model.num_classes`): batches are (x, class labels)
+  class_dropout: float = 0.0  # probability of the null class in training (classifier-free guidance)
 
   @classmethod
   def from_config(cls, config):
@@ -140,7 +142,8 @@ class LossConfig:
                objective=t.get("objective", "dsm"), importance_sampling=t.get("importance_sampling", False),
                edm_p_mean=t.get("edm_p_mean", -1.2), edm_p_std=t.get("edm_p_std", 1.2),
                sigma_data=config.model.get("sigma_data", 0.5),
-               ssm_projection=t.get("ssm_projection", "rademacher"), pixel_levels=pixel_levels(config))
+               ssm_projection=t.get("ssm_projection", "rademacher"), pixel_levels=pixel_levels(config),
+               num_classes=config.model.get("num_classes", 0), class_dropout=t.get("class_dropout", 0.0))
 
 
 def pixel_levels(config):
@@ -172,6 +175,11 @@ def check_loss_config(loss_config, sde):
   if loss_config.importance_sampling and not (loss_config.likelihood_weighting and loss_config.objective == "dsm"):
     raise ValueError("training.importance_sampling=True samples t for training.likelihood_weighting=True "
                      "with training.objective='dsm'")
+  if not 0.0 <= loss_config.class_dropout < 1.0:
+    raise ValueError(f"training.class_dropout={loss_config.class_dropout} must lie in [0, 1)")
+  if loss_config.class_dropout and not loss_config.num_classes:
+    raise ValueError(f"training.class_dropout={loss_config.class_dropout} needs a class-conditional model "
+                     "(model.num_classes > 0)")
   if isinstance(sde, sde_lib.LearnedVPSDE) and loss_config.objective != "vdm":
     raise ValueError("training.sde='learned_vpsde' is trained by training.objective='vdm' (its schedule "
                      "follows the ELBO)")
@@ -182,7 +190,7 @@ def elbo_start(sde, loss_config):
   return 0.0 if sde.noisy_at_zero else loss_config.eps
 
 
-def learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, train, rng):
+def learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, train, rng, class_labels=None):
   """Per-example ELBO on a learned schedule, `(total, diffusion)`, with VDM's gradients.
 
   The network and the endpoints gamma_0, gamma_1 get the gradient of the bound; the schedule's shape u
@@ -196,7 +204,8 @@ def learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, tra
     bound = sde.bind({"params": params})
     gamma_t = noise_schedule.gamma_from_shape(params["noise_schedule"], *shape_values)
     pinned = sde_lib.GammaVPSDE(gamma_fn=lambda _: gamma_t, N=sde.N)  # the schedule at t_i, as inputs
-    denoiser_fn = get_denoiser_fn(pinned, model, {**variables, "params": params}, train=train, rng=rng)
+    denoiser_fn = get_denoiser_fn(pinned, model, {**variables, "params": params}, train=train, rng=rng,
+                                  class_labels=class_labels)
     diffusion = sde.T * elbo.diffusion_loss(denoiser_fn, pinned, x0, t, z_t)
     return elbo.prior_kl(bound, x0) + elbo.reconstruction_nll(bound, x0, 0.0, z_0, levels) + diffusion, diffusion
 
@@ -220,29 +229,45 @@ def learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, tra
   return bound_terms(params, params["noise_schedule"]["shape"])
 
 
+def split_batch(batch, num_classes):
+  """`(x, class_labels)` of a training batch: `x` alone for an unconditional model (labels None), the pair
+  `(x, int labels)` for a class-conditional one (`model.num_classes > 0`)."""
+  if not num_classes:
+    return batch, None
+  if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+    raise ValueError("a class-conditional model (model.num_classes > 0) trains on (x, class labels) batches")
+  return batch[0], jnp.asarray(batch[1], jnp.int32)
+
+
 def get_loss_fn(sde, model, loss_config, *, train):
   """Returns `loss_fn(rng, variables, batch) -> LossOutput` for `loss_config.objective`.
 
   Continuous DSM uses the score loss for the `reference` parameterization and the regression on the
   parameterization's target otherwise (the score loss whenever `likelihood_weighting`); discrete
   training uses the SMLD loss for VE and the DDPM loss for VP (the reference's `get_step_fn`).
-  The `vdm` loss is the ELBO per dimension in nats.
+  The `vdm` loss is the ELBO per dimension in nats. A class-conditional model (`num_classes`) takes
+  `(x, class labels)` batches; in training each label becomes the null class with probability
+  `class_dropout` (one draw per example), so one network learns D(x, t, c) and D(x, t, null).
   """
   check_loss_config(loss_config, sde)
   parameterization = parameterization_of(model)
   objective = loss_config.objective
 
   def loss_fn(rng, variables, batch):
+    batch, class_labels = split_batch(batch, loss_config.num_classes)
     bound_sde = sde.bind(variables)
     batch_size = batch.shape[0]
     noise_rng, dropout_rng = jax.random.split(rng)
     draw = lambda i, sampler: per_example(jax.random.fold_in(noise_rng, i), batch_size, sampler)
     z = per_example(noise_rng, batch_size, lambda key: jax.random.normal(key, batch.shape[1:]))
     uniform = draw(1, lambda key: jax.random.uniform(key, ()))
-    fns = dict(train=train, continuous=True, rng=dropout_rng)
+    if train and loss_config.class_dropout:
+      dropped = draw(5, lambda key: jax.random.uniform(key, ())) < loss_config.class_dropout
+      class_labels = jnp.where(dropped, loss_config.num_classes, class_labels)
+    fns = dict(train=train, continuous=True, rng=dropout_rng, class_labels=class_labels)
     if not loss_config.continuous:
       labels = draw(1, lambda key: jax.random.randint(key, (), 0, sde.N))
-      model_fn = get_model_fn(model, variables, train=train, rng=dropout_rng)
+      model_fn = get_model_fn(model, variables, train=train, rng=dropout_rng, class_labels=class_labels)
       discrete_loss = {"smld": smld_loss, "ddpm": ddpm_loss}[sde.discrete_loss]
       return discrete_loss(model_fn, sde, batch, labels, z, reduce_mean=loss_config.reduce_mean)
     t = loss_config.eps + uniform * (sde.T - loss_config.eps)
@@ -264,7 +289,7 @@ def get_loss_fn(sde, model, loss_config, *, train):
       if isinstance(sde, sde_lib.LearnedVPSDE):  # uniform times: the learned shape is what reduces the variance
         t = t0 + u * (sde.T - t0)
         total, _ = learned_schedule_elbo(model, sde, variables, batch, t, z, z_0, loss_config.pixel_levels,
-                                         train=train, rng=dropout_rng)
+                                         train=train, rng=dropout_rng, class_labels=class_labels)
       else:  # a fixed schedule: times importance-sampled in log-SNR
         t, inverse_density = elbo.importance_times(u, bound_sde, t0)
         denoiser_fn = get_denoiser_fn(bound_sde, model, variables, **fns)

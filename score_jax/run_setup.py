@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import datasets, optim, parallel, sampling, sde as sde_lib
+from score_jax import datasets, ema, optim, parallel, sampling, sde as sde_lib
 from score_jax.config_utils import validate_config
 from score_jax.losses import LossConfig
 from score_jax.models import get_data_shape, get_model
@@ -41,8 +41,8 @@ def step_loop(config):
 
 def _dispatch_steps(single_step, state, batches):
   block_losses = []
-  for i in range(batches.shape[0]):
-    state, loss = single_step(state, batches[i])
+  for i in range(jax.tree_util.tree_leaves(batches)[0].shape[0]):
+    state, loss = single_step(state, jax.tree_util.tree_map(lambda x: x[i], batches))
     block_losses.append(loss)
   return state, jnp.stack(block_losses)
 
@@ -57,12 +57,16 @@ class RunSetup:
     self.sde, self.sampling_eps = sde_lib.get_sde(config)
     self.model = get_model(config)
     self.optimizer = optim.get_optimizer(config)
-    self.dataset = datasets.get_dataset(config)
+    self.dataset = datasets.get_dataset(config)  # the data alone (evaluation's statistics and likelihoods)
+    self.class_conditional = config.model.get("num_classes", 0) > 0
+    # What the loss trains on: `(data, labels)` batches for a class-conditional model.
+    self.train_dataset = datasets.get_dataset(config, labels=True) if self.class_conditional else self.dataset
     self.scaler = datasets.get_data_scaler(config)
     loss_config = LossConfig.from_config(config)
     base_rng = jax.random.PRNGKey(config.seed)
     train_step = get_train_step(self.sde, self.model, self.optimizer, loss_config,
-                                ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0))
+                                ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0),
+                                ema_gammas=ema.power_gammas(config))
     replicated = parallel.replicated(self.mesh)
     self.step_loop = step_loop(config)
     if self.step_loop == "scan":
@@ -94,15 +98,22 @@ class RunSetup:
                    out_shardings=parallel.replicated(self.mesh))
     return init(jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 2))
 
+  def scale_batch(self, batch):
+    """A batch of the training data in model space (the data scaled, class labels as they are)."""
+    if self.class_conditional:
+      data, labels = batch
+      return self.scaler(data), labels
+    return self.scaler(batch)
+
   def train_batches(self, step):
-    local = self.scaler(self.dataset.train_batches(step, self.config.training.n_jitted_steps))
+    local = self.scale_batch(self.train_dataset.train_batches(step, self.config.training.n_jitted_steps))
     return parallel.shard_batch(self.mesh, local, batch_axis=1)
 
   def eval_loss(self, state, num_batches=1):
     """Mean loss (EMA parameters) over the first `num_batches` held-out batches; 0 means all of them."""
     values = []
-    for i, batch in enumerate(self.dataset.eval_batches()):
+    for i, batch in enumerate(self.train_dataset.eval_batches()):
       if num_batches and i >= num_batches:
         break
-      values.append(self.eval_step(state, parallel.shard_batch(self.mesh, self.scaler(batch))))
+      values.append(self.eval_step(state, parallel.shard_batch(self.mesh, self.scale_batch(batch))))
     return float(np.mean(jax.device_get(values)))

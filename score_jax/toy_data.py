@@ -1,6 +1,7 @@
 """Data that needs no download: 2-D toy samplers, synthetic `blobs` images, embedded 8x8 digits.
 
-Toy sets are pure `sampler(rng, n) -> (n, ...)` functions; `load_digits` reads the
+Toy sets are pure `sampler(rng, n) -> (n, ...)` functions (those with a natural class label also as
+`labelled_<name>(rng, n) -> (points, labels)`, in `LABELLED_TOY_DATASETS`); `load_digits` reads the
 small image set shipped in `score_jax/assets/`.
 """
 
@@ -12,13 +13,26 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def checkerboard(rng, n):
-  """Uniform on the 8 alternating unit squares of [-2, 2]^2 (FFJORD, Grathwohl et al. 2019)."""
+def labelled_checkerboard(rng, n):
+  """`(points, labels)`: `checkerboard`'s points and their square, 2 row + column // 2 in 0..7 (rows and
+  columns of the 4 x 4 grid counted from (-2, -2))."""
   k1, k2, k3 = jax.random.split(rng, 3)
   x1 = jax.random.uniform(k1, (n,), minval=-2.0, maxval=2.0)
   x2 = jax.random.uniform(k2, (n,)) - 2.0 * jax.random.randint(k3, (n,), 0, 2)
   x2 = x2 + jnp.mod(jnp.floor(x1), 2)
-  return jnp.stack([x1, x2], axis=1)
+  points = jnp.stack([x1, x2], axis=1)
+  return points, checkerboard_square(points)
+
+
+def checkerboard_square(x):
+  """The square 0..7 of points on the checkerboard (`labelled_checkerboard`'s labels)."""
+  cell = jnp.clip(jnp.floor(x + 2.0), 0, 3).astype(jnp.int32)
+  return 2 * cell[:, 1] + cell[:, 0] // 2
+
+
+def checkerboard(rng, n):
+  """Uniform on the 8 alternating unit squares of [-2, 2]^2 (FFJORD, Grathwohl et al. 2019)."""
+  return labelled_checkerboard(rng, n)[0]
 
 
 def on_checkerboard(x):
@@ -28,23 +42,41 @@ def on_checkerboard(x):
   return float(np.mean(inside & ((np.floor(x[:, 0]) + np.floor(x[:, 1])) % 2 == 0)))
 
 
-def moons(rng, n, noise=0.08):
-  """Two interleaving half circles, centred and scaled to about [-2, 2]."""
+def labelled_moons(rng, n, noise=0.08):
+  """`(points, labels)`: `moons`' points and their moon (0: the upper one, 1: the lower one)."""
   k1, k2, k3 = jax.random.split(rng, 3)
   angle = jax.random.uniform(k1, (n,), maxval=math.pi)
   upper = jax.random.bernoulli(k2, 0.5, (n,))
   x = jnp.where(upper, jnp.cos(angle), 1.0 - jnp.cos(angle))
   y = jnp.where(upper, jnp.sin(angle), 0.5 - jnp.sin(angle))
   points = jnp.stack([x - 0.5, y - 0.25], axis=1) * 1.6
-  return points + noise * jax.random.normal(k3, (n, 2))
+  return points + noise * jax.random.normal(k3, (n, 2)), jnp.where(upper, 0, 1).astype(jnp.int32)
+
+
+def moons(rng, n, noise=0.08):
+  """Two interleaving half circles, centred and scaled to about [-2, 2]."""
+  return labelled_moons(rng, n, noise)[0]
+
+
+def labelled_eight_gaussians(rng, n, radius=2.0, std=0.1):
+  """`(points, labels)`: `eight_gaussians`' points and their mode k in 0..7, at angle 2 pi k / 8
+  (counter-clockwise from angle 0)."""
+  k1, k2 = jax.random.split(rng)
+  mode = jax.random.randint(k1, (n,), 0, 8)
+  angle = mode * (2 * math.pi / 8)
+  centers = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
+  return centers + std * jax.random.normal(k2, (n, 2)), mode.astype(jnp.int32)
 
 
 def eight_gaussians(rng, n, radius=2.0, std=0.1):
   """Equal mixture of 8 Gaussians on a circle of radius 2."""
-  k1, k2 = jax.random.split(rng)
-  angle = jax.random.randint(k1, (n,), 0, 8) * (2 * math.pi / 8)
-  centers = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-  return centers + std * jax.random.normal(k2, (n, 2))
+  return labelled_eight_gaussians(rng, n, radius, std)[0]
+
+
+def eight_gaussians_mode(x, radius=2.0):
+  """The nearest mode 0..7 of 2-D points (the labels of `labelled_eight_gaussians`)."""
+  angle = jnp.arctan2(x[:, 1], x[:, 0])
+  return jnp.mod(jnp.round(angle / (2 * math.pi / 8)), 8).astype(jnp.int32)
 
 
 def swissroll(rng, n, noise=0.5):
@@ -61,6 +93,13 @@ TOY_DATASETS = {
     "8gaussians": eight_gaussians,
     "swissroll": swissroll,
 }
+# Toy sets with a natural class label: `sampler(rng, n) -> (points, int32 labels)`, and the class count.
+LABELLED_TOY_DATASETS = {
+    "checkerboard": labelled_checkerboard,
+    "moons": labelled_moons,
+    "8gaussians": labelled_eight_gaussians,
+}
+TOY_NUM_CLASSES = {"checkerboard": 8, "moons": 2, "8gaussians": 8}
 
 
 def blobs(rng, n, image_size=16, num_channels=3, max_blobs=3):

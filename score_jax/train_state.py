@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from score_jax import sde as sde_lib
+from score_jax import ema as ema_lib, sde as sde_lib
 from score_jax.models import init_model
 
 
@@ -24,10 +24,24 @@ class TrainState:
     return {**self.model_state, "params": self.ema_params if ema else self.params}
 
 
+@flax.struct.dataclass
+class PowerEMATrainState(TrainState):
+  """The state of a `model.ema_type='power'` run: also EDM2's power EMAs, `{profile_i: params}` for the
+  sigma_rels of `model.ema_sigma_rels` (`score_jax.ema`); `ema_params` is the first of them.
+
+  Fixed-EMA runs keep `TrainState`, so their checkpoints are unchanged."""
+
+  power_ema: dict
+
+
 def init_train_state(rng, config, optimizer):
   """The initial state: the model's variables, and a learned SDE's parameters (`params["noise_schedule"]`)."""
   variables = init_model(rng, config)
   params = variables.pop("params")
   params = {**params, **sde_lib.get_sde(config)[0].init_params(jax.random.fold_in(rng, 1))}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=optimizer.init(params), model_state=variables)
+  fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=optimizer.init(params),
+                model_state=variables)
+  gammas = ema_lib.power_gammas(config)
+  if gammas is None:
+    return TrainState(**fields)
+  return PowerEMATrainState(**fields, power_ema={name: params for name in ema_lib.profile_names(gammas)})

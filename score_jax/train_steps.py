@@ -3,11 +3,15 @@
 import jax
 import optax
 
-from score_jax import losses
+from score_jax import ema, losses
 
 
-def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng):
-  """Returns `train_step(state, batch) -> (state, loss)`; its randomness is `fold_in(rng, state.step)`."""
+def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng, ema_gammas=None):
+  """Returns `train_step(state, batch) -> (state, loss)`; its randomness is `fold_in(rng, state.step)`.
+
+  The EMA decays by `ema_rate`, or with `ema_gammas` (`ema.power_gammas(config)`) the state's power
+  EMAs advance (`score_jax.ema.update`).
+  """
   loss_fn = losses.get_loss_fn(sde, model, loss_config, train=True)
 
   def train_step(state, batch):
@@ -19,10 +23,8 @@ def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng):
     loss, grads = jax.value_and_grad(objective)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
-                                        state.ema_params, params)
-    return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                         opt_state=opt_state), loss
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return ema.update(state, ema_rate=ema_rate, gammas=ema_gammas), loss
 
   return train_step
 

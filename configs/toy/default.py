@@ -20,6 +20,8 @@ def get_default_configs():
   training.edm_p_mean = -1.2                # edm objective: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022)
   training.edm_p_std = 1.2
   training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
+  training.class_dropout = 0.0              # class-conditional models: probability of the null class (CFG: 0.1-0.2)
+  training.ema_snapshot_freq = 500                 # model.ema_type=power: steps between stored EMA snapshots
   training.reduce_mean = True               # per-sample mean over dims (False: 0.5 * sum, as the reference)
   training.batch_size = 512                 # global batch size, split over all devices
   training.n_iters = 6000                   # number of optimisation steps
@@ -82,6 +84,9 @@ def get_default_configs():
   model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)
   model.schedule_features = 1024            # learned_vpsde: width of the monotone schedule network
   model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
+  model.num_classes = 0                     # class-conditional network (0: unconditional), one extra null class
+  model.ema_type = "fixed"                  # fixed (decay model.ema_rate) | power (EDM2's post-hoc EMA)
+  model.ema_sigma_rels = (0.05, 0.1)        # ema_type=power: the tracked profiles' relative widths (EDM2)
   model.dropout = 0.0                       # dropout inside residual blocks
   model.input_frequencies = 4               # Fourier features sin/cos(pi 2^k x), k < this, of the input (0: off)
   model.ema_rate = 0.99                     # EMA decay of the parameters used for sampling/eval

@@ -7,7 +7,11 @@ The command line behind `main.py --mode=inpaint|colorize|conditional`:
   python main.py --config=configs/classifier/digits.py --workdir=runs/digits --mode=conditional --labels=0,1,2,3
 
 The score model is the EMA weights of the newest readable checkpoint (snapshot or preemption) of the
-workdir; the conditional mode adds the classifier that `--mode=train_classifier` trained there. Sampling
+workdir; the conditional mode adds the classifier that `--mode=train_classifier` trained there, or, for a
+class-conditional model (`model.num_classes > 0`), samples it with classifier-free guidance w =
+`--guidance_scale` by the sampler of `config.sampling`:
+
+  python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=conditional --labels=0,1,2 --guidance_scale=2 Sampling
 uses the PC options of `config.sampling` (predictor, corrector, snr, n_steps_each, probability_flow,
 noise_removal; `model.num_scales` steps), whatever `sampling.method` says. The inputs (image files,
 centre-cropped and resized to `data.image_size`, or the first images of the held-out split) and the
@@ -28,10 +32,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from score_jax import checkpoint, classifier, controllable, datasets, optim, sde as sde_lib
+from score_jax import checkpoint, classifier, controllable, datasets, parallel, sampling, sde as sde_lib
 from score_jax.config_utils import validate_classifier_config, validate_config
-from score_jax.models import get_model, get_score_fn
-from score_jax.train_state import init_train_state
+from score_jax.models import get_data_shape, get_score_fn
 from score_jax.utils import choice_error
 
 MODES = ("inpaint", "colorize", "conditional")
@@ -116,17 +119,7 @@ def parse_labels(labels, num_classes):
   return np.asarray(values, np.int32)
 
 
-def load_score_model(config, workdir):
-  """`(model, EMA variables, step)` of the newest readable checkpoint (snapshot or preemption) of `workdir`."""
-  target = classifier.abstract_state(lambda: init_train_state(jax.random.PRNGKey(0), config,
-                                                              optim.get_optimizer(config)))
-  managers = [checkpoint.get_manager(os.path.join(workdir, d)) for d in (checkpoint.PREEMPTION_DIR,
-                                                                         checkpoint.SNAPSHOT_DIR)]
-  state, step = checkpoint.restore_latest(managers, target)
-  if step is None:
-    raise ValueError(f"no readable score-model checkpoint in {workdir}; train one with `python main.py "
-                     "--mode=train` and the same --config and --workdir")
-  return get_model(config), state.variables(ema=True), step
+load_score_model = checkpoint.load_model  # moved; kept importable here
 
 
 def grid_image(rows, padding=2, min_width=384):
@@ -148,6 +141,17 @@ def _sampling_options(config, eps):
               langevin_norm=s.get("langevin_norm", "batch"))
 
 
+def _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng):
+  """Samples of the classes `labels` from a class-conditional model with classifier-free guidance w =
+  `guidance_scale` (on `sampling.guidance_interval`), by the sampler of `config.sampling`."""
+  config = config.copy_and_resolve_references()
+  config.sampling.guidance_scale = float(guidance_scale)
+  shape = (len(labels),) + get_data_shape(config)
+  sample_fn = sampling.get_sampling_fn(config, sde, model, shape, datasets.get_data_inverse_scaler(config), eps,
+                                       mesh=parallel.make_mesh(jax.devices()[:1]))
+  return sample_fn(rng, variables, jnp.asarray(labels))
+
+
 def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", labels=None, guidance_scale=1.0,
          seed=0, name=None):
   """Edits images with the score model of `workdir` and writes a PNG grid; returns its path.
@@ -158,7 +162,8 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
     from_dataset: the number of held-out images to edit instead.
     mask: inpaint: a name in `MASKS` or a mask image file (white = known).
     labels: conditional: comma-separated class labels (or a sequence of ints), one sample each.
-    guidance_scale: conditional: the weight of grad log p(y | x(t)).
+    guidance_scale: conditional: the weight of grad log p(y | x(t)), or for a class-conditional model the
+      classifier-free guidance weight w.
     seed: the sampler's PRNG seed.
     name: the file name stem (default: the mode, the mask and the checkpoint step).
 
@@ -169,14 +174,18 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
     raise choice_error("mode", mode, MODES)
   validate_config(config)
   size, channels = config.data.image_size, config.data.num_channels
+  guided = mode == "conditional" and config.model.get("num_classes", 0) > 0  # classifier-free guidance
   if mode == "conditional":
-    validate_classifier_config(config)
+    if not guided:
+      validate_classifier_config(config)
     if images or from_dataset:
       raise ValueError("mode='conditional' draws new samples; it takes --labels, not --image or --from_dataset")
     if labels is None:
       raise ValueError("mode='conditional' needs labels, e.g. --labels=0,1,2")
     labels = parse_labels(labels if isinstance(labels, str) else ",".join(map(str, labels)),
-                          config.classifier.num_classes)
+                          config.model.num_classes if guided else config.classifier.num_classes)
+    if guided and guidance_scale < 0:
+      raise ValueError(f"guidance_scale={guidance_scale} must be >= 0 (classifier-free guidance weight w)")
   else:
     if bool(images) == bool(from_dataset):
       raise ValueError(f"mode={mode!r} needs exactly one of --image=PATH[,PATH...] and --from_dataset=N")
@@ -203,6 +212,10 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
     out = controllable.pc_colorize(rng, score_fn, sde, scaler(jnp.asarray(gray)), channels=channels, **options)
     rows = [originals, np.repeat(gray, channels, axis=-1), np.asarray(inverse_scaler(out.samples))]
     tag = None
+  elif guided:
+    out = _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng)
+    rows = [np.asarray(out.samples)]
+    tag = f"cfg{guidance_scale:g}"
   else:
     classifier_model, classifier_variables = classifier.load_classifier(config, workdir)
     log_prob_grad_fn = classifier.get_log_prob_grad_fn(config, classifier_model, classifier_variables)
@@ -210,7 +223,7 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
                                              (len(labels), size, size, channels), scale=guidance_scale, **options)
     rows = [np.asarray(inverse_scaler(out.samples))]
     tag = f"scale{guidance_scale:g}"
-  logging.info("%s: %d score evaluations in %.1f s", mode, int(out.nfe), time.time() - start)
+  logging.info("%s: %d network evaluations in %.1f s", mode, int(out.nfe), time.time() - start)
 
   directory = os.path.join(workdir, EDIT_DIR)
   os.makedirs(directory, exist_ok=True)

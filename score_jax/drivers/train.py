@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from score_jax import checkpoint, parallel, plotting
+from score_jax import checkpoint, ema, parallel, plotting
 from score_jax.metric_writer import MetricWriter
 from score_jax.models import get_data_shape
 from score_jax.run_setup import RunSetup
@@ -81,6 +81,8 @@ def train_and_evaluate(config, workdir):
   else:
     logging.info("Resuming from the checkpoint of step %d", step)
     writer.truncate_after(step)
+  power_ema = config.model.get("ema_type", "fixed") == "power"
+  ema_snapshots = ema.snapshot_manager(workdir) if power_ema else None
   reference = None
   if get_data_shape(config) == (2,):
     reference = next(iter(run.dataset.eval_batches()))
@@ -102,6 +104,8 @@ def train_and_evaluate(config, workdir):
         log_window = []
     if step % training.eval_freq == 0:
       writer.write(step, eval_loss=run.eval_loss(state))
+    if power_ema and (step % training.ema_snapshot_freq == 0 or done):
+      ema.save_snapshot(ema_snapshots, step, state, config.model.ema_sigma_rels)
     if is_preemption and not is_snapshot:
       checkpoint.save(preemption, step, state)
     if is_snapshot:

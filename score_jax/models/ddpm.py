@@ -10,7 +10,8 @@ from score_jax.models.registry import compute_dtype, register_model
 
 
 class DDPM(nn.Module):
-  """`(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`: a plain network; labels are embedded as positions."""
+  """`(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`: a plain network; labels are embedded as positions, and
+  with `num_classes` the `(B,)` int `class_labels` (None: the null class) as a learned table."""
 
   nf: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -20,19 +21,21 @@ class DDPM(nn.Module):
   resamp_with_conv: bool = True
   conditional: bool = True
   nonlinearity: str = "swish"
+  num_classes: int = 0  # class-conditional (`model.num_classes`): a class embedding added to the time embedding
   dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _resnet_block(self, out_ch=None):
     return layers.ResnetBlockDDPM(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout,
                                   dtype=self.dtype)
 
-  def _embed(self, labels):
+  def _embed(self, labels, class_labels):
     if not self.conditional:
-      return None
+      return layers.add_class_embedding(None, class_labels, self.num_classes)
     act = layers.get_act(self.nonlinearity)
     temb = layers.get_timestep_embedding(labels, self.nf)
     temb = layers.dense(4 * self.nf, self.dtype)(temb)  # the embedding itself is float32
-    return layers.dense(4 * self.nf, self.dtype)(act(temb))
+    temb = layers.dense(4 * self.nf, self.dtype)(act(temb))
+    return layers.add_class_embedding(temb, class_labels, self.num_classes)
 
   def _encode(self, x, temb, train):
     hs = [layers.conv3x3(self.nf, dtype=self.dtype)(x)]
@@ -58,8 +61,8 @@ class DDPM(nn.Module):
     return h
 
   @nn.compact
-  def __call__(self, x, labels, train=False):
-    temb = self._embed(labels)
+  def __call__(self, x, labels, train=False, class_labels=None):
+    temb = self._embed(labels, class_labels)
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
     h = layers.AttnBlock(dtype=self.dtype)(h)
@@ -75,4 +78,4 @@ def build_ddpm(config):
   m = config.model
   return DDPM(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
-              conditional=m.conditional, nonlinearity=m.nonlinearity, dtype=compute_dtype(config))
+              conditional=m.conditional, nonlinearity=m.nonlinearity, num_classes=m.get("num_classes", 0), dtype=compute_dtype(config))

@@ -89,6 +89,26 @@ def dense(features, dtype=None):
   return nn.Dense(features, kernel_init=default_init(), dtype=dtype)
 
 
+def add_class_embedding(temb, class_labels, num_classes):
+  """`temb + embedding(class_labels)` for a class-conditional network (`model.num_classes > 0`), else `temb`.
+
+  The table has `num_classes + 1` rows: the last is the null class, which `class_labels=None` means (the
+  unconditional model of classifier-free guidance, Ho & Salimans 2022). Call it from a compact method:
+  the table is the parameter `class_embedding` of the calling network (float32, like the time embedding).
+  """
+  if not num_classes:
+    if class_labels is not None:
+      raise ValueError("class labels were given to an unconditional network (model.num_classes=0)")
+    return temb
+  if temb is None:
+    raise ValueError("model.num_classes > 0 needs a noise-conditional network (model.conditional=True)")
+  if class_labels is None:
+    class_labels = jnp.full((temb.shape[0],), num_classes, jnp.int32)
+  table = nn.Embed(num_classes + 1, temb.shape[-1], embedding_init=nn.initializers.normal(1.0),
+                   name="class_embedding")
+  return temb + table(jnp.asarray(class_labels, jnp.int32)).astype(temb.dtype)
+
+
 def group_norm(channels, num_groups=None, dtype=None):
   """GroupNorm with epsilon 1e-6 (statistics in float32); `num_groups=None` is NCSN++'s `min(C // 4, 32)`."""
   return nn.GroupNorm(num_groups=num_groups or min(channels // 4, 32), epsilon=1e-6, dtype=dtype)

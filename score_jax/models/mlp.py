@@ -14,7 +14,8 @@ class MLPScoreModel(nn.Module):
   """Residual MLP: x -> D outputs, conditioned on the labels of the parameterization.
 
   `embedding_type='fourier'` embeds log(label) (continuous VE: the label is sigma);
-  `'positional'` embeds the label itself (t * 999 for VP, an index for discrete models).
+  `'positional'` embeds the label itself (t * 999 for VP, an index for discrete models). With
+  `num_classes`, the `(B,)` int `class_labels` (None: the null class) add a learned embedding.
   """
 
   hidden: int = 128
@@ -24,6 +25,7 @@ class MLPScoreModel(nn.Module):
   fourier_scale: float = 16.0
   dropout: float = 0.0
   input_frequencies: int = 0  # sin / cos features of each coordinate at frequencies pi 2^k, k < this
+  num_classes: int = 0  # class-conditional (`model.num_classes`): a class embedding added to the time embedding
   dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _input_features(self, x):
@@ -36,13 +38,14 @@ class MLPScoreModel(nn.Module):
                            axis=-1)
 
   @nn.compact
-  def __call__(self, x, labels, train=False):
+  def __call__(self, x, labels, train=False, class_labels=None):
     if self.embedding_type == "fourier":
       temb = layers.GaussianFourierProjection(self.embedding_dim // 2, self.fourier_scale)(jnp.log(labels))
     else:
       temb = layers.get_timestep_embedding(labels, self.embedding_dim)
     dense = lambda features, **kwargs: nn.Dense(features, dtype=self.dtype, **kwargs)
     temb = dense(self.hidden)(nn.swish(dense(self.hidden)(temb)))  # the embedding itself is float32
+    temb = layers.add_class_embedding(temb, class_labels, self.num_classes)
     h = dense(self.hidden)(self._input_features(x))
     for _ in range(self.num_layers):
       residual = dense(self.hidden)(nn.swish(h)) + temb
@@ -57,4 +60,4 @@ def build_mlp(config):
   return MLPScoreModel(hidden=model.nf, num_layers=model.num_res_blocks, embedding_type=model.embedding_type,
                        embedding_dim=model.embedding_dim, fourier_scale=model.fourier_scale,
                        dropout=model.dropout, input_frequencies=model.get("input_frequencies", 0),
-                       dtype=compute_dtype(config))
+                       num_classes=model.get("num_classes", 0), dtype=compute_dtype(config))

@@ -26,7 +26,8 @@ class NCSNpp(nn.Module):
   """The NCSN++ / DDPM++ U-Net: `(x (B,H,W,C), labels (B,)) -> (B,H,W,C)`.
 
   `labels` are the noise conditioning the parameterization supplies (`score_jax.parameterization`):
-  Fourier features embed log(labels), positional ones the labels themselves. A plain network: input
+  Fourier features embed log(labels), positional ones the labels themselves. With `num_classes`, the
+  `(B,)` int `class_labels` (None: the null class) add an embedding to the time embedding. A plain network: input
   scaling and the meaning of the output belong to the parameterization.
   """
 
@@ -48,6 +49,7 @@ class NCSNpp(nn.Module):
   fourier_scale: float = 16.0
   init_scale: float = 0.0
   nonlinearity: str = "swish"
+  num_classes: int = 0  # class-conditional (`model.num_classes`): a class embedding added to the time embedding
   dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _resnet_block(self, **kwargs):
@@ -63,17 +65,18 @@ class NCSNpp(nn.Module):
   def _merge(self, a, b):
     return (a + b) / math.sqrt(2.0) if self.skip_rescale else a + b
 
-  def _embed(self, labels):
-    """Time embedding (B, 4nf), or None for an unconditional network."""
+  def _embed(self, labels, class_labels):
+    """Time (and class) embedding (B, 4nf), or None for an unconditional network."""
     if self.embedding_type == "fourier":
       temb = layers.GaussianFourierProjection(self.nf, self.fourier_scale)(jnp.log(labels))
     else:
       temb = layers.get_timestep_embedding(labels, self.nf)
     if not self.conditional:
-      return None
+      return layers.add_class_embedding(None, class_labels, self.num_classes)
     act = layers.get_act(self.nonlinearity)
     temb = layers.dense(4 * self.nf, self.dtype)(temb)  # the embedding itself is float32
-    return layers.dense(4 * self.nf, self.dtype)(act(temb))
+    temb = layers.dense(4 * self.nf, self.dtype)(act(temb))
+    return layers.add_class_embedding(temb, class_labels, self.num_classes)
 
   def _encode(self, x, temb, train):
     """Encoder; returns the skip stack (its last entry feeds the middle block)."""
@@ -142,14 +145,14 @@ class NCSNpp(nn.Module):
     return self._output_head(h, num_channels)
 
   @nn.compact
-  def __call__(self, x, labels, train=False):
+  def __call__(self, x, labels, train=False, class_labels=None):
     for key, value, choices in [("progressive", self.progressive, _PROGRESSIVE),
                                 ("progressive_input", self.progressive_input, _PROGRESSIVE_INPUT),
                                 ("resblock_type", self.resblock_type, _RESBLOCKS),
                                 ("embedding_type", self.embedding_type, _EMBEDDINGS)]:
       if value not in choices:
         raise choice_error(f"model.{key}", value, choices)
-    temb = self._embed(labels)
+    temb = self._embed(labels, class_labels)
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
     h = self._attn_block()(h)
@@ -170,5 +173,5 @@ def build_ncsnpp(config):
       resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
       progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
       embedding_type=m.embedding_type.lower(), fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
-      nonlinearity=m.nonlinearity, dtype=compute_dtype(config))
+      nonlinearity=m.nonlinearity, num_classes=m.get("num_classes", 0), dtype=compute_dtype(config))
 

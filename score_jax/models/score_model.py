@@ -6,12 +6,14 @@ meaning of its output.
 """
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from score_jax import parameterization as parameterization_lib
+from score_jax.utils import batch_mul
 
 
 class ScoreModel(nn.Module):
-  """`network` with its `parameterization`; `apply(variables, x, labels, train)` is the raw network.
+  """`network` with its `parameterization`; `apply(variables, x, labels, train, class_labels)` is the raw network.
 
   The network shares this module's scope, so the variables are the network's own (the reference's
   parameter names, unchanged by the wrapper).
@@ -23,8 +25,10 @@ class ScoreModel(nn.Module):
   def setup(self):
     nn.share_scope(self, self.network)
 
-  def __call__(self, x, labels, train=False):
-    return self.network(x, labels, train=train)
+  def __call__(self, x, labels, train=False, class_labels=None):
+    if class_labels is None:  # every network, class-conditional ones given the null class
+      return self.network(x, labels, train=train)
+    return self.network(x, labels, train=train, class_labels=class_labels)
 
 
 def parameterization_of(model):
@@ -32,15 +36,45 @@ def parameterization_of(model):
   return getattr(model, "parameterization", None) or parameterization_lib.Reference()
 
 
-def get_network_fn(model, variables, *, train=False, rng=None):
-  """Returns `network_fn(x_in, labels) -> raw output`; `rng` drives dropout when `train`."""
+def num_classes_of(model):
+  """The class count of a class-conditional model (`model.num_classes`), 0 for an unconditional one."""
+  return getattr(getattr(model, "network", model), "num_classes", 0)
+
+
+def get_network_fn(model, variables, *, train=False, rng=None, class_labels=None):
+  """Returns `network_fn(x_in, labels) -> raw output`; `rng` drives dropout when `train`.
+
+  `class_labels`: `(B,)` int classes of a class-conditional model (None: the null class).
+  """
   def network_fn(x, labels):
     rngs = {"dropout": rng} if train and rng is not None else {}
-    return model.apply(variables, x, labels, train=train, rngs=rngs)
+    return model.apply(variables, x, labels, train=train, rngs=rngs, class_labels=class_labels)
   return network_fn
 
 
-def get_model_fn(model, variables, *, train=False, rng=None):
+def guided_network_fn(model, variables, class_labels, guidance_scale, *, train=False, rng=None):
+  """`network_fn(x_in, labels, active)`: classifier-free guidance (Ho & Salimans 2022) on the raw output,
+  (1 + w) F(x, c) - w F(x, null) where `active` (`(B,)` bool), F(x, c) elsewhere.
+
+  Every parameterization maps the output affinely to D and to the score at fixed (x, t), so guiding
+  the output guides both alike. Both predictions come from one network call on twice the batch
+  (conditional half first): a guided evaluation costs two network evaluations per sample.
+  """
+  batch_labels = jnp.asarray(class_labels, jnp.int32)
+  null = jnp.full_like(batch_labels, num_classes_of(model))
+  network_fn = get_network_fn(model, variables, train=train, rng=rng,
+                              class_labels=jnp.concatenate([batch_labels, null]))
+
+  def guided_fn(x, labels, active):
+    both = network_fn(jnp.concatenate([x, x]), jnp.concatenate([labels, labels]))
+    conditional, unconditional = jnp.split(both, 2)
+    weight = jnp.where(active, guidance_scale, 0.0).astype(both.dtype)
+    return conditional + batch_mul(weight, conditional - unconditional)
+
+  return guided_fn
+
+
+def get_model_fn(model, variables, *, train=False, rng=None, class_labels=None):
   """Returns `model_fn(x, labels) -> output` of the reference's network convention.
 
   This is the reference network as score_sde defines it (its input centering and `scale_by_sigma`
@@ -51,23 +85,62 @@ def get_model_fn(model, variables, *, train=False, rng=None):
   if not isinstance(parameterization, parameterization_lib.Reference):
     raise ValueError("the reference's network convention (discrete training, raw labels) needs "
                      "model.parameterization='reference'")
-  network_fn = get_network_fn(model, variables, train=train, rng=rng)
+  network_fn = get_network_fn(model, variables, train=train, rng=rng, class_labels=class_labels)
   return lambda x, labels: parameterization.reference_output(network_fn, x, labels)
 
 
-def _get_output_fn(sde, model, variables, train, continuous, rng, convert):
+def check_guidance(model, class_labels, guidance_scale, guidance_interval=None):
+  """Raises a `ValueError` for class labels or guidance a model cannot take (before any compile)."""
+  num_classes = num_classes_of(model)
+  if class_labels is not None and not num_classes:
+    raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
+  if guidance_scale and class_labels is None:
+    raise ValueError(f"guidance_scale={guidance_scale} needs class_labels (classifier-free guidance of a "
+                     "class-conditional model)")
+  if guidance_interval is not None:
+    low, high = guidance_interval
+    if not 0.0 <= low < high:
+      raise ValueError(f"guidance_interval={tuple(guidance_interval)} must be noise levels (low, high) with "
+                       "0 <= low < high")
+
+
+def _in_interval(sde, t, guidance_interval):
+  """`(B,)` bool: the noise level sigma(t) = std / m lies in (low, high] (Kynkaanniemi et al. 2024)."""
+  if guidance_interval is None:
+    return jnp.ones(t.shape, bool)
+  sigma = sde.noise_level(t)
+  return (sigma > guidance_interval[0]) & (sigma <= guidance_interval[1])
+
+
+def _get_output_fn(sde, model, variables, train, continuous, rng, convert, class_labels=None, guidance_scale=0.0,
+                   guidance_interval=None):
+  check_guidance(model, class_labels, guidance_scale, guidance_interval)
   sde = sde.bind(variables)  # a learned schedule takes its parameters from the model's
   parameterization = parameterization_of(model)
-  network_fn = get_network_fn(model, variables, train=train, rng=rng)
+  if guidance_scale:
+    guided_fn = guided_network_fn(model, variables, class_labels, guidance_scale, train=train, rng=rng)
+
+    def output_fn(x, t):
+      active = _in_interval(sde, t, guidance_interval)
+      network_fn = lambda x_in, labels: guided_fn(x_in, labels, active)  # noqa: E731
+      output = parameterization.apply_network(network_fn, sde, x, t, continuous)
+      return convert(parameterization, sde, output, x, t, continuous)
+
+    output_fn.network_evaluations = 2  # per sample: one call on twice the batch
+    return output_fn
+
+  network_fn = get_network_fn(model, variables, train=train, rng=rng, class_labels=class_labels)
 
   def output_fn(x, t):
     output = parameterization.apply_network(network_fn, sde, x, t, continuous)
     return convert(parameterization, sde, output, x, t, continuous)
 
+  output_fn.network_evaluations = 1
   return output_fn
 
 
-def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=None):
+def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None,
+                 guidance_scale=0.0, guidance_interval=None):
   """Returns `score_fn(x, t) -> score shaped like x` of `model` under `sde`.
 
   Args:
@@ -75,24 +148,39 @@ def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=Non
     model: `get_model(config)` (a bare network is read with the reference's defaults).
     variables: the model's variables. train, rng: dropout on, with this key.
     continuous: the model was trained with continuous time labels (`training.continuous`).
+    class_labels: `(B,)` int classes of a class-conditional model (`model.num_classes`); None: the
+      null class, i.e. the unconditional model.
+    guidance_scale: classifier-free guidance weight w: the score of (1 + w) D(x, c) - w D(x, null)
+      (0: the conditional model itself). A guided score evaluation costs two network evaluations
+      (`score_fn.network_evaluations`), made as one call on twice the batch.
+    guidance_interval: `(low, high)`: guide only where the noise level sigma(t) = std / m lies in
+      (low, high] (Kynkaanniemi et al. 2024); None: everywhere.
   """
-  score_fn = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.score(*args))
+  guidance = dict(class_labels=class_labels, guidance_scale=guidance_scale, guidance_interval=guidance_interval)
+  score_fn = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.score(*args),
+                            **guidance)
   # The samplers that work with data predictions take the model's own (`parameterization.denoiser_of`).
-  score_fn.denoiser_fn = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng)
+  score_fn.denoiser_fn = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng,
+                                         **guidance)
+  score_fn.network_evaluations = score_fn.denoiser_fn.network_evaluations
   return score_fn
 
 
-def get_output_fn(sde, model, variables, *, train=False, continuous=True, rng=None):
+def get_output_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None):
   """Returns `output_fn(x, t) -> the raw network output` on the parameterization's inputs at (x, t)
   (what the regression objectives compare with `parameterization.target`)."""
-  return _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, sde, output, *args: output)
+  return _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, sde, output, *args: output,
+                        class_labels=class_labels)
 
 
-def get_denoiser_fn(sde, model, variables, *, train=False, continuous=True, rng=None):
+def get_denoiser_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None,
+                    guidance_scale=0.0, guidance_interval=None):
   """Returns `denoiser_fn(x, t) -> x0_hat`, D(x, t) = E[x(0) | x(t)] under the model.
 
   Same arguments as `get_score_fn`; for score-predicting parameterizations D is Tweedie's
-  (x + std^2 s) / m.
+  (x + std^2 s) / m. With `guidance_scale` w: (1 + w) D(x, t, c) - w D(x, t, null).
   """
-  return _get_output_fn(sde, model, variables, train, continuous, rng,
-                        lambda p, *args: p.denoised(*args))
+  denoiser_fn = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.denoised(*args),
+                               class_labels=class_labels, guidance_scale=guidance_scale,
+                               guidance_interval=guidance_interval)
+  return denoiser_fn

@@ -16,7 +16,7 @@ only (`score_jax.rng`), and validates its own options (`check_options`). Familie
 
 from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
 from score_jax.sampling.adaptive_sde import adaptive_sde_sample
-from score_jax.sampling.common import SampleOutput, initial_state, prior_draw
+from score_jax.sampling.common import SampleOutput, count_network_evaluations, initial_state, prior_draw
 from score_jax.sampling.ddim import ddim_sample
 from score_jax.sampling.dpm_solver import dpm_solver_sample
 from score_jax.sampling.heun import heun_sample
@@ -25,11 +25,13 @@ from score_jax.sampling.pc import (CORRECTORS, LANGEVIN_NORMS, PREDICTORS, ances
                                    none_corrector, none_predictor, pc_loop, pc_nfe, pc_sample,
                                    reverse_diffusion_predictor)
 from score_jax.sampling.probability_flow import ode_sample
-from score_jax.sampling.registry import SAMPLERS, config_options, get_sampling_fn, sample
+from score_jax.sampling.registry import (SAMPLERS, config_options, default_class_labels, get_sampling_fn,
+                                        guidance_options, sample)
 from score_jax.sampling.schedules import SCHEDULES, get_timesteps
 
 __all__ = ["CORRECTORS", "LANGEVIN_NORMS", "PREDICTORS", "SAMPLERS", "SCHEDULES", "SampleOutput",
            "adaptive_sde_sample", "ancestral_sampling_predictor", "annealed_langevin_corrector", "config_options",
+           "count_network_evaluations", "default_class_labels", "guidance_options",
            "ddim_sample", "dpm_solver_sample", "euler_maruyama_predictor", "fold_in", "gaussian_noise",
            "get_sampling_fn", "get_timesteps", "heun_sample", "initial_state", "langevin_corrector",
            "none_corrector", "none_predictor", "ode_sample", "pc_loop", "pc_nfe", "pc_sample", "per_sample_keys",

@@ -13,7 +13,8 @@ from score_jax.rng import fold_in, per_sample_keys
 
 @flax.struct.dataclass
 class SampleOutput:
-  """`samples` shaped like the request; `nfe`, the number of score evaluations (int or 0-d array)."""
+  """`samples` shaped like the request; `nfe`, the number of network evaluations per sample (int or 0-d
+  array): one per score evaluation, two per classifier-free-guided one (`count_network_evaluations`)."""
 
   samples: jax.Array
   nfe: jax.Array
@@ -52,7 +53,20 @@ def full(x, value):
   return jnp.full((x.shape[0],), value, x.dtype)
 
 
+def count_network_evaluations(output, score_fn):
+  """`output` with `nfe` in network evaluations: score evaluations times `score_fn.network_evaluations`
+  (2 for a classifier-free-guided score, which calls the network once on twice the batch)."""
+  return output.replace(nfe=output.nfe * getattr(score_fn, "network_evaluations", 1))
+
+
 @functools.cache
 def jitted(run):
-  """`run(rng, z, *, score_fn, sde, shape, **options)` jitted with everything but `rng` and `z` static."""
-  return jax.jit(run, static_argnames=tuple(p for p in inspect.signature(run).parameters if p not in ("rng", "z")))
+  """`run(rng, z, *, score_fn, sde, shape, **options)` jitted with everything but `rng` and `z` static;
+  the output's `nfe` counts network evaluations."""
+  compiled = jax.jit(run, static_argnames=tuple(p for p in inspect.signature(run).parameters
+                                                if p not in ("rng", "z")))
+
+  def call(rng, z, *, score_fn, **options):
+    return count_network_evaluations(compiled(rng, z, score_fn=score_fn, **options), score_fn)
+
+  return call

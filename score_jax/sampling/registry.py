@@ -4,12 +4,13 @@ import inspect
 import types
 
 import jax
+import jax.numpy as jnp
 
 from score_jax import parallel
-from score_jax.models import get_score_fn
+from score_jax.models import check_guidance, get_score_fn, num_classes_of
 from score_jax.rng import gaussian_noise
 from score_jax.sampling import adaptive_sde, ddim, dpm_solver, heun, pc, probability_flow
-from score_jax.sampling.common import SampleOutput, prior_draw
+from score_jax.sampling.common import SampleOutput, count_network_evaluations, prior_draw
 from score_jax.utils import choice_error
 
 # name -> the sampler's module: its public `<name>_sample`, its un-jitted `run` and its `check_options`.
@@ -37,6 +38,18 @@ def sample(rng, score_fn, sde, shape, *, method="pc", **options):
   if unknown:
     raise ValueError(f"unknown option(s) {unknown} for method={method!r}; valid: {', '.join(valid)}")
   return SAMPLERS[method](rng, score_fn, sde, shape, **options)
+
+
+def guidance_options(config):
+  """`(guidance_scale, guidance_interval)` of `config.sampling` (0 and None by default)."""
+  interval = config.sampling.get("guidance_interval", None)
+  return float(config.sampling.get("guidance_scale", 0.0) or 0.0), (tuple(interval) if interval else None)
+
+
+def default_class_labels(num_classes, batch_size):
+  """The classes of a batch of samples from a class-conditional model when none are asked for: sample i
+  is of class i mod num_classes (every class equally often, whatever the device count)."""
+  return jnp.arange(batch_size, dtype=jnp.int32) % max(num_classes, 1)
 
 
 # Option name -> its `config.sampling` key, where the reference named it otherwise.
@@ -81,9 +94,14 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   Sample i depends on (rng, i) only, so the samples are those of a single-device run (the
   Langevin and ODE step sizes use global-batch norms, reduced across devices inside jit).
 
+  A class-conditional model (`model.num_classes`) samples the classes `class_labels` (default: sample i
+  of class i mod num_classes), with classifier-free guidance `sampling.guidance_scale` on the noise
+  levels `sampling.guidance_interval` (`models.get_score_fn`).
+
   Returns:
-    `sample_fn(rng, variables) -> SampleOutput`, jitted; samples pass through `inverse_scaler`
-    and come back split over the mesh (`parallel.gather` fetches them on every process).
+    `sample_fn(rng, variables, class_labels=None) -> SampleOutput`, jitted; samples pass through
+    `inverse_scaler` and come back split over the mesh (`parallel.gather` fetches them on every
+    process); `nfe` counts network evaluations per sample (two per guided score evaluation).
 
   Raises:
     ValueError: for an unknown method or option, or a batch `shape[0]` that is not a multiple of
@@ -96,12 +114,33 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   shape = tuple(shape)
   batch_sharding = parallel.data_sharded(mesh)
 
-  def sample_fn(rng, variables):
+  num_classes = num_classes_of(model)
+  guidance_scale, guidance_interval = guidance_options(config)
+  check_guidance(model, 0 if num_classes else None, guidance_scale, guidance_interval)
+
+  def sample_fn(rng, variables, class_labels):
     bound_sde = sde.bind(variables)  # a learned schedule's parameters are the model's
-    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous)
+    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous,
+                            class_labels=class_labels if num_classes else None, guidance_scale=guidance_scale,
+                            guidance_interval=guidance_interval)
     z = jax.lax.with_sharding_constraint(prior_draw(rng, bound_sde, shape), batch_sharding)  # the draw of z=None
-    output = run(rng, z, score_fn=score_fn, sde=bound_sde, shape=shape, **options)
+    output = count_network_evaluations(run(rng, z, score_fn=score_fn, sde=bound_sde, shape=shape, **options),
+                                       score_fn)
     return output.replace(samples=inverse_scaler(output.samples))
 
-  return parallel.data_parallel(sample_fn, mesh, in_batch=(False, False),
-                                out_batch=SampleOutput(samples=True, nfe=False))
+  run_parallel = parallel.data_parallel(sample_fn, mesh, in_batch=(False, False, True),
+                                        out_batch=SampleOutput(samples=True, nfe=False))
+  default_labels = default_class_labels(num_classes, shape[0])
+
+  def call(rng, variables, class_labels=None):
+    if class_labels is None:
+      class_labels = default_labels
+    elif not num_classes:
+      raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
+    class_labels = jnp.asarray(class_labels, jnp.int32)
+    if class_labels.shape != (shape[0],):
+      raise ValueError(f"class_labels of shape {class_labels.shape}; the batch needs ({shape[0]},)")
+    return run_parallel(rng, variables, class_labels)
+
+  call.jitted = run_parallel.jitted
+  return call
