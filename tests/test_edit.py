@@ -74,6 +74,22 @@ def test_conditional_writes_one_row_per_label(workdir):
   assert grid_cells(path, 1, 3).shape == (1, 3, SIZE, SIZE)
 
 
+def test_conditional_with_a_class_conditional_model_uses_classifier_free_guidance(tmp_path):
+  """A model with `model.num_classes` needs no classifier: its samples come from the guided score; labels are
+  checked against its classes."""
+  config = tiny_config()
+  config.model.num_classes, config.training.class_dropout = 10, 0.1
+  config.classifier.num_classes = 3  # not read: no classifier is involved
+  train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, classifier.CLASSIFIER_DIR))
+  path = edit.edit(config, str(tmp_path), "conditional", labels="0,7,9", guidance_scale=2.0)
+  assert os.path.basename(path) == "conditional_cfg2_step2.png"
+  cells = grid_cells(path, 1, 3)
+  assert len({cell.tobytes() for cell in cells[0]}) == 3
+  with pytest.raises(ValueError, match=r"must be one or more integers in \[0, 10\)"):
+    edit.edit(config, str(tmp_path), "conditional", labels="10", guidance_scale=2.0)
+
+
 def test_image_files_and_mask_files_are_cropped_resized_and_matched(tmp_path):
   rgb = np.zeros((20, 12, 3), np.uint8)
   rgb[:, :6] = 255  # left half white; the centre 12 x 12 crop keeps it

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from score_jax import checkpoint, datasets, run_setup
+from score_jax import checkpoint, datasets, ema, run_setup
 from score_jax.drivers import train
 from score_jax.config_utils import validate_config
 from score_jax.metric_writer import read_metrics
@@ -120,23 +120,35 @@ def _main(workdir, *extra):
   return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+# The kill -9 runs train a class-conditional model with label dropout and EDM2's power EMA, so that the
+# labelled data, the tracked averages and their snapshots (every 15 steps) resume exactly too.
+KILL_RUN = {"training.n_iters": 80, "training.snapshot_freq": 40, "model.num_classes": 8,
+            "training.class_dropout": 0.2, "model.ema_type": "power", "training.ema_snapshot_freq": 15}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_80(tmp_path_factory):
   """An uninterrupted 80-step run (snapshots at 40 and 80) for the kill -9 tests."""
-  config = tiny_toy_config(**{"training.n_iters": 80, "training.snapshot_freq": 40})
+  config = tiny_toy_config(**KILL_RUN)
   workdir = str(tmp_path_factory.mktemp("uninterrupted_80"))
   train.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+def _ema_snapshots(workdir):
+  manager = ema.snapshot_manager(workdir)
+  return {step: checkpoint.restore(manager, step, None) for step in manager.all_steps()}
 
 
 @pytest.mark.parametrize("kill_at, when", [(50, "after"), (60, "before")])
 def test_kill_9_and_restart_gives_identical_parameters(uninterrupted_80, tmp_path, kill_at, when):
   """SIGKILL right after (or right before) a preemption checkpoint; the restarted run ends bit-identical.
 
-  tests/kill_main.py kills main.py at that checkpoint save: deterministic, no timing involved.
+  tests/kill_main.py kills main.py at that checkpoint save: deterministic, no timing involved. At step 60
+  the first save is the EMA snapshot's, so `before` kills before the snapshot is written.
   """
   config, reference_dir = uninterrupted_80
-  overrides = ["--config.training.n_iters=80", "--config.training.snapshot_freq=40"]
+  overrides = [f"--config.{key}={value}" for key, value in KILL_RUN.items()]
   killed_dir = tmp_path / "killed"
   cmd = [sys.executable, "tests/kill_main.py", "--config=tests/configs/tiny_checkerboard.py",
          f"--workdir={killed_dir}", *overrides]
@@ -146,11 +158,43 @@ def test_kill_9_and_restart_gives_identical_parameters(uninterrupted_80, tmp_pat
   saved = sorted(int(p.name) for p in (killed_dir / checkpoint.PREEMPTION_DIR).iterdir() if p.name.isdigit())
   assert saved[-1] == (kill_at if when == "after" else kill_at - 10), saved
   assert not (killed_dir / checkpoint.SNAPSHOT_DIR / "80").exists()
+  assert max(ema.snapshot_manager(str(killed_dir)).all_steps()) == 45
   restarted = _main(killed_dir, *overrides)
   assert restarted.wait(timeout=300) == 0
   output = open(f"{killed_dir}.out").read()
   assert f"Resuming from the checkpoint of step {saved[-1]}" in output
-  _assert_same_state(_final_state(config, str(killed_dir)), _final_state(config, reference_dir))
+  final, reference = _final_state(config, str(killed_dir)), _final_state(config, reference_dir)
+  _assert_same_state(final, reference)
+  for x, y in zip(jax.tree_util.tree_leaves(final.power_ema), jax.tree_util.tree_leaves(reference.power_ema)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  snapshots, reference_snapshots = _ema_snapshots(str(killed_dir)), _ema_snapshots(reference_dir)
+  assert sorted(snapshots) == sorted(reference_snapshots) == [15, 30, 45, 60, 75, 80]
+  for x, y in zip(jax.tree_util.tree_leaves(snapshots), jax.tree_util.tree_leaves(reference_snapshots)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_posthoc_ema_through_main_reproduces_a_tracked_width(uninterrupted_80):
+  """`main.py --mode=reconstruct_ema` writes a checkpoint that `checkpoint.load_model` reads: for a tracked
+  sigma_rel it is the tracked average (relative error <= 1e-4); an untracked one differs from both."""
+  config, workdir = uninterrupted_80
+  result = subprocess.run([sys.executable, "main.py", "--config=tests/configs/tiny_checkerboard.py",
+                           f"--workdir={workdir}", "--mode=reconstruct_ema", "--sigma_rel=0.05",
+                           *[f"--config.{key}={value}" for key, value in KILL_RUN.items()]],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  directory = result.stdout.strip().splitlines()[-1]
+  _, variables, step = checkpoint.load_model(config, directory)
+  assert step == 80
+  tracked = _final_state(config, workdir).power_ema
+  for x, y in zip(jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(tracked["profile_0"])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4 * np.abs(np.asarray(y)).max())
+  untracked = ema.reconstruct(config, workdir, 0.07)
+  for name in ("profile_0", "profile_1"):
+    difference = jax.tree_util.tree_map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), untracked,
+                                        tracked[name])
+    assert max(jax.tree_util.tree_leaves(difference)) > 1e-5
+  with pytest.raises(ValueError, match="step=70 has no EMA snapshot"):
+    ema.reconstruct(config, workdir, 0.05, step=70)
 
 
 @pytest.mark.parametrize("args, message", [
