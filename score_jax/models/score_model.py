@@ -46,9 +46,11 @@ def get_network_fn(model, variables, *, train=False, rng=None, class_labels=None
 
   `class_labels`: `(B,)` int classes of a class-conditional model (None: the null class).
   """
+  conditioning = {} if class_labels is None else {"class_labels": class_labels}  # any network takes none
+
   def network_fn(x, labels):
     rngs = {"dropout": rng} if train and rng is not None else {}
-    return model.apply(variables, x, labels, train=train, rngs=rngs, class_labels=class_labels)
+    return model.apply(variables, x, labels, train=train, rngs=rngs, **conditioning)
   return network_fn
 
 
