@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from score_jax import checkpoint
+from score_jax import checkpoint, optim, train_state
+from score_jax.train_state import profile_names
 from score_jax.utils import choice_error
 
 EMA_TYPES = ("fixed", "power")
@@ -91,11 +92,6 @@ def solve_reconstruction(snapshot_steps, snapshot_gammas, step, gamma):
 
 # ------------------------------------------------------------------------------ the averages in training
 
-def profile_names(sigma_rels):
-  """The keys of the tracked averages in the train state and the snapshots: `profile_0`, `profile_1`, ..."""
-  return tuple(f"profile_{i}" for i in range(len(sigma_rels)))
-
-
 def check_ema_config(config):
   """Raises a `ValueError` for bad EMA keys (before any compile)."""
   ema_type = config.model.get("ema_type", "fixed")
@@ -156,7 +152,6 @@ def _snapshot_target(params_shapes, num_profiles):
 
 
 def _initial_state(config):
-  from score_jax import optim, train_state  # the training state's module imports this one
   return train_state.init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config))
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from score_jax import ema as ema_lib, sde as sde_lib
+from score_jax import sde as sde_lib
 from score_jax.models import init_model
 
 
@@ -34,6 +34,11 @@ class PowerEMATrainState(TrainState):
   power_ema: dict
 
 
+def profile_names(sigma_rels):
+  """The keys of the power EMAs in the state and its snapshots: `profile_0`, `profile_1`, ... (one per sigma_rel)."""
+  return tuple(f"profile_{i}" for i in range(len(sigma_rels)))
+
+
 def init_train_state(rng, config, optimizer):
   """The initial state: the model's variables, and a learned SDE's parameters (`params["noise_schedule"]`)."""
   variables = init_model(rng, config)
@@ -41,7 +46,7 @@ def init_train_state(rng, config, optimizer):
   params = {**params, **sde_lib.get_sde(config)[0].init_params(jax.random.fold_in(rng, 1))}
   fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=optimizer.init(params),
                 model_state=variables)
-  gammas = ema_lib.power_gammas(config)
-  if gammas is None:
+  if config.model.get("ema_type", "fixed") != "power":
     return TrainState(**fields)
-  return PowerEMATrainState(**fields, power_ema={name: params for name in ema_lib.profile_names(gammas)})
+  names = profile_names(config.model.ema_sigma_rels)
+  return PowerEMATrainState(**fields, power_ema={name: params for name in names})

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from score_jax import losses, parameterization, sampling, sde as sde_lib, toy_data
+from score_jax import controllable, losses, parameterization, sampling, sde as sde_lib, toy_data
 from score_jax.config_utils import validate_config
 from score_jax.models import ScoreModel, get_denoiser_fn, get_score_fn, init_model
 from tests.helpers import FIXTURES, tiny_toy_config
@@ -152,6 +152,18 @@ def test_nfe_counts_two_network_evaluations_per_guided_score_evaluation(method, 
     out = sampling.sample(jax.random.PRNGKey(0), score_fn, sde, (4, 2), method=method, **options)
     assert int(out.nfe) == per_evaluation * score_evaluations
     assert np.isfinite(np.asarray(out.samples)).all()
+
+
+def test_adaptive_sampler_and_inpainting_take_the_guided_score():
+  sde = dataclasses.replace(SDE, N=20)
+  labels = np.array([0, 1, 2, 0])
+  score_fn = get_score_fn(sde, MODEL, {}, class_labels=labels, guidance_scale=1.0)
+  out = sampling.sample(jax.random.PRNGKey(0), score_fn, sde, (4, 2), method="adaptive_sde")
+  assert int(out.nfe) > 0 and int(out.nfe) % 2 == 0 and np.isfinite(np.asarray(out.samples)).all()
+  known = jnp.asarray(MEANS[labels], jnp.float32)
+  out = controllable.pc_inpaint(jax.random.PRNGKey(0), score_fn, sde, known, jnp.array([1.0, 0.0]))
+  assert int(out.nfe) == 2 * sampling.pc_nfe(sde, "reverse_diffusion", "langevin", 1)
+  np.testing.assert_allclose(np.asarray(out.samples)[:, 0], MEANS[labels, 0], rtol=1e-2, atol=1e-2)
 
 
 class NullIndicator(nn.Module):
