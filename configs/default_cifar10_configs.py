@@ -109,6 +109,7 @@ def get_default_configs():
   model.ch_mult = (1, 2, 2, 2)              # channel multiplier per resolution
   model.num_res_blocks = 4                  # residual blocks per resolution
   model.attn_resolutions = (16,)            # resolutions with self-attention
+  model.attn_per_up_resnet = False          # ddpm: attention after every up resnet (diffusers' DDPM checkpoints)
   model.resamp_with_conv = True             # convolve when resampling between resolutions
   model.conditional = True                  # condition on the time / noise level
   model.fir = True                          # FIR (StyleGAN2) resampling instead of naive

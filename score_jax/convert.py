@@ -1,7 +1,21 @@
-"""PyTorch-port state dicts and `.pth` checkpoints -> score_jax variables (INVENTORY.md §7.8).
+"""Released checkpoints -> score_jax variables, and score_jax checkpoints -> other formats.
 
-  python -m score_jax.convert --config=configs/vp/cifar10_ddpmpp_continuous.py \
-      --checkpoint=checkpoint_8.pth --workdir=runs/vp_ddpmpp [--ckpt=8]
+Imports (each also a command line that writes an orbax snapshot `main.py --mode=eval` reads):
+
+  * the PyTorch port's `.pth` (INVENTORY.md §7.8; this module):
+      python -m score_jax.convert --config=configs/vp/cifar10_ddpmpp_continuous.py \
+          --checkpoint=checkpoint_8.pth --workdir=runs/vp_ddpmpp [--ckpt=8]
+  * the JAX original's `checkpoint_<n>` (flax msgpack of its `State`; `load_score_sde_jax_checkpoint`):
+      python -m score_jax.convert --config=configs/ve/cifar10_ncsnpp_continuous.py \
+          --checkpoint=checkpoint_26 --workdir=runs/ve_ncsnpp
+  * a diffusers folder (`google/ncsnpp-*`, `google/ddpm-*`; `load_diffusers_checkpoint`, no --config: it is
+    derived from the folder's config.json and scheduler_config.json, and written to <workdir>/config.json):
+      python -m score_jax.convert --checkpoint=ddpm-cifar10-32/ --workdir=runs/ddpm_hub
+
+Exports of a training workdir's newest checkpoint:
+
+      python -m score_jax.convert --config=... --workdir=runs/x --export=safetensors --out=x.safetensors
+      python -m score_jax.convert --config=... --workdir=runs/x --export=diffusers --out=x_diffusers/
 
 The PyTorch `ncsnpp` / `ddpm` networks keep their layers in a flat `all_modules`
 list whose order is the creation order of the Flax modules, and whose sub-module
@@ -14,41 +28,11 @@ import re
 
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
+from flax import serialization
 
-from score_jax import optim, torch_pickle
-from score_jax.models.registry import get_network
-from score_jax.models.utils import get_data_shape
-
-
-def _top_level_creation_order(model, config):
-  """Names of the model's direct sub-modules in the order they are first called (traced, no FLOPs)."""
-  order = []
-
-  def record(next_fun, args, kwargs, context):
-    module = context.module
-    if isinstance(module.parent, nn.Module) and not isinstance(module.parent.parent, nn.Module):
-      if module.name not in order:
-        order.append(module.name)
-    return next_fun(*args, **kwargs)
-
-  x = jnp.zeros((1,) + get_data_shape(config), jnp.float32)
-  labels = jnp.ones((1,), jnp.float32)
-  rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
-
-  def init():
-    with nn.intercept_methods(record):
-      return model.init(rngs, x, labels, train=False)
-
-  shapes = jax.eval_shape(init)
-  return order, shapes
-
-
-def _pytorch_layout(config):
-  """(Flax names of `all_modules[i]`, variable shapes) of the network of `config`."""
-  order, shapes = _top_level_creation_order(get_network(config), config)
-  return [name for name in order if any(name in shapes[c] for c in shapes)], shapes
+from score_jax import diffusers_format, optim, safetensors_io, torch_pickle
+from score_jax.models.layout import network_layout  # noqa: F401 -- re-exported: the PyTorch port's module order
 
 
 def _module_index(key):
@@ -83,7 +67,7 @@ def torch_state_dict_to_variables(state_dict, config):
     `{"params": ..., "constants": ...}` (constants only for Fourier embeddings), shaped
     exactly like `init_model(rng, config)`.
   """
-  owners, shapes = _pytorch_layout(config)
+  owners, shapes = network_layout(config)
   entries = {}
   for key, value in state_dict.items():
     index, rest = _module_index(key)
@@ -145,7 +129,7 @@ def checkpoint_state_dict(checkpoint, config, *, ema=True):
     return state_dict
   if "ema" not in checkpoint:
     raise ValueError("the checkpoint has no 'ema' entry; load its raw weights with ema=False")
-  owners, shapes = _pytorch_layout(config)
+  owners, shapes = network_layout(config)
 
   def requires_grad(key):
     index, _ = _module_index(key)
@@ -183,39 +167,131 @@ def load_torch_checkpoint(path, config, *, ema=True):
   return torch_state_dict_to_variables(checkpoint_state_dict(read_torch_checkpoint(path), config, ema=ema), config)
 
 
-def write_train_state_checkpoint(config, path, workdir, ckpt=None):
-  """Converts a `.pth` into the orbax snapshot `<workdir>/checkpoints/<ckpt * snapshot_freq>`.
+# --- The JAX original's checkpoints ------------------------------------------------------------------------
 
-  `params` are the checkpoint's raw weights and `ema_params` its EMA weights
-  (both the raw ones if it has no EMA); the optimizer state is fresh and `step`
-  is the checkpoint's. `ckpt` defaults to `<k>` of a `checkpoint_<k>.pth` file
-  name, else the checkpoint's step over `snapshot_freq`, else 1, so that
-  `main.py --mode=eval` with `eval.begin_ckpt = eval.end_ckpt = ckpt` reads it.
+def load_score_sde_jax_checkpoint(path, config, *, ema=True):
+  """Loads a `yang-song/score_sde` checkpoint (`checkpoint_<n>`: flax msgpack of its `State`) into variables
+  for `get_model(config)`: `params_ema` (or, with `ema=False`, the optimizer's `target`).
+
+  The original's networks and score_jax's create their modules in the same order, so Flax's automatic
+  names agree; the Fourier features' `W`, a (stop-gradient) parameter there, is a constant here. msgpack
+  holds data only: nothing in the file is executed.
+
+  Raises:
+    ValueError: not such a checkpoint, or names or shapes that do not fit the network of `config`.
+  """
+  try:
+    with open(path, "rb") as f:
+      state = serialization.msgpack_restore(f.read())
+  except (OSError, ValueError, TypeError) as error:
+    raise ValueError(f"cannot read {path} as a flax msgpack checkpoint: {error}") from None
+  except Exception as error:  # noqa: BLE001 -- msgpack's own exceptions for malformed data
+    raise ValueError(f"{path} is not a flax msgpack checkpoint: {type(error).__name__}: {error}") from None
+  if not isinstance(state, dict) or "params_ema" not in state or "optimizer" not in state:
+    keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+    raise ValueError(f"{path} is not a score_sde State (expected params_ema and optimizer; found {keys})")
+  params = state["params_ema"] if ema else state["optimizer"].get("target")
+  if not isinstance(params, dict):
+    raise ValueError(f"{path} has no {'params_ema' if ema else 'optimizer.target'} parameters")
+  _, shapes = network_layout(config)
+  variables = {"params": {}}
+  for name, module in params.items():
+    collection = "constants" if name.startswith("GaussianFourierProjection") else "params"
+    variables.setdefault(collection, {})[name] = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32),
+                                                                        module)
+  _check_names(variables, shapes)
+  _check_shapes(variables, shapes)
+  return variables
+
+
+def _check_names(variables, shapes):
+  got = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(variables)}
+  want = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(dict(shapes))}
+  if got != want:
+    raise ValueError(f"the checkpoint does not fit the network of this config: missing {sorted(want - got)[:20]}, "
+                     f"unmapped {sorted(got - want)[:20]}")
+
+
+# --- diffusers folders and safetensors: score_jax.diffusers_format, score_jax.safetensors_io -------------------
+
+load_diffusers_checkpoint = diffusers_format.load_diffusers_checkpoint
+save_diffusers_checkpoint = diffusers_format.save_diffusers_checkpoint
+export_safetensors = safetensors_io.export_checkpoint
+import_safetensors = safetensors_io.import_checkpoint
+
+
+# --- Writing an orbax snapshot ------------------------------------------------------------------------------
+
+def read_released_checkpoint(path, config=None):
+  """`(config, raw variables, EMA variables, step, ckpt from the file name or None)` of a released checkpoint:
+  a diffusers folder, a `.pth` of the PyTorch port, or the JAX original's `checkpoint_<n>`."""
+  if os.path.isdir(path):
+    config_from_folder, variables = load_diffusers_checkpoint(path)
+    return config_from_folder, variables, variables, 0, None
+  if config is None:
+    raise ValueError(f"{path} needs --config: the config the checkpoint was trained with")
+  match = re.fullmatch(r"checkpoint_(\d+)(\.pth)?", os.path.basename(str(path)))
+  ckpt = int(match.group(1)) if match else None
+  if str(path).endswith((".pth", ".pt", ".bin")):
+    checkpoint = read_torch_checkpoint(path)
+    has_ema = isinstance(checkpoint, dict) and "ema" in checkpoint
+    variables = torch_state_dict_to_variables(checkpoint_state_dict(checkpoint, config, ema=False), config)
+    ema_variables = variables
+    if has_ema:
+      ema_variables = torch_state_dict_to_variables(checkpoint_state_dict(checkpoint, config, ema=True), config)
+    step = int(checkpoint.get("step", 0)) if isinstance(checkpoint, dict) and "model" in checkpoint else 0
+    return config, variables, ema_variables, step, ckpt
+  variables = load_score_sde_jax_checkpoint(path, config, ema=False)
+  ema_variables = load_score_sde_jax_checkpoint(path, config, ema=True)
+  with open(path, "rb") as f:
+    step = int(np.asarray(serialization.msgpack_restore(f.read()).get("step", 0)))
+  return config, variables, ema_variables, step, ckpt
+
+
+def write_train_state_checkpoint(config, path, workdir, ckpt=None):
+  """Converts a released checkpoint into the orbax snapshot `<workdir>/checkpoints/<ckpt * snapshot_freq>`.
+
+  `path` is a `.pth` of the PyTorch port, the JAX original's `checkpoint_<n>` or a diffusers folder (then
+  `config` may be None: it is derived from the folder and saved as `<workdir>/config.json`). `params` are
+  the raw weights and `ema_params` the EMA weights (both the raw ones if there is no EMA); the optimizer
+  state is fresh and `step` is the checkpoint's. `ckpt` defaults to `<k>` of a `checkpoint_<k>[.pth]` file
+  name, else the step over `snapshot_freq`, else 1, so that `main.py --mode=eval` with
+  `eval.begin_ckpt = eval.end_ckpt = ckpt` reads it.
 
   Returns:
-    `(ckpt, orbax_step)`.
+    `(config, ckpt, orbax_step)`.
   """
   from score_jax import checkpoint as checkpoint_lib, train_state  # noqa: I001 -- heavy, CLI only
 
-  checkpoint = read_torch_checkpoint(path)
-  has_ema = isinstance(checkpoint, dict) and "ema" in checkpoint
-  variables = torch_state_dict_to_variables(checkpoint_state_dict(checkpoint, config, ema=False), config)
+  config, variables, ema_variables, step, named_ckpt = read_released_checkpoint(path, config)
+  variables = dict(variables)
   params = variables.pop("params")
-  ema_params = params
-  if has_ema:
-    ema_params = torch_state_dict_to_variables(checkpoint_state_dict(checkpoint, config, ema=True), config)["params"]
-  step = int(checkpoint.get("step", 0)) if "model" in checkpoint else 0
   if ckpt is None:
-    match = re.fullmatch(r"checkpoint_(\d+)\.pth", os.path.basename(str(path)))
-    ckpt = int(match.group(1)) if match else max(step // config.training.snapshot_freq, 1)
-  state = train_state.TrainState(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema_params,
+    ckpt = named_ckpt if named_ckpt is not None else max(step // config.training.snapshot_freq, 1)
+  state = train_state.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                                 ema_params=ema_variables["params"],
                                  opt_state=optim.get_optimizer(config).init(params), model_state=variables)
   orbax_step = ckpt * config.training.snapshot_freq
   manager = checkpoint_lib.get_manager(os.path.join(workdir, checkpoint_lib.SNAPSHOT_DIR))
   if orbax_step in manager.all_steps():
     raise ValueError(f"{manager.directory}/{orbax_step} exists already; choose another --workdir or --ckpt")
   checkpoint_lib.save(manager, orbax_step, state)
-  return ckpt, orbax_step
+  if os.path.isdir(path):
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  return config, ckpt, orbax_step
+
+
+def export_checkpoint(config, workdir, export, out):
+  """Writes the newest checkpoint of `workdir` as `export` ("safetensors": every parameter, the EMA and the
+  config; "diffusers": the EMA parameters as a diffusers folder) to `out`."""
+  if export == "safetensors":
+    return export_safetensors(config, workdir, out)
+  if export == "diffusers":
+    from score_jax import checkpoint as checkpoint_lib  # noqa: I001 -- heavy, CLI only
+    _, variables, _ = checkpoint_lib.load_model(config, workdir, ema=True)
+    return save_diffusers_checkpoint(out, config, variables)
+  raise ValueError(f"export={export!r} is not valid; choose one of: diffusers, safetensors")
 
 
 def _main():
@@ -225,22 +301,34 @@ def _main():
   from ml_collections import config_flags
 
   flags_ = flags.FLAGS
-  config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
-  flags.DEFINE_string("checkpoint", None, "The PyTorch-port .pth checkpoint.")
-  flags.DEFINE_string("workdir", None, "Work directory to write <workdir>/checkpoints/<ckpt * snapshot_freq> into.")
-  flags.DEFINE_integer("ckpt", None, "Snapshot number to store it as (default: k of checkpoint_<k>.pth, else "
+  config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with (not needed for a "
+                                  "diffusers folder).", lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "Import: a .pth, the JAX original's checkpoint_<n>, or a diffusers folder.")
+  flags.DEFINE_string("workdir", None, "Import: write <workdir>/checkpoints/<ckpt * snapshot_freq>; export: read "
+                      "its newest checkpoint.")
+  flags.DEFINE_integer("ckpt", None, "Snapshot number to store it as (default: k of checkpoint_<k>[.pth], else "
                        "step // snapshot_freq, else 1).")
-  flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
+  flags.DEFINE_enum("export", None, ["safetensors", "diffusers"], "Export the workdir's checkpoint instead.")
+  flags.DEFINE_string("out", None, "--export: the file (safetensors) or folder (diffusers) to write.")
+  flags.mark_flags_as_required(["workdir"])
 
   def main(argv):
     del argv
     try:
-      ckpt, step = write_train_state_checkpoint(flags_.config, flags_.checkpoint, flags_.workdir, flags_.ckpt)
+      if flags_.export:
+        if flags_.config is None or not flags_.out:
+          raise ValueError("--export needs --config and --out")
+        print(export_checkpoint(flags_.config, flags_.workdir, flags_.export, flags_.out))
+        return
+      if not flags_.checkpoint:
+        raise ValueError("--checkpoint is required (or --export)")
+      _, ckpt, step = write_train_state_checkpoint(flags_.config, flags_.checkpoint, flags_.workdir, flags_.ckpt)
     except (ValueError, OSError) as error:
       sys.exit(f"score_jax.convert: {error}")
-    config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "CONFIG")
+    config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+    config_arg = f"--config={config_path}" if config_path else f"--config=CONFIG (see {flags_.workdir}/config.json)"
     print(f"Wrote {os.path.join(flags_.workdir, 'checkpoints', str(step))} (checkpoint {ckpt}). Evaluate it with\n"
-          f"  python main.py --config={config_path} --workdir={flags_.workdir} --mode=eval "
+          f"  python main.py {config_arg} --workdir={flags_.workdir} --mode=eval "
           f"--config.eval.begin_ckpt={ckpt} --config.eval.end_ckpt={ckpt}")
 
   app.run(main)

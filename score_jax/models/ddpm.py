@@ -21,6 +21,8 @@ class DDPM(nn.Module):
   resamp_with_conv: bool = True
   conditional: bool = True
   nonlinearity: str = "swish"
+  attn_per_up_resnet: bool = False  # an attention block after every up resnet at the attention resolutions
+  # (diffusers' AttnUpBlock2D layout of Ho et al.'s released models); False: one per up level (score_sde's)
   num_classes: int = 0  # class-conditional (`model.num_classes`): a class embedding added to the time embedding
   dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
@@ -53,7 +55,9 @@ class DDPM(nn.Module):
     for level in reversed(range(len(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = self._resnet_block(self.nf * self.ch_mult[level])(jnp.concatenate([h, hs.pop()], -1), temb, train)
-      if h.shape[1] in self.attn_resolutions:
+        if self.attn_per_up_resnet and h.shape[1] in self.attn_resolutions:
+          h = layers.AttnBlock(dtype=self.dtype)(h)
+      if not self.attn_per_up_resnet and h.shape[1] in self.attn_resolutions:
         h = layers.AttnBlock(dtype=self.dtype)(h)
       if level != 0:
         h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=self.dtype)(h)
@@ -78,4 +82,6 @@ def build_ddpm(config):
   m = config.model
   return DDPM(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
-              conditional=m.conditional, nonlinearity=m.nonlinearity, num_classes=m.get("num_classes", 0), dtype=compute_dtype(config))
+              conditional=m.conditional, nonlinearity=m.nonlinearity,
+              attn_per_up_resnet=m.get("attn_per_up_resnet", False), num_classes=m.get("num_classes", 0),
+              dtype=compute_dtype(config))
