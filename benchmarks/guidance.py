@@ -184,11 +184,11 @@ def plots(results, out_dir, scatter, grids):
     rows = {r["guidance_scale"]: r for r in results.rows if r["task"] == "digits"}
     for ax, (w, images) in zip(axes, grids.items()):
       grid = images[:100].reshape(10, 10, *images.shape[1:3]).transpose(1, 2, 0, 3).reshape(
-          10 * images.shape[1], 10 * images.shape[2])  # column c: class c
+          10 * images.shape[1], 10 * images.shape[2])  # row c: class c
       ax.imshow(np.clip(grid, 0, 1), cmap="gray")
       ax.set_title(f"w = {w:g}: {100 * rows[w]['classifier_accuracy']:.1f}%")
       ax.axis("off")
-    fig.suptitle("Classifier-free guidance on the digits (column: requested class; title: classifier accuracy)")
+    fig.suptitle("Classifier-free guidance on the digits (row: requested class; title: classifier accuracy)")
     fig.tight_layout()
     fig.savefig(out_dir / "guidance_digits.png", dpi=110)
   curve = sorted((r["sigma_rel"], r["digits_fd"], r["tracked"]) for r in results.rows if r["task"] == "posthoc_ema")
@@ -200,6 +200,8 @@ def plots(results, out_dir, scatter, grids):
     best = int(np.argmin(fd))
     ax.plot(sigma[best], fd[best], "*", ms=16, color="C3", label=f"best: sigma_rel = {sigma[best]:g}")
     ax.set_xscale("log"), ax.set_xlabel("sigma_rel"), ax.set_ylabel("digits FD (not FID)")
+    ax.minorticks_off()
+    ax.set_xticks([0.02, 0.03, 0.05, 0.1, 0.2], ["0.02", "0.03", "0.05", "0.1", "0.2"])
     ax.set_title("Digits FD against the EMA width, chosen after training")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -9,7 +9,7 @@ Imports (each also a command line that writes an orbax snapshot `main.py --mode=
       python -m score_jax.convert --config=configs/ve/cifar10_ncsnpp_continuous.py \
           --checkpoint=checkpoint_26 --workdir=runs/ve_ncsnpp
   * a diffusers folder (`google/ncsnpp-*`, `google/ddpm-*`; `load_diffusers_checkpoint`, no --config: it is
-    derived from the folder's config.json and scheduler_config.json, and written to <workdir>/config.json):
+    derived from the folder's config.json and scheduler_config.json, and written to <workdir>/config.py):
       python -m score_jax.convert --checkpoint=ddpm-cifar10-32/ --workdir=runs/ddpm_hub
 
 Exports of a training workdir's newest checkpoint:
@@ -252,7 +252,7 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   """Converts a released checkpoint into the orbax snapshot `<workdir>/checkpoints/<ckpt * snapshot_freq>`.
 
   `path` is a `.pth` of the PyTorch port, the JAX original's `checkpoint_<n>` or a diffusers folder (then
-  `config` may be None: it is derived from the folder and saved as `<workdir>/config.json`). `params` are
+  `config` may be None: it is derived from the folder and saved as `<workdir>/config.py`). `params` are
   the raw weights and `ema_params` the EMA weights (both the raw ones if there is no EMA); the optimizer
   state is fresh and `step` is the checkpoint's. `ckpt` defaults to `<k>` of a `checkpoint_<k>[.pth]` file
   name, else the step over `snapshot_freq`, else 1, so that `main.py --mode=eval` with
@@ -276,9 +276,11 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   if orbax_step in manager.all_steps():
     raise ValueError(f"{manager.directory}/{orbax_step} exists already; choose another --workdir or --ckpt")
   checkpoint_lib.save(manager, orbax_step, state)
-  if os.path.isdir(path):
+  if os.path.isdir(path):  # the derived config, for main.py --config= and for people
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    with open(os.path.join(workdir, "config.py"), "w") as f:
+      f.write(diffusers_format.config_file(config, os.path.abspath(path)))
   return config, ckpt, orbax_step
 
 
@@ -326,7 +328,7 @@ def _main():
     except (ValueError, OSError) as error:
       sys.exit(f"score_jax.convert: {error}")
     config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
-    config_arg = f"--config={config_path}" if config_path else f"--config=CONFIG (see {flags_.workdir}/config.json)"
+    config_arg = f"--config={config_path or os.path.join(flags_.workdir, 'config.py')}"
     print(f"Wrote {os.path.join(flags_.workdir, 'checkpoints', str(step))} (checkpoint {ckpt}). Evaluate it with\n"
           f"  python main.py {config_arg} --workdir={flags_.workdir} --mode=eval "
           f"--config.eval.begin_ckpt={ckpt} --config.eval.end_ckpt={ckpt}")

@@ -183,6 +183,12 @@ def config_from_diffusers(unet, scheduler=None):
     _require(unet, "norm_num_groups", (None,))
     if not math.isclose(unet.get("mid_block_scale_factor", 1.0), math.sqrt(2.0), rel_tol=1e-6):
       raise ValueError(f"mid_block_scale_factor={unet.get('mid_block_scale_factor')}: NCSN++ rescales skips by sqrt(2)")
+    narrow = [nf * m for m, r in zip(ch_mult, (unet["sample_size"] // 2**i for i in range(len(ch_mult))))
+              if r in attention and nf * m < 128]
+    if narrow:
+      raise ValueError(f"attention levels with {narrow} channels: diffusers' AttnSkip blocks use 32 norm groups "
+                       "there (and a precedence slip in their resnets' group count), score_sde min(C // 4, 32); "
+                       "the two networks agree only from 128 channels")
     model.name, model.fir, model.fir_kernel, model.skip_rescale = "ncsnpp", True, (1, 3, 3, 1), True
     model.resblock_type, model.progressive, model.progressive_input = "biggan", "output_skip", "input_skip"
     model.progressive_combine, model.embedding_type, model.fourier_scale = "sum", "fourier", 16.0
@@ -216,6 +222,28 @@ def config_from_diffusers(unet, scheduler=None):
     raise ValueError(f"time_embedding_type={unet.get('time_embedding_type')!r}: score_jax reads fourier (NCSN++) "
                      "and positional (DDPM) UNets")
   return config
+
+
+def _flat(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_file(config, source):
+  """The text of a config file (for `main.py --config=`) that builds `config` as the CIFAR-10 base config
+  with the keys that differ from it (run from the repository, whose `configs/` it imports)."""
+  base, wanted = _flat(base_config().to_dict()), _flat(config.to_dict())
+  overrides = {k: v for k, v in sorted(wanted.items()) if base.get(k) != v}
+  lines = [f"    {k!r}: {v!r}," for k, v in overrides.items()]
+  return "\n".join([f'"""The score_jax config of {source}, derived by score_jax.convert from its diffusers config."""',
+                    "", "from configs.default_cifar10_configs import get_default_configs", "", "OVERRIDES = {",
+                    *lines, "}", "", "", "def get_config():", "  config = get_default_configs()",
+                    "  config.update_from_flattened_dict(OVERRIDES)", "  return config", ""])
 
 
 def config_to_diffusers(config):

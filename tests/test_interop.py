@@ -105,6 +105,11 @@ def test_unsupported_diffusers_settings_are_named(change, message):
     diffusers_format.config_from_diffusers({**DDPM_UNET, **change}, DDPM_SCHEDULER)
 
 
+def test_narrow_ncsnpp_attention_levels_are_refused():
+  with pytest.raises(ValueError, match=r"attention levels with \[64\] channels"):
+    diffusers_format.config_from_diffusers({**NCSNPP_UNET, "block_out_channels": [32, 64, 64, 64]}, NCSNPP_SCHEDULER)
+
+
 def test_a_bin_that_would_run_code_is_refused(tmp_path):
   marker = tmp_path / "pwned"
   (tmp_path / "config.json").write_text(json.dumps(DDPM_UNET))
