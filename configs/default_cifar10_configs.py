@@ -100,6 +100,7 @@ def get_default_configs():
   model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)
   model.schedule_features = 1024            # learned_vpsde: width of the monotone schedule network
   model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
+  model.remat = False                       # ncsnpp / ddpm: gradient checkpointing of the residual blocks
   model.num_classes = 0                     # class-conditional network (0: unconditional), one extra null class
   model.ema_type = "fixed"                  # fixed (decay model.ema_rate) | power (EDM2's post-hoc EMA)
   model.ema_sigma_rels = (0.05, 0.1)        # ema_type=power: the tracked profiles' relative widths (EDM2)

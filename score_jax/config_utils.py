@@ -71,6 +71,8 @@ def validate_config(config):
   sampling.config_options(sampling_config.method.lower(), sampling_config, 1e-3)  # the sampler checks its options
   _check_class_conditioning(config)
   ema.check_ema_config(config)
+  if config.model.get("remat", False) and config.model.name not in ("ncsnpp", "ddpm"):
+    raise ValueError(f"model.remat=True is implemented for ncsnpp and ddpm, not model.name={config.model.name!r}")
 
 
 CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm", "mlp")

@@ -24,11 +24,12 @@ class DDPM(nn.Module):
   attn_per_up_resnet: bool = False  # an attention block after every up resnet at the attention resolutions
   # (diffusers' AttnUpBlock2D layout of Ho et al.'s released models); False: one per up level (score_sde's)
   num_classes: int = 0  # class-conditional (`model.num_classes`): a class embedding added to the time embedding
+  remat: bool = False  # gradient checkpointing of the residual blocks (`model.remat`): less memory, more compute
   dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _resnet_block(self, out_ch=None):
-    return layers.ResnetBlockDDPM(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout,
-                                  dtype=self.dtype)
+    block_cls = layers.rematerialized(layers.ResnetBlockDDPM) if self.remat else layers.ResnetBlockDDPM
+    return block_cls(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout, dtype=self.dtype)
 
   def _embed(self, labels, class_labels):
     if not self.conditional:
@@ -84,4 +85,4 @@ def build_ddpm(config):
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
               conditional=m.conditional, nonlinearity=m.nonlinearity,
               attn_per_up_resnet=m.get("attn_per_up_resnet", False), num_classes=m.get("num_classes", 0),
-              dtype=compute_dtype(config))
+              remat=m.get("remat", False), dtype=compute_dtype(config))

@@ -89,6 +89,16 @@ def dense(features, dtype=None):
   return nn.Dense(features, kernel_init=default_init(), dtype=dtype)
 
 
+@functools.cache
+def rematerialized(block_cls):
+  """`block_cls` under gradient checkpointing (`nn.remat`: its activations are recomputed in the backward
+  pass instead of stored), called as `block(x, temb, train)` with `train` static. The class keeps its
+  name, so Flax's automatic names, and with them the checkpoints, are those of `block_cls`."""
+  remat_cls = nn.remat(block_cls, static_argnums=(3,))
+  remat_cls.__name__ = remat_cls.__qualname__ = block_cls.__name__
+  return remat_cls
+
+
 def add_class_embedding(temb, class_labels, num_classes):
   """`temb + embedding(class_labels)` for a class-conditional network (`model.num_classes > 0`), else `temb`.
 

@@ -50,14 +50,18 @@ class NCSNpp(nn.Module):
   init_scale: float = 0.0
   nonlinearity: str = "swish"
   num_classes: int = 0  # class-conditional (`model.num_classes`): a class embedding added to the time embedding
+  remat: bool = False  # gradient checkpointing of the residual blocks (`model.remat`): less memory, more compute
   dtype: Any = None  # compute dtype (`model.dtype`; None: float32); parameters stay float32
 
   def _resnet_block(self, **kwargs):
     common = dict(act=layers.get_act(self.nonlinearity), dropout=self.dropout, init_scale=self.init_scale,
                   skip_rescale=self.skip_rescale, dtype=self.dtype)
     if self.resblock_type == "ddpm":
-      return layers.ResnetBlockDDPMpp(**common, **kwargs)
-    return layers.ResnetBlockBigGANpp(**common, fir=self.fir, fir_kernel=self.fir_kernel, **kwargs)
+      return self._block_class(layers.ResnetBlockDDPMpp)(**common, **kwargs)
+    return self._block_class(layers.ResnetBlockBigGANpp)(**common, fir=self.fir, fir_kernel=self.fir_kernel, **kwargs)
+
+  def _block_class(self, block_cls):
+    return layers.rematerialized(block_cls) if self.remat else block_cls
 
   def _attn_block(self):
     return layers.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale, dtype=self.dtype)
@@ -173,5 +177,6 @@ def build_ncsnpp(config):
       resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
       progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
       embedding_type=m.embedding_type.lower(), fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
-      nonlinearity=m.nonlinearity, num_classes=m.get("num_classes", 0), dtype=compute_dtype(config))
+      nonlinearity=m.nonlinearity, num_classes=m.get("num_classes", 0), remat=m.get("remat", False),
+      dtype=compute_dtype(config))
 
