@@ -188,19 +188,18 @@ def test_label_dropout_rate(class_dropout):
     assert abs(dropped.mean() - expected) <= 4 * np.sqrt(expected * (1 - expected) / n)
 
 
-def test_class_conditional_toy_model_trains_on_labelled_batches():
-  """A class-conditional MLP trains on (points, labels) batches of the labelled checkerboard."""
+def test_class_conditional_toy_model_gets_labelled_batches():
+  """A class-conditional MLP gets (points, labels) batches of the labelled checkerboard and a class table."""
   from score_jax.run_setup import RunSetup
   config = tiny_toy_config(**{"model.num_classes": 8, "training.class_dropout": 0.2})
   run = RunSetup(config)
-  state = run.init_state()
+  state = jax.eval_shape(run.init_state)
   assert state.params["class_embedding"]["embedding"].shape == (9, config.model.nf)
   points, labels = run.train_batches(0)
   assert points.shape == (5, 64, 2) and labels.shape == (5, 64)
   np.testing.assert_array_equal(np.asarray(labels), np.asarray(toy_data.checkerboard_square(
       np.asarray(points).reshape(-1, 2))).reshape(5, 64))
-  state, block_losses = run.multi_step(state, run.train_batches(0))
-  assert np.isfinite(np.asarray(block_losses)).all()
+  # Training on these batches (with dropout and the power EMA) runs in tests/test_train.py's kill -9 tests.
 
 
 def test_toy_labels_are_the_natural_ones():

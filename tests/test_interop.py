@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from score_jax import checkpoint, convert, diffusers_format, parameterization, safetensors_io, sde as sde_lib
+from score_jax import checkpoint, convert, diffusers_format, safetensors_io
 from score_jax.drivers import train
 from score_jax.models import get_model, get_model_fn, init_model
 from tests.helpers import tiny_toy_config
@@ -170,19 +170,17 @@ def original_state_bytes(variables, raw_scale=0.5):
   return serialization.msgpack_serialize(state)
 
 
-def test_jax_original_checkpoint_reproduces_the_fixture(tmp_path):
+def test_jax_original_checkpoint_gives_the_fixture_variables(tmp_path):
   """The NCSN++ fixture (Fourier features: a parameter in the original, a constant here) through the original's
-  State layout reproduces the reference network's output."""
-  config, arrays, _, state_dict = load_fixture("ve_cifar10_ncsnpp_continuous")
+  State layout gives exactly the variables that reproduce the reference network's output (tests/test_models.py
+  checks those against the reference; a second compile of the network here would add nothing)."""
+  config, _, _, state_dict = load_fixture("ve_cifar10_ncsnpp_continuous")
   variables = convert.torch_state_dict_to_variables(state_dict, config)
   path = tmp_path / "checkpoint_26"
   path.write_bytes(original_state_bytes(variables))
   loaded = convert.load_score_sde_jax_checkpoint(str(path), config)
-  x = jnp.asarray(arrays["input_x"].transpose(0, 2, 3, 1))
-  labels = parameterization.reference_labels(sde_lib.get_sde(config)[0], jnp.asarray(arrays["input_t"]),
-                                             config.training.continuous)
-  out = np.asarray(jax.jit(lambda v: get_model_fn(get_model(config), v)(x, labels))(loaded)).transpose(0, 3, 1, 2)
-  assert np.abs(out - arrays["output_f64"]).max() <= 2e-5 * np.abs(arrays["output_f64"]).max()
+  assert set(loaded) == {"params", "constants"} and "GaussianFourierProjection_0" in loaded["constants"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
   raw = convert.load_score_sde_jax_checkpoint(str(path), config, ema=False)
   jax.tree_util.tree_map(lambda r, e: np.testing.assert_allclose(r, 0.5 * e, rtol=1e-6), raw, loaded)
   _, _, ema_variables, step, ckpt = convert.read_released_checkpoint(str(path), config)
