@@ -213,8 +213,8 @@ def test_released_checkpoint_reproduces_reference_output(tmp_path):
   config, arrays, meta, state_dict = load_fixture("vp_cifar10_ddpmpp_continuous")
   save_pth(released_checkpoint(state_dict, meta), tmp_path / "checkpoint_1.pth")
   variables = convert.load_torch_checkpoint(tmp_path / "checkpoint_1.pth", config)
-  output = get_model(config).apply(variables, jnp.asarray(arrays["input_x"].transpose(0, 2, 3, 1)),
-                                   jnp.asarray(arrays["input_time_cond"]), train=False)
+  output = jax.jit(get_model(config).apply)(variables, jnp.asarray(arrays["input_x"].transpose(0, 2, 3, 1)),
+                                            jnp.asarray(arrays["input_time_cond"]))
   expected = arrays["output_f64"]
   assert np.abs(np.asarray(output).transpose(0, 3, 1, 2) - expected).max() <= 2e-5 * np.abs(expected).max()
   raw = convert.load_torch_checkpoint(tmp_path / "checkpoint_1.pth", config, ema=False)

@@ -268,7 +268,8 @@ def test_dispatched_steps_equal_scanned_steps(tmp_path):
 
 
 def test_image_model_trains_a_few_steps(tmp_path):
-  """A real U-Net (DDPM++ blocks) on the synthetic `blobs` images: steps, eval loss, snapshot grid."""
+  """A real U-Net (DDPM++ blocks) on the synthetic `blobs` images: steps and the snapshot grid (the held-out
+  loss of an image model is checked in tests/test_evaluate.py; here it would be one more compile)."""
   from configs import digits
 
   config = digits.get_config()
@@ -280,15 +281,16 @@ def test_image_model_trains_a_few_steps(tmp_path):
   config.model.attn_resolutions = (4,)
   config.model.num_scales = 10
   config.training.batch_size = config.eval.batch_size = config.sampling.batch_size = 4
-  config.training.n_iters = config.training.snapshot_freq = config.training.eval_freq = 2
+  config.training.n_iters = config.training.snapshot_freq = 2
   config.training.log_freq = config.training.snapshot_freq_for_preemption = 2
+  config.training.eval_freq = 1000
   config.training.n_jitted_steps = 1
   config.training.snapshot_sampling = True
   config.sampling.predictor, config.sampling.corrector = "euler_maruyama", "none"
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
   records = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
-  assert all(np.isfinite(r.get("loss", r.get("eval_loss", 0.0))) for r in records)
+  assert records and all(np.isfinite(r["loss"]) for r in records if "loss" in r)
   grid = tmp_path / "samples" / "iter_2.png"
   assert grid.exists() and np.load(tmp_path / "samples" / "iter_2.npz")["samples"].shape == (4, 8, 8, 3)
 
