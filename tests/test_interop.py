@@ -236,3 +236,29 @@ def test_export_loads_in_diffusers_with_the_same_forward(tmp_path, unet_config, 
                                                       labels.astype(np.int64))).sample.numpy()
   got = our_output(config, variables, x, labels)
   assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_imports_write_orbax_snapshots_with_their_config(tmp_path):
+  """What `python -m score_jax.convert --checkpoint=...` does: a diffusers folder (no --config; the derived
+  config is written as <workdir>/config.py) and the JAX original's checkpoint_<n> become restorable snapshots."""
+  import importlib.util
+  config = diffusers_format.config_from_diffusers(DDPM_UNET, DDPM_SCHEDULER)
+  variables = random_variables(config)
+  diffusers_format.save_diffusers_checkpoint(str(tmp_path / "hub"), config, variables)
+  derived, ckpt, step = convert.write_train_state_checkpoint(None, str(tmp_path / "hub"), str(tmp_path / "w1"))
+  spec = importlib.util.spec_from_file_location("derived_config", tmp_path / "w1" / "config.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.get_config().to_dict() == derived.to_dict() == config.to_dict()
+  _, loaded, loaded_step = checkpoint.load_model(module.get_config(), str(tmp_path / "w1"))
+  assert (ckpt, step, loaded_step) == (1, config.training.snapshot_freq, config.training.snapshot_freq)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
+
+  fixture_config, _, _, state_dict = load_fixture("vp_ddpm_cifar10")
+  fixture_variables = convert.torch_state_dict_to_variables(state_dict, fixture_config)
+  (tmp_path / "checkpoint_7").write_bytes(original_state_bytes(fixture_variables))
+  _, ckpt, step = convert.write_train_state_checkpoint(fixture_config, str(tmp_path / "checkpoint_7"),
+                                                       str(tmp_path / "w2"))
+  _, loaded, loaded_step = checkpoint.load_model(fixture_config, str(tmp_path / "w2"))
+  assert (ckpt, loaded_step) == (7, step) and step == 7 * fixture_config.training.snapshot_freq
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, fixture_variables)
