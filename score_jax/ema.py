@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from score_jax import checkpoint, optim, train_state
+from score_jax import checkpoint, optim, parallel, train_state
 from score_jax.train_state import profile_names
 from score_jax.utils import choice_error
 
@@ -211,10 +211,10 @@ def write_reconstruction(config, workdir, sigma_rel, *, step=None, output_dir=No
   params, solution = reconstruct(config, workdir, sigma_rel, step=step, return_info=True)
   step = max(snapshot_manager(workdir).all_steps()) if step is None else int(step)
   output_dir = output_dir or os.path.join(workdir, POSTHOC_DIR, f"sigma_rel_{sigma_rel:g}")
-  abstract, _ = _params_shapes(config)
-  state = _initial_state(config)
+  state = jax.jit(lambda: _initial_state(config),  # one compiled init (the optimizer state's structure)
+                  out_shardings=parallel.replicated(parallel.make_mesh()))()
   params = jax.tree_util.tree_map(lambda x, like: jax.device_put(jnp.asarray(x), like.sharding), params,
-                                  abstract.params)
+                                  state.params)
   state = state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=params,
                         power_ema={name: params for name in state.power_ema})
   manager = checkpoint.get_manager(os.path.join(output_dir, checkpoint.SNAPSHOT_DIR))
