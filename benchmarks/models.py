@@ -2,6 +2,7 @@
 
   python benchmarks/models.py [--configs default|all|vp/cifar10_ddpmpp_continuous,...] [--batch 2]
                               [--nf 0] [--count_only] [--json benchmarks/results/models.json]
+                              [--torch_port path/to/score_sde_pytorch]
 
 For each config: parameter count of the full-size network (traced, no FLOPs),
 then, on the network that is timed (full size, or with `model.nf` shrunk by
@@ -110,13 +111,84 @@ def measure(name, batch, nf, repeats, count_only=False):
   return result
 
 
+def measure_torch(port, name, batch, nf, repeats):
+  """Times the PyTorch port's network of config `name` (run in a process whose cwd is the port)."""
+  import importlib
+  import types
+
+  import numpy as np
+  import torch
+
+  sys.path.insert(0, port)
+  op = types.ModuleType("op")  # the port's CUDA ops compile at import; FIR configs cannot run on CPU
+
+  def unavailable(*args, **kwargs):
+    raise NotImplementedError("the port's upfirdn2d is a CUDA extension")
+  op.upfirdn2d = unavailable
+  sys.modules["op"] = op
+  from models import utils as port_utils
+  importlib.import_module("models.ncsnpp"), importlib.import_module("models.ddpm")
+  importlib.import_module("models.ncsnv2")
+  config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
+  if config.model.get("fir", False):
+    return {"config": name, "torch_error": "model.fir needs the port's CUDA upfirdn2d"}
+  config.device = torch.device("cpu")
+  if nf:
+    config.model.nf = nf
+  torch.manual_seed(0)
+  model = port_utils.get_model(config.model.name)(config)
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.copy_(0.02 * torch.randn_like(parameter))
+  rng = np.random.default_rng(0)
+  size = config.data.image_size
+  x = torch.from_numpy(rng.standard_normal((batch, config.data.num_channels, size, size)).astype(np.float32))
+  if config.training.continuous:
+    labels = torch.full((batch,), 0.5)
+  else:
+    labels = torch.full((batch,), config.model.num_scales // 2, dtype=torch.long)
+
+  def forward():
+    model.eval()
+    with torch.no_grad():
+      return model(x, labels)
+
+  def forward_backward():
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = torch.mean(model(x, labels) ** 2)
+    loss.backward()
+
+  def timed(fn):
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+      fn()
+    return (time.perf_counter() - start) / repeats
+
+  return {"config": name, "torch_forward_s": timed(forward), "torch_forward_backward_s": timed(forward_backward),
+          "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
 def run_isolated(name, args):
   command = [sys.executable, __file__, "--one", name, "--batch", str(args.batch), "--nf", str(args.nf),
              "--repeats", str(args.repeats)] + (["--count_only"] if args.count_only else [])
   done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
   if done.returncode != 0:
     return {"config": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  if args.torch_port and not args.count_only:
+    port = os.path.abspath(args.torch_port)
+    command = [sys.executable, __file__, "--torch_one", name, "--torch_port", port, "--batch", str(args.batch),
+               "--nf", str(args.nf), "--repeats", str(args.repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=port)
+    if done.returncode != 0:
+      result["torch_error"] = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+    else:
+      torch_result = json.loads(done.stdout.strip().splitlines()[-1])
+      torch_result.pop("config")
+      result.update(torch_result)
+  return result
 
 
 def table(results):
@@ -124,8 +196,10 @@ def table(results):
     return "\n".join([f"{'config':38} {'params':>14}"] + [
         f"{r['config']:38} {r.get('params_full', 0):>14,}" + (f" error: {r['error']}" if "error" in r else "")
         for r in results])
+  with_torch = any("torch_forward_s" in r or "torch_error" in r for r in results)
   lines = [f"{'config':34} {'params (full)':>14} {'nf':>4} {'fwd ms':>8} {'fwd+bwd ms':>10} "
-           f"{'compile fwd/bwd s':>18} {'peak RSS GiB':>12}"]
+           f"{'compile fwd/bwd s':>18} {'peak RSS GiB':>12}"
+           + (f" {'torch fwd':>9} {'torch fwd+bwd':>13} {'ours/torch fwd, fwd+bwd':>24}" if with_torch else "")]
   for r in results:
     if "error" in r:
       lines.append(f"{r['config']:34} error: {r['error']}")
@@ -133,10 +207,21 @@ def table(results):
     shrunk = "" if r["nf"] == r["full_nf"] else "*"
     lines.append(f"{r['config']:34} {r['params_full']:>14,} {r['nf']:>3}{shrunk:1} {1e3 * r['forward_s']:>8.0f} "
                  f"{1e3 * r['forward_backward_s']:>10.0f} "
-                 f"{r['forward_compile_s']:>8.1f} / {r['forward_backward_compile_s']:>6.1f} {r['peak_rss_gib']:>12.2f}")
+                 f"{r['forward_compile_s']:>8.1f} / {r['forward_backward_compile_s']:>6.1f} {r['peak_rss_gib']:>12.2f}"
+                 + _torch_columns(r, with_torch))
   if any(r.get("nf") != r.get("full_nf") for r in results if "error" not in r):
     lines.append("* nf shrunk for timing (params (full) is still the full-size count)")
   return "\n".join(lines)
+
+
+def _torch_columns(result, with_torch):
+  if not with_torch:
+    return ""
+  if "torch_forward_s" not in result:
+    return f" torch: {result.get('torch_error', 'not run')}"
+  fwd, bwd = result["torch_forward_s"], result["torch_forward_backward_s"]
+  return (f" {1e3 * fwd:>9.0f} {1e3 * bwd:>13.0f} "
+          f"{result['forward_s'] / fwd:>11.2f}, {result['forward_backward_s'] / bwd:>5.2f}")
 
 
 def main():
@@ -147,8 +232,14 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--count_only", action="store_true", help="parameter counts only (fast; no timing)")
   parser.add_argument("--json", default=None, help="write the results here")
+  parser.add_argument("--torch_port", default=None,
+                      help="a checkout of yang-song/score_sde_pytorch: also time its networks (needs torch)")
   parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one config
+  parser.add_argument("--torch_one", default=None, help=argparse.SUPPRESS)  # internal: time one in the port
   args = parser.parse_args()
+  if args.torch_one:
+    print(json.dumps(measure_torch(args.torch_port, args.torch_one, args.batch, args.nf, args.repeats)))
+    return
   if args.one:
     print(json.dumps(measure(args.one, args.batch, args.nf, args.repeats, args.count_only)))
     return

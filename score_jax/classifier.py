@@ -31,6 +31,7 @@ from score_jax import checkpoint, controllable, optim, sde as sde_lib
 from score_jax.rng import per_example
 from score_jax.config_utils import validate_classifier_config
 from score_jax.models.wideresnet import WideResnet
+from score_jax.utils import choice_error
 
 CLASSIFIER_DIR = "classifier"  # under the workdir
 
@@ -59,7 +60,18 @@ def get_classifier(config):
   c = config.classifier
   return WideResnet(blocks_per_group=c.blocks_per_group, channel_multiplier=c.channel_multiplier,
                     num_outputs=c.num_classes, embedding_size=c.embedding_size, fourier_scale=c.fourier_scale,
-                    temb_dim=c.temb_dim)
+                    temb_dim=c.temb_dim, dtype=classifier_dtype(config))
+
+
+def classifier_dtype(config):
+  """The classifier's compute dtype from `classifier.dtype` (None for float32); a ValueError for others."""
+  name = config.classifier.get("dtype", "float32")
+  if name not in DTYPES:
+    raise choice_error("classifier.dtype", name, DTYPES)
+  return DTYPES[name]
+
+
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def get_logit_fn(sde, model, variables):

@@ -69,7 +69,13 @@ def test_bf16_network_matches_float32_on_bf16_operands(name, run):
     assert half.dtype == jnp.float32  # cast back at the parameterization's boundary
     error = float(jnp.linalg.norm(half - full) / jnp.linalg.norm(full))
     assert 0 < error <= 2e-2, (name, error)
-  jaxpr = jax.make_jaxpr(lambda v, x: _network_output(config, v, x, labels))(variables, x)
+  operands = _conv_and_matmul_operands(lambda v, x: _network_output(config, v, x, labels), variables, x)
+  assert operands and all(dtypes == ["bfloat16", "bfloat16"] for _, dtypes in operands), [
+      op for op in operands if op[1] != ["bfloat16", "bfloat16"]]
+
+
+def _conv_and_matmul_operands(fn, *args):
+  """(primitive, operand dtypes) of every convolution and matmul in `fn`'s jaxpr, nested ones included."""
   operands = []
 
   def collect(jaxpr):
@@ -81,9 +87,39 @@ def test_bf16_network_matches_float32_on_bf16_operands(name, run):
         if inner is not None:
           collect(getattr(inner, "jaxpr", inner))
 
-  collect(jaxpr.jaxpr)
-  assert operands and all(dtypes == ["bfloat16", "bfloat16"] for _, dtypes in operands), [
-      op for op in operands if op[1] != ["bfloat16", "bfloat16"]]
+  collect(jax.make_jaxpr(fn)(*args).jaxpr)
+  return operands
+
+
+def test_bf16_classifier_matches_float32():
+  """`classifier.dtype`: the noise-conditional WRN in bf16 on the float32 parameters."""
+  from configs.classifier.digits import get_config
+  from score_jax import classifier
+
+  config = get_config()
+  config.classifier.blocks_per_group, config.classifier.channel_multiplier = 1, 2
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+  sigma = jnp.array([0.1, 0.5, 1.0, 5.0])
+  model = classifier.get_classifier(config)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x, sigma)
+  full = jax.jit(model.apply)(variables, x, sigma)
+  config.classifier.dtype = "bfloat16"
+  half_model = classifier.get_classifier(config)
+  bf16_variables = jax.eval_shape(half_model.init, jax.random.PRNGKey(0), x, sigma)
+  assert jax.tree_util.tree_structure(bf16_variables) == jax.tree_util.tree_structure(variables)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(bf16_variables))
+  half = jax.jit(half_model.apply)(variables, x, sigma)
+  assert half.dtype == jnp.float32
+  error = float(jnp.linalg.norm(half - full) / jnp.linalg.norm(full))
+  assert 0 < error <= 2e-2, error
+  operands = _conv_and_matmul_operands(half_model.apply, variables, x, sigma)
+  # The noise embedding's two dense layers stay float32; every convolution and the rest run in bf16.
+  convs = [dtypes for name, dtypes in operands if name == "conv_general_dilated"]
+  assert convs and all(dtypes == ["bfloat16", "bfloat16"] for dtypes in convs), operands
+  assert sum(dtypes == ["bfloat16", "bfloat16"] for _, dtypes in operands) == len(operands) - 2, operands
+  config.classifier.dtype = "float16"
+  with pytest.raises(ValueError, match="classifier.dtype"):
+    classifier.get_classifier(config)
 
 
 def test_bf16_training_ends_near_the_float32_loss():

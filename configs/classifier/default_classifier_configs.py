@@ -18,6 +18,7 @@ def get_classifier_config():
   classifier.embedding_size = 128           # Fourier features of log sigma
   classifier.fourier_scale = 16.0           # std of their frequencies
   classifier.temb_dim = 512                 # noise-embedding width
+  classifier.dtype = "float32"              # compute dtype (float32 | bfloat16); parameters stay float32
   classifier.batch_size = 128               # training batch (eval uses eval.batch_size)
   classifier.n_iters = 100_000              # optimisation steps
   classifier.log_freq = 100                 # steps between training loss / accuracy lines

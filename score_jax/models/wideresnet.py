@@ -7,10 +7,15 @@ perturbed data to model p(y | x(t)). With `WideResnet()` it has the reference's 
 
 Its output feeds `score_jax.controllable.classifier_log_prob_grad_fn`. The input is normalised once,
 here, by per-image standardisation; the reference normalised with the CIFAR-10 mean/std first (B26).
-The module has no train/eval difference (GroupNorm, no dropout); training it is not implemented here.
+The module has no train/eval difference (GroupNorm, no dropout).
+
+`dtype` (`classifier.dtype`) is the compute dtype of its convolutions and dense layers, as `model.dtype`
+for the score networks: parameters stay float32, the noise embedding, the input standardisation and
+GroupNorm's statistics are float32, and the logits come back as float32.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,9 +40,9 @@ def per_image_standardization(x):
   return (x - mean) / jnp.maximum(std, 1.0 / math.sqrt(math.prod(x.shape[1:])))
 
 
-def activation(x):
-  """GroupNorm (min(C // 4, 32) groups, epsilon 1e-5) then ReLU."""
-  return nn.relu(nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5)(x))
+def activation(x, dtype=None):
+  """GroupNorm (min(C // 4, 32) groups, epsilon 1e-5; statistics in float32) then ReLU."""
+  return nn.relu(nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, dtype=dtype)(x))
 
 
 def shortcut_add(block_x, x):
@@ -55,18 +60,20 @@ class WideResnetBlock(nn.Module):
   channels: int
   stride: int = 1
   activate_before_residual: bool = False
+  dtype: Any = None  # compute dtype (None: float32)
 
   @nn.compact
   def __call__(self, x, temb):
     if self.activate_before_residual:
-      x = activation(x)
+      x = activation(x, self.dtype)
       block_x = x
     else:
-      block_x = activation(x)
+      block_x = activation(x, self.dtype)
     block_x = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding="SAME", use_bias=False,
-                      kernel_init=conv_init)(block_x)
-    block_x = block_x + nn.Dense(self.channels)(nn.swish(temb))[:, None, None, :]
-    block_x = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init)(activation(block_x))
+                      kernel_init=conv_init, dtype=self.dtype)(block_x)
+    block_x = block_x + nn.Dense(self.channels, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]
+    block_x = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init,
+                      dtype=self.dtype)(activation(block_x, self.dtype))
     return shortcut_add(block_x, x)
 
 
@@ -77,12 +84,13 @@ class WideResnetGroup(nn.Module):
   channels: int
   stride: int = 1
   activate_before_residual: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, temb):
     for i in range(self.blocks_per_group):
       x = WideResnetBlock(self.channels, self.stride if i == 0 else 1,
-                          self.activate_before_residual and i == 0)(x, temb)
+                          self.activate_before_residual and i == 0, dtype=self.dtype)(x, temb)
     return x
 
 
@@ -99,16 +107,19 @@ class WideResnet(nn.Module):
   embedding_size: int = 128
   fourier_scale: float = 16.0
   temb_dim: int = 512
+  dtype: Any = None  # compute dtype (`classifier.dtype`; None: float32); parameters stay float32
 
   @nn.compact
   def __call__(self, x, noise_level, train=False):
     del train  # no train-time behaviour
+    out_dtype = jnp.promote_types(x.dtype, jnp.float32)  # float32 logits whatever the compute dtype
     temb = GaussianFourierProjection(self.embedding_size, self.fourier_scale)(jnp.log(noise_level))
-    temb = nn.Dense(self.temb_dim)(nn.swish(nn.Dense(self.temb_dim)(temb)))
-    x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init)(per_image_standardization(x))
+    temb = nn.Dense(self.temb_dim)(nn.swish(nn.Dense(self.temb_dim)(temb)))  # the embedding itself is float32
+    x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init,
+                dtype=self.dtype)(per_image_standardization(x))
     k = self.channel_multiplier
-    x = WideResnetGroup(self.blocks_per_group, 16 * k, activate_before_residual=True)(x, temb)
-    x = WideResnetGroup(self.blocks_per_group, 32 * k, stride=2)(x, temb)
-    x = WideResnetGroup(self.blocks_per_group, 64 * k, stride=2)(x, temb)
-    x = jnp.mean(activation(x), axis=(1, 2))  # global average pooling
-    return nn.Dense(self.num_outputs, kernel_init=output_init)(x)
+    x = WideResnetGroup(self.blocks_per_group, 16 * k, activate_before_residual=True, dtype=self.dtype)(x, temb)
+    x = WideResnetGroup(self.blocks_per_group, 32 * k, stride=2, dtype=self.dtype)(x, temb)
+    x = WideResnetGroup(self.blocks_per_group, 64 * k, stride=2, dtype=self.dtype)(x, temb)
+    x = jnp.mean(activation(x, self.dtype).astype(out_dtype), axis=(1, 2))  # global average pooling
+    return nn.Dense(self.num_outputs, kernel_init=output_init, dtype=self.dtype)(x).astype(out_dtype)
