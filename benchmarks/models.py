@@ -130,7 +130,7 @@ def measure_torch(port, name, batch, nf, repeats):
   importlib.import_module("models.ncsnpp"), importlib.import_module("models.ddpm")
   importlib.import_module("models.ncsnv2")
   config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
-  if config.model.get("fir", False):
+  if config.model.name == "ncsnpp" and config.model.get("fir", False):
     return {"config": name, "torch_error": "model.fir needs the port's CUDA upfirdn2d"}
   config.device = torch.device("cpu")
   if nf:
