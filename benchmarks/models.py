@@ -127,8 +127,8 @@ def measure_torch(port, name, batch, nf, repeats):
   op.upfirdn2d = unavailable
   sys.modules["op"] = op
   from models import utils as port_utils
-  importlib.import_module("models.ncsnpp"), importlib.import_module("models.ddpm")
-  importlib.import_module("models.ncsnv2")
+  for module in ("models.ncsnpp", "models.ddpm", "models.ncsnv2"):  # each registers its networks on import
+    importlib.import_module(module)
   config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
   if config.model.name == "ncsnpp" and config.model.get("fir", False):
     return {"config": name, "torch_error": "model.fir needs the port's CUDA upfirdn2d"}
