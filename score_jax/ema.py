@@ -11,7 +11,8 @@ whose weights over the steps so far follow p(tau) = (gamma + 1) tau^gamma / t^(g
 standard deviation sigma_rel * t. Every `training.ema_snapshot_freq` steps the tracked averages are stored
 (`<workdir>/ema_snapshots/<step>`). After training, `reconstruct` finds the average of *any* sigma_rel at
 any stored step as the linear combination of the snapshots whose profile is nearest in L2 to the wanted
-profile (least squares on the profiles' closed-form inner products), and `write_reconstruction` saves it
+profile (least squares on the profiles' closed-form inner products, normalised to sum 1: EDM2's
+Algorithm 3), and `write_reconstruction` saves it
 as a checkpoint that `--mode=eval` and the samplers read:
 
     python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=reconstruct_ema --sigma_rel=0.08
@@ -71,23 +72,27 @@ def profile_inner(gamma_a, t_a, gamma_b, t_b):
 class Reconstruction:
   """The snapshot weights of a post-hoc EMA and how well their profiles match the wanted one."""
 
-  coefficients: np.ndarray  # (snapshots, profiles): the weight of each stored average
-  relative_error: float     # |sum_i c_i p_i - p| / |p|, in L2 over tau (EDM2's reconstruction error)
+  coefficients: np.ndarray  # (snapshots, profiles): the weight of each stored average; they sum to 1
+  relative_error: float     # |sum_i c_i p_i - p| / |p| of these weights, in L2 over tau (EDM2's reconstruction error)
+  least_squares_sum: float  # the sum of the least-squares weights, which `coefficients` are divided by
 
 
 def solve_reconstruction(snapshot_steps, snapshot_gammas, step, gamma):
-  """The least-squares weights of the stored profiles (`snapshot_steps` x `snapshot_gammas`) for the
-  profile of exponent `gamma` at `step` (EDM2, Appendix C.3): the normal equations A c = b with
-  A_ij = <p_i, p_j>, b_i = <p_i, p>."""
+  """The weights of the stored profiles (`snapshot_steps` x `snapshot_gammas`) for the profile of exponent
+  `gamma` at `step` (EDM2, Algorithm 3): the least-squares solution of the normal equations A c = b with
+  A_ij = <p_i, p_j>, b_i = <p_i, p>, divided by its sum, so that the reconstruction is an average of the
+  stored averages (the unnormalised weights would scale every parameter by their sum)."""
   t_in, g_in = (np.asarray(v, np.float64).ravel() for v in np.meshgrid(snapshot_steps, snapshot_gammas,
                                                                         indexing="ij"))
   gram = profile_inner(g_in[:, None], t_in[:, None], g_in[None, :], t_in[None, :])
   target = profile_inner(g_in, t_in, gamma, step)
-  coefficients = np.linalg.lstsq(gram, target, rcond=None)[0]
+  least_squares = np.linalg.lstsq(gram, target, rcond=None)[0]
+  coefficients = least_squares / least_squares.sum()
   target_norm = profile_inner(gamma, step, gamma, step)
   residual = coefficients @ gram @ coefficients - 2.0 * coefficients @ target + target_norm
   error = float(np.sqrt(max(residual, 0.0) / target_norm))
-  return Reconstruction(coefficients.reshape(len(snapshot_steps), len(snapshot_gammas)), error)
+  return Reconstruction(coefficients.reshape(len(snapshot_steps), len(snapshot_gammas)), error,
+                        float(least_squares.sum()))
 
 
 # ------------------------------------------------------------------------------ the averages in training

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate
+from scipy import integrate, optimize
 
 from score_jax import ema
 from score_jax.train_state import PowerEMATrainState
@@ -85,3 +85,43 @@ def test_reconstruction_recovers_tracked_and_interpolates_untracked_widths():
     distance = (ema.profile_inner(neighbour, total, neighbour, total) - 2 * ema.profile_inner(neighbour, total, gamma, total)
                 + target_norm)
     assert solution.relative_error < np.sqrt(distance / target_norm)
+
+
+def edm2_algorithm_3(snapshot_steps, snapshot_sigma_rels, step, sigma_rel):
+  """EDM2's Algorithm 3 (Karras et al. 2024, Appendix C.3) from the paper's formulas, independently of
+  score_jax.ema: gamma from the profile's standard deviation by root finding, the profiles' inner products
+  by quadrature, the normal equations solved, the weights divided by their sum.
+
+  Returns `(normalised weights, their sum before the division)`, the weights in snapshot-major order."""
+  def gamma_of(width):  # the standard deviation of (gamma + 1) tau^gamma on [0, 1] is `width`
+    std = lambda g: np.sqrt((g + 1) / (g + 3) - ((g + 1) / (g + 2)) ** 2)
+    return optimize.brentq(lambda g: std(g) - width, 0.0, 1e4, xtol=1e-14, rtol=1e-15)
+
+  def inner(a, b):
+    (ga, ta), (gb, tb) = a, b
+    profile = lambda g, t, tau: (g + 1) / t * (tau / t) ** g
+    return integrate.quad(lambda tau: profile(ga, ta, tau) * profile(gb, tb, tau), 0.0, min(ta, tb),
+                          epsabs=0.0, epsrel=1e-11, limit=200)[0]
+
+  inputs = [(gamma_of(s), float(t)) for t in snapshot_steps for s in snapshot_sigma_rels]
+  gram = np.array([[inner(a, b) for b in inputs] for a in inputs])
+  target = np.array([inner(a, (gamma_of(sigma_rel), float(step))) for a in inputs])
+  weights = np.linalg.solve(gram, target)
+  return weights / weights.sum(), weights.sum()
+
+
+def test_reconstruction_weights_sum_to_one_and_follow_edm2_algorithm_3():
+  """The digits run's setting (10 snapshots every 150 steps, tracked 0.05 and 0.10): the weights are EDM2's,
+  normalised; the least-squares ones summed to 0.986 (sigma_rel 0.02) and 0.981 (0.22), which scaled every
+  reconstructed parameter before the normalisation."""
+  steps, tracked = np.arange(150, 1501, 150), (0.05, 0.10)
+  gammas = [ema.sigma_rel_to_gamma(s) for s in tracked]
+  for sigma_rel, least_squares_sum in [(0.02, 0.9862), (0.065, 1.0005), (0.13, 0.9988), (0.22, 0.9805)]:
+    solution = ema.solve_reconstruction(steps, gammas, 1500, ema.sigma_rel_to_gamma(sigma_rel))
+    assert solution.coefficients.shape == (10, 2)
+    assert solution.coefficients.sum() == pytest.approx(1.0, abs=1e-12)
+    assert solution.least_squares_sum == pytest.approx(least_squares_sum, abs=1e-4)
+    want, want_sum = edm2_algorithm_3(steps, tracked, 1500, sigma_rel)
+    np.testing.assert_allclose(solution.coefficients.ravel(), want, rtol=0, atol=1e-6 * np.abs(want).max())
+    assert solution.least_squares_sum == pytest.approx(want_sum, rel=1e-6)
+
