@@ -14,9 +14,10 @@ read by the shipped digits classifier (`score_jax.metrics.digits`); beside them 
 figures of the same digits model (README: 12% / 53.5% / 84% / 95% at scale 0 / 1 / 2 / 4).
 
 posthoc_ema (the same digits run): the power EMA reconstructed for each sigma_rel of a grid from the
-stored snapshots (`score_jax.ema.reconstruct`), and the FD in the digits classifier's features (not
-FID) of 500 samples (w = 0, classes in turn) to the 297 held-out digits; the tracked profiles' own FD
-for comparison. The reconstruction's profile error (EDM2's) is in the JSON.
+stored snapshots (`score_jax.posthoc_ema.reconstruct`: EDM2's Algorithm 3, weights that sum to 1), and
+the FD in the digits classifier's features (not FID) of 500 samples (w = 0, classes in turn) to the 297
+held-out digits; the tracked profiles' own FD for comparison. The reconstruction's profile error (EDM2's) and the sum of the least-squares weights
+before their normalisation are in the JSON.
 
 JSON (`guidance.json`) is rewritten after every row; figures `guidance_8gaussians.png`,
 `guidance_digits.png` and `posthoc_ema_fd.png` at the end. `--dry_run`: a few steps and samples
@@ -88,14 +89,14 @@ class Results:
 
 
 def toy_rows(args, results, out_dir):
-  from score_jax import checkpoint
+  from score_jax import trained_model
   config_path = "configs/toy/8gaussians.py"
   overrides = {"model.num_classes": 8, "training.class_dropout": 0.2, "training.n_iters": args.toy_steps,
                "training.snapshot_freq": args.toy_steps, "training.snapshot_sampling": False}
   workdir = out_dir / "runs" / "8gaussians_cfg"
   seconds = train(config_path, workdir, overrides)
   config = load(config_path, overrides)
-  _, variables, step = checkpoint.load_model(config, str(workdir))
+  _, variables, step = trained_model.load_model(config, str(workdir))
   n = 64 if args.dry_run else 2048
   labels = np.arange(n) % 8
   centres = 2.0 * np.stack([np.cos(labels * np.pi / 4), np.sin(labels * np.pi / 4)], axis=1)
@@ -126,9 +127,9 @@ def digits_training(args, out_dir):
 
 
 def digits_rows(args, results, config, workdir, seconds):
-  from score_jax import checkpoint
+  from score_jax import trained_model
   from score_jax.metrics import digits as digits_metrics
-  _, variables, step = checkpoint.load_model(config, str(workdir))
+  _, variables, step = trained_model.load_model(config, str(workdir))
   classify = digits_metrics.digits_features_fn()
   n = 20 if args.dry_run else 200
   labels = np.arange(n) % 10
@@ -146,20 +147,21 @@ def digits_rows(args, results, config, workdir, seconds):
 
 
 def posthoc_rows(args, results, config, workdir):
-  from score_jax import checkpoint, ema
+  from score_jax import posthoc_ema, trained_model
   from score_jax.metrics import digits as digits_metrics
   from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
   held_out = load_digits(config.data.image_size)[0][DIGITS_TRAIN_SIZE:]
-  model_state = checkpoint.load_model(config, str(workdir))[1]
+  model_state = trained_model.load_model(config, str(workdir))[1]
   n = 20 if args.dry_run else 500
   labels = np.arange(n) % 10
   for sigma_rel in SIGMA_RELS:
     start = time.time()
-    params, solution = ema.reconstruct(config, str(workdir), sigma_rel, return_info=True)
+    params, solution = posthoc_ema.reconstruct(config, str(workdir), sigma_rel, return_info=True)
     images, _ = sample(config, {**model_state, "params": params}, labels, 0.0, seed=3)
     tracked = any(abs(sigma_rel - s) < 1e-9 for s in config.model.ema_sigma_rels)
     results.add({"task": "posthoc_ema", "name": f"sigma_rel={sigma_rel:g}", "sigma_rel": sigma_rel,
                  "tracked": tracked, "profile_relative_error": solution.relative_error,
+                 "least_squares_sum": solution.least_squares_sum,
                  "digits_fd": float(digits_metrics.digits_frechet_distance(images, held_out)),
                  "seconds": time.time() - start})
 
