@@ -212,7 +212,8 @@ def central_crop(image, size):
 
 
 def resize_small(image, resolution):
-  """Shorter side -> `resolution`, aspect ratio kept; sizes rounded to integers (the reference's B23 fixed)."""
+  """Shorter side -> `resolution`, aspect ratio kept; sizes rounded to integers (the reference kept them
+  float: see docs/differences.md#resize-rounding)."""
   height, width = image.shape[:2]
   ratio = resolution / min(height, width)
   return resize(image, round(height * ratio), round(width * ratio))

@@ -10,7 +10,8 @@ SCHEDULES = ("constant", "cosine")
 
 
 def get_learning_rate_fn(config):
-  """`count -> learning rate`: the reference's linear warm-up (the first update at lr 0, B21), then
+  """`count -> learning rate`: the reference's linear warm-up (the first update at lr 0, kept: see
+  docs/differences.md#warmup-first-step), then
   `optim.schedule`: constant (the reference), or a cosine decay to 0 at `training.n_iters`."""
   optim = config.optim
   schedule = optim.get("schedule", "constant")

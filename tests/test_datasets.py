@@ -152,7 +152,7 @@ def test_pil_resize_agrees_with_antialiased_jax_resize():
 def test_crops_and_integer_sizes():
   image = np.zeros((218, 178, 3), np.uint8)
   assert datasets.central_crop(image, 140).shape == (140, 140, 3)
-  assert datasets.resize_small(np.zeros((218, 179, 3), np.uint8), 64).shape == (78, 64, 3)  # 77.9: rounded (B23)
+  assert datasets.resize_small(np.zeros((218, 179, 3), np.uint8), 64).shape == (78, 64, 3)  # 77.9 rounded to an integer
   assert datasets.crop_resize(image, 32).shape == (32, 32, 3)
   marked = np.zeros((6, 4, 1), np.uint8)
   marked[1:5, :, 0] = 7

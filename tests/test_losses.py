@@ -66,7 +66,7 @@ def test_dsm_loss_of_exact_gaussian_score_is_closed_form(name):
   worse = losses.dsm_loss(lambda x, t: 1.1 * exact(x, t), sde, x0, t, z, reduce_mean=True)
   assert float(worse.loss) > float(out.loss)
   summed = losses.dsm_loss(exact, sde, x0, t, z, reduce_mean=False)
-  np.testing.assert_allclose(summed.loss, 0.5 * dim * out.loss, rtol=1e-5)  # B20: 0.5 * sum
+  np.testing.assert_allclose(summed.loss, 0.5 * dim * out.loss, rtol=1e-5)  # the reference's 0.5 * sum
 
 
 def test_per_example_randomness_does_not_depend_on_batch_size():
@@ -109,7 +109,7 @@ def test_optimizer_matches_reference_warmup_and_clipping():
     params_next = optax.apply_updates(params, updates)
     if first is None:
       first = params_next
-      np.testing.assert_array_equal(first, params)  # B21: the first update has learning rate 0
+      np.testing.assert_array_equal(first, params)  # the first update has learning rate 0, as in the reference
     params = params_next
   expected = _reference_adam(grads_seq, np.asarray(first, np.float64), 0.1, 3, 1.0)
   np.testing.assert_allclose(params, expected, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""NCSNv2 / NCSN RefineNets (INVENTORY.md §7.5-7.6): topology of the JAX original, B3 and B12."""
+"""NCSNv2 / NCSN RefineNets: the JAX original's topology (docs/differences.md#ncsnv2-64-width), and NCSN v1
+(docs/differences.md#ncsn-v1-builds)."""
 
 import importlib
 
@@ -27,7 +28,7 @@ def shapes_and_count(config, image_size, batch=2):
 
 
 def test_ncsnv2_64_has_the_jax_original_width():
-  # B12: JAX 533,299 parameters at nf 16 (the PyTorch port's narrower decoder has 466,451).
+  # The JAX original's width: 533,299 parameters at nf 16 (the PyTorch port's narrower decoder has 466,451).
   shape, count = shapes_and_count(small_config("ncsnv2_64", 32), 32)
   assert shape == (2, 32, 32, 3)
   assert count == 533_299
@@ -40,7 +41,7 @@ def test_refinenets_build(name, image_size):
 
 
 def test_ncsn_is_noise_conditional():
-  # B3: NCSN v1 builds, one conditional-norm class per noise scale.
+  # NCSN v1 builds here (in neither reference), one conditional-norm class per noise scale.
   config = small_config("ncsn", 16, nf=8)
   config.model.num_scales = 10
   model = get_model(config)

@@ -1,6 +1,7 @@
 """NCSN++ on CelebA-HQ 1024 px with the VE SDE.
 
-Standalone in the reference (no base, `import torch`, missing keys: B13); here it derives from the 256 px base.
+Standalone in the reference (no base, `import torch`, missing keys: docs/differences.md#configs-1024px); here it
+derives from the 256 px base.
 """
 
 from configs.default_lsun_configs import get_default_configs

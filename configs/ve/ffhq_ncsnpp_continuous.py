@@ -1,6 +1,7 @@
 """NCSN++ on FFHQ 1024 px with the VE SDE.
 
-Standalone in the reference (no base, `import torch`, missing keys: B13); here it derives from the 256 px base.
+Standalone in the reference (no base, `import torch`, missing keys: docs/differences.md#configs-1024px); here it
+derives from the 256 px base.
 reduce_mean=True as in the reference (its CelebA-HQ twin uses False).
 """
 

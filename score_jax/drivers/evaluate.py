@@ -10,8 +10,8 @@ Checkpoint k is the snapshot of step `k * training.snapshot_freq`, as in the
 reference. Each finished checkpoint leaves `report_<k>.json` in the eval folder
 and is skipped when evaluation is run again; within a checkpoint, every sampling
 round and likelihood batch is saved in `ckpt_<k>/` as it finishes, so a killed
-evaluation resumes without recomputing or skipping anything (unlike the
-reference's B17).
+evaluation resumes without recomputing or skipping anything (the reference's
+resumed bits/dim loop skipped batches: see docs/differences.md#eval-resume).
 
 With several processes (`main.py --coordinator_address=...`), every sampling round and
 likelihood batch is split over all devices of all processes, each process computing its share;

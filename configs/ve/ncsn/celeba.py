@@ -1,6 +1,6 @@
 """NCSN on CelebA 64 px: 10 noise levels, annealed Langevin.
 
-The reference sets `training.loss = 'vesde'` instead of `training.sde` (B1); fixed here.
+The reference sets `training.loss = 'vesde'` instead of `training.sde`; fixed here (docs/differences.md#config-typos).
 """
 
 from configs.default_celeba_configs import get_default_configs

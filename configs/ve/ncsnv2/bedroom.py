@@ -1,6 +1,6 @@
 """NCSNv2 on LSUN bedroom 128 px.
 
-The reference misspells `training.continuouse`, leaving continuous=True (B1); fixed here.
+The reference misspells `training.continuouse`, leaving continuous=True; fixed here (docs/differences.md#config-typos).
 """
 
 from configs.default_lsun_configs import get_default_configs

@@ -1,4 +1,7 @@
-"""The DDPM U-Net without time conditioning on CIFAR-10 (crashes in the PyTorch port, B7)."""
+"""The DDPM U-Net without time conditioning on CIFAR-10.
+
+It crashes in the PyTorch port (docs/differences.md#ddpm-unconditional).
+"""
 
 from configs.default_cifar10_configs import get_default_configs
 
