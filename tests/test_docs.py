@@ -152,7 +152,7 @@ def test_cited_differences_exist():
   """`docs/differences.md#<anchor>` cited anywhere in the code or the docs names an entry of that page."""
   entries = anchors(REPO / "docs" / "differences.md")
   sources = [*DOCS, REPO / "main.py", *(p for folder in ("score_jax", "configs", "tests", "benchmarks")
-                                       for p in (REPO / folder).rglob("*.py"))]
+                                       for pattern in ("*.py", "*.md") for p in (REPO / folder).rglob(pattern))]
   missing = sorted({f"{path.relative_to(REPO)}: #{anchor}" for path in sources
                     for anchor in re.findall(r"differences\.md#([\w-]+)", path.read_text())
                     if anchor not in entries})
