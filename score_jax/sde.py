@@ -251,8 +251,8 @@ class subVPSDE(SDE):  # noqa: N801 -- the paper's and the reference's name
     return _standard_normal_logp(z)
 
   def langevin_alpha(self, t):
-    # The reference reads `sde.alphas`, which sub-VP lacks (bug B2); the sub-VP SDE
-    # shares the VP beta schedule, so the VP alphas are the natural choice.
+    # The reference reads `sde.alphas`, which sub-VP lacks, and crashes (docs/differences.md#subvp-langevin).
+    # The sub-VP SDE shares the VP beta schedule, so the VP alphas are the natural choice.
     return jnp.asarray(1.0 - _vp_betas(self), jnp.float32)[self.discrete_index(t)]
 
   def noise_level(self, t):

@@ -43,7 +43,7 @@ PARAM_COUNTS = {
     "ve/ffhq_256_ncsnpp_continuous": 65_574_421 + 128,
     "ve/celebahq_ncsnpp_continuous": 105_785_880 + 16,
     "ve/ffhq_ncsnpp_continuous": 105_785_880 + 16,
-    "ve/ncsnv2/cifar10": 33_970_563,  # the JAX original's ncsnv2_64 (B12)
+    "ve/ncsnv2/cifar10": 33_970_563,  # the JAX original's ncsnv2_64, wider than the port's
     "vp_cifar10": 61_804_419,
     "ve_cifar10": 62_758_787 + 128,
     "subvp_cifar10": 61_804_419,

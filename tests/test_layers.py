@@ -41,7 +41,8 @@ def test_conv_downsample_matches_reference(ops):
 
 
 def test_upsample_conv_is_upsample_then_conv_inside_the_border():
-  # B5: the fused op equals FIR upsampling + SAME conv away from a 1-pixel border.
+  # The fused op (it crashes in the PyTorch port: docs/differences.md#fir-upsample-conv) equals FIR upsampling
+  # + SAME conv away from a 1-pixel border.
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 3))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
   fused = resample.upsample_conv_2d(x, w)
@@ -78,7 +79,7 @@ def test_fourier_weights_are_constants_not_params():
 
 
 def test_default_init_zero_scale_is_tiny_not_zero():
-  # B16: init_scale 0 means variance scaling with 1e-10.
+  # init_scale 0 means variance scaling with 1e-10, as in the reference (docs/differences.md#zero-init-scale).
   w = layers.default_init(0.0)(jax.random.PRNGKey(0), (64, 64))
   assert 0 < float(jnp.abs(w).max()) < 1e-4
 
@@ -108,7 +109,7 @@ def test_biggan_block_dropout_uses_the_train_flag():
   np.testing.assert_allclose(block.apply(variables, x, temb, train=False), eval_out)
 
 
-# --- NCSN / NCSNv2 normalisation and fusion (INVENTORY.md §7.1, §7.5; B10, B11) ---------------------------
+# --- NCSN / NCSNv2 normalisation and fusion (docs/differences.md#instance-norm-variance, #ncsnv2-resize) -----
 
 def _instance_norm_variables(ops):
   return {"params": {name: jnp.asarray(ops[f"ops/instancenormpp_{name}"]).reshape(1, 1, 1, -1)
@@ -122,7 +123,7 @@ def test_instance_norm_plus_matches_pytorch_with_unbiased_channel_variance(ops):
 
 
 def test_instance_norm_plus_default_is_the_jax_original_biased_variance(ops):
-  # B10: the JAX original's biased variance of the channel means differs from PyTorch by a few per cent.
+  # The JAX original's biased variance of the channel means differs from PyTorch by a few per cent.
   x = _nhwc(ops["ops/input_nchw"])
   out = np.asarray(normalization.InstanceNorm2dPlus().apply(_instance_norm_variables(ops), x)).transpose(0, 3, 1, 2)
   ref = ops["ops/instancenormpp_out"]
@@ -148,7 +149,7 @@ def test_conditional_instance_norm_init():
 
 
 def test_msf_resize_is_half_pixel_bilinear(ops):
-  # B11: the JAX original (and score_jax) resize with half-pixel centres, PyTorch with align_corners=True.
+  # The JAX original (and score_jax) resize with half-pixel centres, PyTorch with align_corners=True.
   x = _nhwc(ops["ops/msf_input_4x4"])
   out = jax.image.resize(x, (x.shape[0], 8, 8, x.shape[-1]), "bilinear")
   _assert_close_nchw(out, ops["ops/bilinear_align_corners_false_8x8"])
