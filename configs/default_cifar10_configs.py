@@ -1,143 +1,14 @@
-"""Base config for CIFAR-10 (32 px): every key, with a one-line comment.
+"""Base config for CIFAR-10 (32 px): the package's base configuration (`score_jax/base_config.py`, every
+key with a one-line comment, the reference's CIFAR-10 values) plus the noise-conditional classifier.
 
-Values are the reference's `configs/default_cifar10_configs.py`; the model section
-holds the NCSN++ (VE, continuous) architecture, and experiment files under
-`configs/{ve,vp,subvp}/` only override. Keys that the reference lacks but score_jax
-uses (training.keep_checkpoints, training.eps, sampling.batch_size/rtol/atol,
-eval.num_eval_batches, data.num_eval) take the reference's hard-coded behaviour.
+Experiment files under `configs/{ve,vp,subvp}/` only override.
 """
 
-import ml_collections
 from configs.classifier.default_classifier_configs import get_classifier_config
-from configs.sampler_options import add_sampler_options
+from score_jax import base_config
 
 
 def get_default_configs():
-  config = ml_collections.ConfigDict()
-
-  config.training = training = ml_collections.ConfigDict()
-  training.sde = "vesde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM)
-  training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
-  training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
-  training.objective = "dsm"                # dsm | edm | vdm | ssm (score_jax.losses)
-  training.importance_sampling = False      # importance-sampled t for likelihood_weighting (Song et al. 2021b)
-  training.edm_p_mean = -1.2                # edm objective: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022)
-  training.edm_p_std = 1.2
-  training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
-  training.class_dropout = 0.0              # class-conditional models: probability of the null class (CFG: 0.1-0.2)
-  training.ema_snapshot_freq = 50000               # model.ema_type=power: steps between stored EMA snapshots
-  training.reduce_mean = False              # per-sample mean over dims (False: 0.5 * sum, as the reference, B20)
-  training.batch_size = 128                 # global batch size, split over all devices
-  training.n_iters = 1300001                # number of optimisation steps
-  training.n_jitted_steps = 5               # optimisation steps per device dispatch (lax.scan)
-  training.log_freq = 50                    # steps between loss logs
-  training.eval_freq = 100                  # steps between held-out loss evaluations
-  training.snapshot_freq = 50000            # steps between kept checkpoints (+ snapshot samples)
-  training.snapshot_freq_for_preemption = 10000  # steps between preemption checkpoints
-  training.snapshot_sampling = True         # draw samples at every snapshot
-  training.keep_checkpoints = 0             # snapshot checkpoints kept (0 keeps all, as the reference)
-  training.eps = 1e-5                       # smallest diffusion time of the loss (reference constant, B19)
-  training.step_loop = "auto"               # auto | scan | dispatch: how a block of n_jitted_steps runs
-
-  config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "pc"                    # pc | ode
-  sampling.predictor = "reverse_diffusion"  # euler_maruyama | reverse_diffusion | ancestral_sampling | none
-  sampling.corrector = "langevin"           # langevin | ald | none
-  sampling.n_steps_each = 1                 # corrector steps per predictor step
-  sampling.noise_removal = True             # return the last predictor step's mean
-  sampling.probability_flow = False         # predictor on the probability-flow ODE
-  sampling.snr = 0.16                       # Langevin signal-to-noise ratio
-  sampling.batch_size = 128                 # samples per snapshot (the reference uses training.batch_size)
-  sampling.rtol = 1e-5                      # ODE sampler tolerances (the reference's fixed values, B19)
-  sampling.atol = 1e-5
-  add_sampler_options(sampling)             # fast-sampler options and langevin_norm (configs/sampler_options.py)
-
-  config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 9                   # first snapshot checkpoint to evaluate
-  evaluate.end_ckpt = 26                    # last snapshot checkpoint to evaluate
-  evaluate.checkpoint_timeout = 0          # seconds to wait for a checkpoint not yet written (training alongside)
-  evaluate.batch_size = 1024                # evaluation batch size
-  evaluate.enable_sampling = False          # draw samples for FID / IS / KID
-  evaluate.num_samples = 50000              # samples per checkpoint
-  evaluate.enable_loss = True               # held-out DSM loss
-  evaluate.enable_bpd = False               # negative log-likelihood through the probability-flow ODE
-  evaluate.bpd_dataset = "test"             # train | test
-  evaluate.bpd_num_repeats = 5              # likelihood estimates averaged per example (fresh noise each)
-  evaluate.hutchinson = "rademacher"        # divergence: rademacher | gaussian | exact (small dims only)
-  evaluate.enable_elbo = False              # report the ELBO for any model (always for vdm / likelihood weighting)
-  evaluate.elbo_num_times = 16              # time draws per example of the ELBO (vdm, likelihood weighting)
-  evaluate.enable_fid = True                # FID / KID / Inception score of the samples (needs --mode=fid_stats)
-  evaluate.stats_path = ""                  # data statistics file (default <workdir>/stats/<dataset>_<size>_stats.npz)
-  evaluate.inception_path = ""              # local pt_inception-2015-12-05 .pth (else downloaded once and cached)
-  evaluate.inception_url = ""               # download address of those weights (default: the pytorch-fid release)
-  evaluate.inception_cache_dir = ""         # download cache (default ~/.cache/score_jax)
-  evaluate.num_eval_batches = 0             # held-out batches for the eval loss (0: the whole split, as the reference)
-
-  config.data = data = ml_collections.ConfigDict()
-  data.dataset = "CIFAR10"                  # CIFAR10 | SVHN | CELEBA | LSUN | FFHQ | CelebAHQ
-  data.image_size = 32                      # images are image_size x image_size x num_channels
-  data.num_channels = 3                     # colour channels
-  data.random_flip = True                   # random horizontal flips for training
-  data.uniform_dequantization = False       # add U[0, 1/256) noise to pixel values
-  data.centered = False                     # data in [-1, 1] (False: [0, 1], which the reference parameterization maps to 2x - 1)
-  data.num_eval = 10000                     # size of the held-out split
-  data.category = ""                        # LSUN category (bedroom, church_outdoor)
-  data.tfrecords_path = ""                  # FFHQ / CelebAHQ tfrecords file (set to your local copy)
-
-  config.model = model = ml_collections.ConfigDict()
-  model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256
-  model.ema_rate = 0.999                    # EMA decay of the parameters used for sampling/eval
-  model.sigma_min = 0.01                    # VE noise range
-  model.sigma_max = 50.0
-  model.num_scales = 1000                   # N: discretisation steps of the SDE and samplers
-  model.beta_min = 0.1                      # VP / sub-VP beta range
-  model.beta_max = 20.0
-  model.dropout = 0.1                       # dropout inside residual blocks
-  model.scale_by_sigma = True               # divide the output by sigma (VE; reference parameterization)
-  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | edm
-  model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
-  model.gamma_min = -13.3                   # learned_vpsde: initial gamma(0) = -log SNR(0) (Kingma et al. 2021)
-  model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)
-  model.schedule_features = 1024            # learned_vpsde: width of the monotone schedule network
-  model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
-  model.remat = False                       # ncsnpp / ddpm: gradient checkpointing of the residual blocks
-  model.num_classes = 0                     # class-conditional network (0: unconditional), one extra null class
-  model.ema_type = "fixed"                  # fixed (decay model.ema_rate) | power (EDM2's post-hoc EMA)
-  model.ema_sigma_rels = (0.05, 0.1)        # ema_type=power: the tracked profiles' relative widths (EDM2)
-  model.normalization = "GroupNorm"         # GroupNorm (DDPM, NCSN++) | InstanceNorm++ (NCSN, NCSNv2)
-  model.nonlinearity = "swish"              # swish | elu | relu | lrelu
-  model.nf = 128                            # base channel count
-  model.ch_mult = (1, 2, 2, 2)              # channel multiplier per resolution
-  model.num_res_blocks = 4                  # residual blocks per resolution
-  model.attn_resolutions = (16,)            # resolutions with self-attention
-  model.attn_per_up_resnet = False          # ddpm: attention after every up resnet (diffusers' DDPM checkpoints)
-  model.resamp_with_conv = True             # convolve when resampling between resolutions
-  model.conditional = True                  # condition on the time / noise level
-  model.fir = True                          # FIR (StyleGAN2) resampling instead of naive
-  model.fir_kernel = (1, 3, 3, 1)           # FIR taps
-  model.skip_rescale = True                 # divide residual sums by sqrt(2)
-  model.resblock_type = "biggan"            # biggan | ddpm
-  model.progressive = "none"                # output pyramid: none | output_skip | residual
-  model.progressive_input = "residual"      # input pyramid: none | input_skip | residual
-  model.progressive_combine = "sum"         # merging the input pyramid: sum | cat
-  model.init_scale = 0.0                    # scale of "zero" initialised layers (0 means 1e-10, B16)
-  model.embedding_type = "fourier"          # fourier (of log sigma; continuous only) | positional
-  model.fourier_scale = 16.0                # std of the Fourier features' frequencies
-  model.embedding_dim = 128                 # time-embedding size of the `mlp` model (image networks use nf)
-  model.input_frequencies = 0               # `mlp` model: Fourier features sin/cos(pi 2^k x), k < this, of the input
-  model.interpolation = "bilinear"          # NCSN/NCSNv2 multi-scale fusion upsampling: bilinear | nearest_neighbor
-
-  config.optim = optim = ml_collections.ConfigDict()
-  optim.optimizer = "Adam"                  # Adam (the only optimizer of the reference)
-  optim.lr = 2e-4                           # peak learning rate
-  optim.beta1 = 0.9                         # Adam beta1 (beta2 = 0.999)
-  optim.eps = 1e-8                          # Adam epsilon
-  optim.weight_decay = 0.0                  # decoupled weight decay
-  optim.warmup = 5000                       # linear warm-up steps (first update has lr 0, B21)
-  optim.schedule = "constant"               # after warm-up: constant (the reference) | cosine (decay to 0 at n_iters)
-  optim.grad_clip = 1.0                     # global-norm clipping (< 0 disables)
-
+  config = base_config.get_config()
   config.classifier = get_classifier_config()  # noise-conditional classifier (configs/classifier/)
-
-  config.seed = 42
   return config
