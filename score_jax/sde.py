@@ -25,6 +25,7 @@ class SDE(abc.ABC):
   discrete_loss = None  # the discrete-time objective of `training.continuous=False`, if any
   prior_std = 1.0       # the prior p_T is N(0, prior_std^2 I)
   noisy_at_zero = False  # std(0) > 0: the ELBO starts at t = 0 (else at training.eps)
+  learned_schedule = False  # the schedule is trained (by the ELBO's gradients: `objectives.vdm`)
 
   @abc.abstractmethod
   def sde(self, x, t):
@@ -400,6 +401,7 @@ class LearnedVPSDE(GammaVPSDE):
   gamma_max: float = 5.0     # initial gamma_1
   features: int = 1024       # width of the monotone network
   params: object = None      # set by `bind`
+  learned_schedule = True
 
   def __post_init__(self):
     if self.gamma_fn is None and self.params is not None:
@@ -425,8 +427,14 @@ def get_sde(config):
     raise choice_error("training.sde", config.training.sde, SDES)
   model = config.model
   if name == "vesde":
+    if model.sigma_max <= model.sigma_min:
+      raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
     return VESDE(sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales), 1e-5
   if name == "learned_vpsde":
-    return LearnedVPSDE(gamma_min=model.get("gamma_min", -13.3), gamma_max=model.get("gamma_max", 5.0),
-                        features=model.get("schedule_features", 1024), N=model.num_scales), 1e-3
+    if model.gamma_max <= model.gamma_min:
+      raise ValueError(f"model.gamma_max={model.gamma_max} must exceed model.gamma_min={model.gamma_min}")
+    return LearnedVPSDE(gamma_min=model.gamma_min, gamma_max=model.gamma_max, features=model.schedule_features,
+                        N=model.num_scales), 1e-3
+  if model.beta_max < model.beta_min:
+    raise ValueError(f"model.beta_max={model.beta_max} must be at least model.beta_min={model.beta_min}")
   return SDES[name](beta_min=model.beta_min, beta_max=model.beta_max, N=model.num_scales), 1e-3

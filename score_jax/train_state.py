@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from score_jax import sde as sde_lib
-from score_jax.models import init_model
+from score_jax import objectives, sde as sde_lib
+from score_jax.models import get_model, init_model
 
 
 @flax.struct.dataclass
@@ -34,19 +34,44 @@ class PowerEMATrainState(TrainState):
   power_ema: dict
 
 
+@flax.struct.dataclass
+class ObjectiveTrainState(TrainState):
+  """The state of a run whose objective needs more than the batch (`objectives.Objective.needs`: a
+  frozen teacher's variables, a target network): `objective_state`, checkpointed with the rest."""
+
+  objective_state: dict
+
+
+@flax.struct.dataclass
+class PowerEMAObjectiveTrainState(PowerEMATrainState):
+  """`PowerEMATrainState` with an objective's state (see `ObjectiveTrainState`)."""
+
+  objective_state: dict
+
+
+def objective_state(state):
+  """The objective's state carried by `state`, or None for objectives that need none."""
+  return state.objective_state if isinstance(state, (ObjectiveTrainState, PowerEMAObjectiveTrainState)) else None
+
+
 def profile_names(sigma_rels):
   """The keys of the power EMAs in the state and its snapshots: `profile_0`, `profile_1`, ... (one per sigma_rel)."""
   return tuple(f"profile_{i}" for i in range(len(sigma_rels)))
 
 
 def init_train_state(rng, config, optimizer):
-  """The initial state: the model's variables, and a learned SDE's parameters (`params["noise_schedule"]`)."""
+  """The initial state: the model's variables, a learned SDE's parameters (`params["noise_schedule"]`),
+  the power EMAs of `model.ema_type='power'` and the objective's own state, if it has one."""
   variables = init_model(rng, config)
   params = variables.pop("params")
-  params = {**params, **sde_lib.get_sde(config)[0].init_params(jax.random.fold_in(rng, 1))}
+  sde = sde_lib.get_sde(config)[0]
+  params = {**params, **sde.init_params(jax.random.fold_in(rng, 1))}
   fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=optimizer.init(params),
                 model_state=variables)
-  if config.model.get("ema_type", "fixed") != "power":
-    return TrainState(**fields)
-  names = profile_names(config.model.ema_sigma_rels)
-  return PowerEMATrainState(**fields, power_ema={name: params for name in names})
+  power = config.model.ema_type == "power"
+  if power:
+    fields["power_ema"] = {name: params for name in profile_names(config.model.ema_sigma_rels)}
+  extra = objectives.get_objective(sde, get_model(config), objectives.LossConfig.from_config(config)).init_state(params)
+  if extra is None:
+    return (PowerEMATrainState if power else TrainState)(**fields)
+  return (PowerEMAObjectiveTrainState if power else ObjectiveTrainState)(**fields, objective_state=extra)

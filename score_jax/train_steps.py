@@ -3,27 +3,32 @@
 import jax
 import optax
 
-from score_jax import ema, losses
+from score_jax import ema, objectives
+from score_jax.train_state import objective_state
 
 
 def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng, ema_gammas=None):
   """Returns `train_step(state, batch) -> (state, loss)`; its randomness is `fold_in(rng, state.step)`.
 
   The EMA decays by `ema_rate`, or with `ema_gammas` (`ema.power_gammas(config)`) the state's power
-  EMAs advance (`score_jax.ema.update`).
+  EMAs advance (`score_jax.ema.update`); an objective with its own state (a target network) advances it.
   """
-  loss_fn = losses.get_loss_fn(sde, model, loss_config, train=True)
+  objective = objectives.get_objective(sde, model, loss_config)
+  loss_fn = objectives.get_loss_fn(sde, model, loss_config, train=True)
 
   def train_step(state, batch):
     step_rng = jax.random.fold_in(rng, state.step)
+    extra = objective_state(state)
 
-    def objective(params):
-      return loss_fn(step_rng, {**state.model_state, "params": params}, batch).loss
+    def loss_of(params):
+      return loss_fn(step_rng, {**state.model_state, "params": params}, batch, extra).loss
 
-    loss, grads = jax.value_and_grad(objective)(state.params)
+    loss, grads = jax.value_and_grad(loss_of)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    if extra is not None:
+      state = state.replace(objective_state=objective.update_state(extra, params))
     return ema.update(state, ema_rate=ema_rate, gammas=ema_gammas), loss
 
   return train_step
@@ -38,9 +43,10 @@ def get_multi_step(train_step):
 
 def get_eval_step(sde, model, loss_config, *, rng):
   """Returns `eval_step(state, batch) -> loss` with the EMA parameters (the reference's eval loss)."""
-  loss_fn = losses.get_loss_fn(sde, model, loss_config, train=False)
+  loss_fn = objectives.get_loss_fn(sde, model, loss_config, train=False)
 
   def eval_step(state, batch):
-    return loss_fn(jax.random.fold_in(rng, state.step), state.variables(ema=True), batch).loss
+    return loss_fn(jax.random.fold_in(rng, state.step), state.variables(ema=True), batch,
+                   objective_state(state)).loss
 
   return eval_step

@@ -6,12 +6,16 @@ errors. The ELBO is checked against the exact negative log-likelihood, sliced sc
 against Hyvarinen's identity, and the importance-sampled likelihood weighting against the plain one.
 """
 
+import importlib
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import elbo, losses, noise_schedule, parameterization as param_lib, sde as sde_lib
+from score_jax import elbo, losses, objectives, noise_schedule, parameterization as param_lib, sde as sde_lib
+from score_jax.config_utils import validate_config
 from score_jax.utils import batch_mul
 
 MU, S = 0.3, 0.7
@@ -212,18 +216,55 @@ def test_prior_and_reconstruction_terms():
   np.testing.assert_allclose(elbo.prior_kl(ve, x0), kl, rtol=1e-5, atol=1e-6)
 
 
-def test_discretised_decoder_is_a_distribution():
-  """VDM's decoder: probabilities over the 256 levels sum to 1, and sharpen on the right level as sigma -> 0."""
+def _hand_decoder_nll(level, z0, spacing_units=1.0, count=256):
+  """-log p(level | v_level + sigma z0) of VDM's decoder when sigma is `spacing_units` level spacings:
+  the logits are -(level - j + z0)^2 / (2 spacing_units^2) over the levels j, written out term by term."""
+  logits = [-((level - j) / spacing_units + z0) ** 2 / 2.0 for j in range(count)]
+  top = max(logits)
+  return top + np.log(sum(np.exp(v - top) for v in logits)) - logits[level]
+
+
+def test_discretised_decoder_hand_computed():
+  """With sigma(t0) one level spacing and the noisy point on its level, -log p = log sum_n exp(-n^2 / 2):
+  log sqrt(2 pi) inside the range (Jacobi's theta sum; its correction is 2 e^(-2 pi^2) ~ 5e-9) and
+  log((1 + sqrt(2 pi)) / 2) + O(e^-2 pi^2) at an end level; it sharpens as sigma -> 0."""
   levels = elbo.PixelLevels(-1.0, 1.0, 256)
-  x0 = levels.values()[jnp.array([[0, 17, 255]])]
-  z = jnp.zeros_like(x0)
-  sharp = elbo.reconstruction_nll(linear_gamma_sde(-16.0, 10.0), x0, 0.0, z, levels)
-  assert float(sharp[0]) < 1e-4
-  blurry = elbo.reconstruction_nll(linear_gamma_sde(-2.0, 10.0), x0, 0.0, z, levels)
-  assert float(blurry[0]) > 0.1
-  sigma = float(jnp.exp(-1.0))  # probabilities of all levels at one noisy point sum to 1
-  logits = -0.5 * jnp.square((0.1 - levels.values()) / sigma)
-  np.testing.assert_allclose(float(jnp.sum(jax.nn.softmax(logits))), 1.0, rtol=1e-6)
+  spacing = 2.0 / 255.0
+  sde = linear_gamma_sde(2.0 * np.log(spacing), 10.0)  # sigma(0) = exp(gamma_0 / 2) = one spacing
+  x0 = levels.values()[jnp.array([[0], [128], [255]])]
+  nll = np.asarray(elbo.reconstruction_nll(sde, x0, 0.0, jnp.zeros_like(x0), levels))
+  inside, end = np.log(np.sqrt(2 * np.pi)), np.log((1.0 + np.sqrt(2 * np.pi)) / 2.0)
+  np.testing.assert_allclose(nll, [end, inside, end], atol=2e-5)  # float32 levels and sigma
+  sharp = elbo.reconstruction_nll(linear_gamma_sde(-16.0, 10.0), x0, 0.0, jnp.zeros_like(x0), levels)
+  assert float(jnp.max(sharp)) < 1e-4
+
+
+def test_vdm_loss_decodes_8bit_images_by_hand():
+  """Inside the `vdm` objective on an image batch: the reconstruction term (nats per dimension) of pixels
+  at known levels and known decoder noise equals the hand-computed softmax over the 256 levels."""
+  levels = elbo.PixelLevels(-1.0, 1.0, 256)
+  spacing = 2.0 / 255.0
+  sde = linear_gamma_sde(2.0 * np.log(2.0 * spacing), 10.0)  # sigma(0) = two level spacings
+  pixel_levels = np.array([[[0, 17], [128, 255]], [[3, 254], [100, 1]]])  # (B, H, W), one channel
+  x = levels.values()[jnp.asarray(pixel_levels)][..., None]
+  decoder_noise = jnp.asarray(np.array([[[0.0, 0.5], [-1.25, 0.3]], [[2.0, -0.7], [0.0, 1.5]]]))[..., None]
+  objective = objectives.OBJECTIVES["vdm"](sde=sde, model=None,
+                                           settings=objectives.LossConfig(objective="vdm", pixel_levels=levels))
+  call = types.SimpleNamespace(sde=sde, denoiser_fn=lambda: (lambda x_t, t: x_t))
+  draws = {"noise": jnp.zeros_like(x), "decoder_noise": decoder_noise, "time": jnp.array([0.25, 0.75])}
+  out = objective.loss(call, x, draws)
+  expected = [np.mean([_hand_decoder_nll(int(k), float(z), 2.0) for k, z in
+                       zip(pixel_levels[b].ravel(), np.asarray(decoder_noise[b]).ravel())]) for b in range(2)]
+  np.testing.assert_allclose(out.terms["reconstruction"], expected, rtol=1e-5)
+  total = sum(out.terms.values())
+  np.testing.assert_allclose(out.per_example, total, rtol=1e-6)
+
+
+def test_vdm_refuses_dequantised_pixels():
+  config = importlib.import_module("configs.vdm.digits").get_config()
+  config.data.uniform_dequantization = True
+  with pytest.raises(ValueError, match="data.uniform_dequantization=True"):
+    validate_config(config)
 
 
 def test_learned_schedule_is_monotone_with_learned_endpoints():

@@ -1,0 +1,41 @@
+"""`edm`: Karras et al. 2022, Sec. 5: log-normal noise levels and lambda(sigma) = (sigma^2 + sigma_data^2) /
+(sigma sigma_data)^2 on the denoiser, for any SDE through its noise level."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from score_jax.objectives.base import Objective, normal_per_example, output, reduce_per_example, scalar_per_example
+from score_jax.utils import batch_mul
+
+
+def edm_weight(sigma, sigma_data):
+  """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Karras et al. 2022, Table 1)."""
+  return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_loss(denoiser_fn, sde, x0, sigma, z, *, sigma_data=0.5, reduce_mean=True):
+  """lambda(sigma) |D(x, t) - x0|^2 at the noise levels `sigma`, x = m(t) (x0 + sigma z), t = t(sigma).
+
+  With the `edm` parameterization this is |F - F_target|^2 exactly (lambda c_out^2 = 1).
+  """
+  t = sde.noise_level_to_t(sigma)
+  mean_scale = sde.marginal_coeffs(t)[0]
+  x = batch_mul(mean_scale, x0 + batch_mul(sigma, z))
+  return output(reduce_per_example(jnp.square(denoiser_fn(x, t) - x0), reduce_mean) * edm_weight(sigma, sigma_data))
+
+
+@dataclasses.dataclass(frozen=True)
+class EDM(Objective):
+  """ln sigma ~ N(P_mean, P_std^2) (`training.edm_p_mean`, `training.edm_p_std`)."""
+
+  def draw(self, keys, x):
+    return {"noise": normal_per_example(keys["noise"], x),
+            "time": scalar_per_example(keys["time"], x.shape[0], jax.random.normal)}
+
+  def loss(self, call, x, draws, state=None):
+    settings = self.settings
+    sigma = jnp.exp(settings.edm_p_mean + settings.edm_p_std * draws["time"])
+    return edm_loss(call.denoiser_fn(), call.sde, x, sigma, draws["noise"], sigma_data=settings.sigma_data,
+                    reduce_mean=settings.reduce_mean)
