@@ -1,9 +1,14 @@
-"""Config validation: every mistake we can see stops here, before any compile."""
+"""The checks of a run's config that span several keys or sections, and the numeric keys' ranges.
+
+Each component checks its own keys where it is built from the config (`sde.get_sde`, `models.get_model`,
+`optim.get_optimizer`, `datasets.get_dataset`, the objective, the sampler, the EMA); `RunSetup` builds
+each of them once. What no single component can see is checked here, before anything compiles:
+`check_config(config)`. `validate_config(config)` runs both without loading data or compiling.
+"""
 
 import jax
 
-from score_jax import datasets, ema, likelihood, losses, optim, parameterization, sampling, sde as sde_lib
-from score_jax.models import model_names
+from score_jax import datasets, likelihood, sde as sde_lib
 from score_jax.utils import choice_error
 
 BPD_DATASETS = ("train", "test")
@@ -15,26 +20,25 @@ def _check_choice(key, value, choices, lower=True):
 
 
 def validate_config(config):
-  """Raises one `ValueError` naming the first bad key and its valid values."""
-  training, sampling_config = config.training, config.sampling
-  _check_choice("training.sde", training.sde, sde_lib.SDES)
-  _check_choice("model.name", config.model.name, model_names(), lower=False)
+  """Raises one `ValueError` naming the first bad key and its valid values: the config's own checks and
+  those of every component of a run, built (once) without data or compiling."""
+  from score_jax.run_setup import build_components  # the components are above this module
+  build_components(config)
+
+
+def check_config(config):
+  """Raises one `ValueError` naming the first bad key: keys that span components, numeric ranges."""
+  training, sampling_config, model = config.training, config.sampling, config.model
   _check_choice("data.dataset", config.data.dataset, datasets.DATASETS, lower=False)
-  _check_choice("sampling.method", sampling_config.method, sampling.SAMPLERS)
-  _check_choice("sampling.predictor", sampling_config.predictor, sampling.PREDICTORS)
-  _check_choice("sampling.corrector", sampling_config.corrector, sampling.CORRECTORS)
   _check_choice("eval.bpd_dataset", config.eval.bpd_dataset, BPD_DATASETS)
-  _check_choice("eval.hutchinson", config.eval.get("hutchinson", "rademacher"), likelihood.HUTCHINSON)
-  parameterization.get_parameterization(config)  # names a bad model.parameterization or model.dtype
-  if not training.continuous and config.model.get("parameterization", "reference") != "reference":
+  _check_choice("eval.hutchinson", config.eval.hutchinson, likelihood.HUTCHINSON)
+  check_numbers(config, NUMERIC_RULES)
+  if not training.continuous and model.parameterization != "reference":
     raise ValueError("training.continuous=False (the reference's SMLD / DDPM losses) needs "
                      "model.parameterization='reference'")
   if sampling_config.predictor.lower() == "ancestral_sampling" and not hasattr(
-      sde_lib.SDES[training.sde.lower()], "ancestral_step"):
+      sde_lib.SDES.get(training.sde.lower()), "ancestral_step"):
     raise ValueError(f"sampling.predictor='ancestral_sampling' is defined for vesde and vpsde, not {training.sde}")
-  _check_choice("optim.schedule", config.optim.get("schedule", "constant"), optim.SCHEDULES, lower=False)
-  if config.optim.optimizer.lower() != "adam":
-    raise choice_error("optim.optimizer", config.optim.optimizer, optim.OPTIMIZERS)
 
   devices = jax.device_count()
   for key in ("training.batch_size", "eval.batch_size", "sampling.batch_size"):
@@ -51,15 +55,6 @@ def validate_config(config):
       raise ValueError(f"training.{key}={value} must be a positive multiple of training.n_jitted_steps ({n})")
   if training.n_iters <= 0:
     raise ValueError(f"training.n_iters={training.n_iters} must be positive")
-  check_numbers(config, NUMERIC_RULES)
-  model = config.model
-  if model.get("gamma_max", 5.0) <= model.get("gamma_min", -13.3):
-    raise ValueError(f"model.gamma_max={model.gamma_max} must exceed model.gamma_min={model.gamma_min}")
-  losses.check_loss_config(losses.LossConfig.from_config(config), sde_lib.get_sde(config)[0])
-  if model.sigma_max <= model.sigma_min:
-    raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
-  if model.beta_max < model.beta_min:
-    raise ValueError(f"model.beta_max={model.beta_max} must be at least model.beta_min={model.beta_min}")
   uses_ddpm_steps = not training.continuous or sampling_config.method.lower() == "pc" and (
       sampling_config.predictor.lower() in ("reverse_diffusion", "ancestral_sampling")
       or sampling_config.corrector.lower() in ("langevin", "ald"))
@@ -68,11 +63,9 @@ def validate_config(config):
                      "the DDPM discretisation (beta_i = beta / N) of this sampler and loss needs beta_max / N <= 1")
   if config.eval.end_ckpt < config.eval.begin_ckpt:
     raise ValueError(f"eval.end_ckpt={config.eval.end_ckpt} must be at least eval.begin_ckpt={config.eval.begin_ckpt}")
-  sampling.config_options(sampling_config.method.lower(), sampling_config, 1e-3)  # the sampler checks its options
   _check_class_conditioning(config)
-  ema.check_ema_config(config)
-  if config.model.get("remat", False) and config.model.name not in ("ncsnpp", "ddpm"):
-    raise ValueError(f"model.remat=True is implemented for ncsnpp and ddpm, not model.name={config.model.name!r}")
+  if model.remat and model.name not in ("ncsnpp", "ddpm"):
+    raise ValueError(f"model.remat=True is implemented for ncsnpp and ddpm, not model.name={model.name!r}")
 
 
 CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm", "mlp")
@@ -80,7 +73,7 @@ CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm", "mlp")
 
 def _check_class_conditioning(config):
   """`model.num_classes` against the data set's classes, and the guidance keys against the model."""
-  num_classes, name = config.model.get("num_classes", 0), config.data.dataset
+  num_classes, name = config.model.num_classes, config.data.dataset
   if num_classes:
     if config.model.name not in CLASS_CONDITIONAL_MODELS:
       raise ValueError(f"model.num_classes={num_classes}: class-conditional networks are "
@@ -91,7 +84,8 @@ def _check_class_conditioning(config):
     if num_classes != datasets.NUM_CLASSES[name]:
       raise ValueError(f"model.num_classes={num_classes}, but data.dataset={name!r} has "
                        f"{datasets.NUM_CLASSES[name]} classes")
-  scale, interval = sampling.guidance_options(config)
+  scale = float(config.sampling.guidance_scale or 0.0)
+  interval = tuple(config.sampling.guidance_interval) or None
   if scale < 0:
     raise ValueError(f"sampling.guidance_scale={scale} must be >= 0")
   if scale and not num_classes:

@@ -1,18 +1,21 @@
 """`RunSetup`: everything static about a training run, built once from its config.
 
 Training (`drivers.train.train_and_evaluate`), evaluation, the benchmarks and the tests share it: the SDE,
-the model, the optimizer, the data, and the jitted train / eval steps over the device mesh.
+the model, the optimizer, the objective, the sampler, the data, and the jitted train / eval steps over
+the device mesh. The config is read here, once: `build_components` turns it into the objects that run
+it, each checking its own keys as it is built, after the checks that span keys (`config_utils`).
 """
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import datasets, ema, optim, parallel, sampling, sde as sde_lib
-from score_jax.config_utils import validate_config
-from score_jax.losses import LossConfig
+from score_jax import base_config, datasets, ema, objectives, optim, parallel, sampling, sde as sde_lib
+from score_jax.config_utils import check_config
 from score_jax.models import get_data_shape, get_model
 from score_jax.train_state import init_train_state
 from score_jax.train_steps import get_eval_step, get_multi_step, get_train_step
@@ -30,7 +33,7 @@ def step_loop(config):
   per step for the digits DDPM++ on 2 cores), so there each step is dispatched
   on its own (asynchronously: the host does not wait between steps).
   """
-  choice = config.training.get("step_loop", "auto")
+  choice = config.training.step_loop
   if choice not in STEP_LOOPS:
     raise choice_error("training.step_loop", choice, STEP_LOOPS)
   if choice != "auto":
@@ -47,26 +50,58 @@ def _dispatch_steps(single_step, state, batches):
   return state, jnp.stack(block_losses)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunComponents:
+  """The objects a run's config describes, each built once (no data loaded, nothing compiled)."""
+
+  config: Any             # the config, completed with the base's defaults (`base_config.complete`)
+  mesh: Any
+  sde: Any
+  sampling_eps: float
+  model: Any
+  optimizer: Any
+  loss_config: objectives.LossConfig
+  objective: objectives.Objective
+  ema_gammas: Any         # the power EMA's exponents, or None for the fixed EMA
+  sampler: Any            # `sample_fn(rng, variables, class_labels=None)` for `sampling.batch_size` samples
+
+
+def build_components(config):
+  """`RunComponents` of `config`; raises one `ValueError` naming the first bad key (before any compile)."""
+  config = base_config.complete(config)
+  check_config(config)
+  mesh = parallel.make_mesh()
+  sde, sampling_eps = sde_lib.get_sde(config)
+  model = get_model(config)
+  optimizer = optim.get_optimizer(config)
+  loss_config = objectives.LossConfig.from_config(config)
+  objective = objectives.get_objective(sde, model, loss_config)
+  ema.check_ema_config(config)
+  shape = (config.sampling.batch_size,) + get_data_shape(config)
+  sampler = sampling.get_sampling_fn(config, sde, model, shape, datasets.get_data_inverse_scaler(config),
+                                     sampling_eps, mesh=mesh)
+  return RunComponents(config, mesh, sde, sampling_eps, model, optimizer, loss_config, objective,
+                       ema.power_gammas(config), sampler)
+
+
 class RunSetup:
   """Everything static about a run, built once from the config."""
 
   def __init__(self, config):
-    validate_config(config)
-    self.config = config
-    self.mesh = parallel.make_mesh()
-    self.sde, self.sampling_eps = sde_lib.get_sde(config)
-    self.model = get_model(config)
-    self.optimizer = optim.get_optimizer(config)
+    components = build_components(config)
+    self.components = components
+    self.config = config = components.config
+    self.mesh, self.sde, self.sampling_eps = components.mesh, components.sde, components.sampling_eps
+    self.model, self.optimizer = components.model, components.optimizer
     self.dataset = datasets.get_dataset(config)  # the data alone (evaluation's statistics and likelihoods)
-    self.class_conditional = config.model.get("num_classes", 0) > 0
+    self.class_conditional = config.model.num_classes > 0
     # What the loss trains on: `(data, labels)` batches for a class-conditional model.
     self.train_dataset = datasets.get_dataset(config, labels=True) if self.class_conditional else self.dataset
     self.scaler = datasets.get_data_scaler(config)
-    loss_config = LossConfig.from_config(config)
     base_rng = jax.random.PRNGKey(config.seed)
-    train_step = get_train_step(self.sde, self.model, self.optimizer, loss_config,
+    train_step = get_train_step(self.sde, self.model, self.optimizer, components.loss_config,
                                 ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0),
-                                ema_gammas=ema.power_gammas(config))
+                                ema_gammas=components.ema_gammas)
     replicated = parallel.replicated(self.mesh)
     self.step_loop = step_loop(config)
     if self.step_loop == "scan":
@@ -78,7 +113,8 @@ class RunSetup:
                             in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
                             out_shardings=(replicated, replicated))
       self.multi_step = functools.partial(_dispatch_steps, single_step)
-    self.eval_step = jax.jit(get_eval_step(self.sde, self.model, loss_config, rng=jax.random.fold_in(base_rng, 1)),
+    self.eval_step = jax.jit(get_eval_step(self.sde, self.model, components.loss_config,
+                                           rng=jax.random.fold_in(base_rng, 1)),
                              in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
                              out_shardings=replicated)
 
@@ -89,6 +125,8 @@ class RunSetup:
     The batch is split over every device of every process (the samples come back as a global
     array: `parallel.gather` fetches them); sample i is the same whatever the device count.
     """
+    if batch_size == self.config.sampling.batch_size:
+      return self.components.sampler
     shape = (batch_size,) + get_data_shape(self.config)
     return sampling.get_sampling_fn(self.config, self.sde, self.model, shape,
                                     datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh)

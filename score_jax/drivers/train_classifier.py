@@ -11,11 +11,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from score_jax import checkpoint, datasets, parallel, sde as sde_lib
+from score_jax import datasets, parallel, sde as sde_lib
 from score_jax.classifier import (CLASSIFIER_DIR, checkpoint_manager, get_classifier, get_loss_fn, get_optimizer,
                                   init_state)
 from score_jax.config_utils import validate_classifier_config
-from score_jax.metric_writer import MetricWriter
+from score_jax.drivers import loop
 from score_jax.rng import per_sample_keys
 
 
@@ -64,8 +64,8 @@ def _eval_metrics(eval_step, variables, batches, edges, num_batches, to_model_sp
 def train_classifier(config, workdir):
   """Trains `config.classifier` on the labelled data of `config`, perturbed by its SDE; returns the final state.
 
-  Resumes from the newest readable checkpoint of `<workdir>/classifier/checkpoints` (an unreadable
-  newest one is skipped for an older one). Logs training loss and accuracy every `log_freq` steps and
+  The training loop is the score model's (`drivers.loop`): it resumes from the newest readable checkpoint
+  of `<workdir>/classifier/checkpoints`, logs training loss and accuracy every `log_freq` steps and
   held-out loss and accuracy, overall and in `num_noise_bins` bins of t, every `eval_freq` steps.
   """
   validate_classifier_config(config)
@@ -85,37 +85,21 @@ def train_classifier(config, workdir):
   logging.info("Held-out accuracy in t bins %s (noise levels %s)", np.round(edges, 3),
                np.round(np.asarray(sde.noise_level(jnp.asarray(edges))), 3))
 
-  initial = jax.device_put(init_state(jax.random.fold_in(base_rng, 2), config, optimizer), replicated)
-  manager = checkpoint_manager(config, workdir)
-  state, restored_step = checkpoint.restore_latest([manager], initial)
-  writer = MetricWriter(os.path.join(workdir, CLASSIFIER_DIR))
-  step = int(state.step)
-  if restored_step is None:
-    num_weights = sum(x.size for x in jax.tree_util.tree_leaves(state.variables()))
-    logging.info("Training a %s-weight classifier in %s", f"{num_weights:,}", workdir)
-  else:
-    logging.info("Resuming the classifier from its checkpoint of step %d", step)
-    writer.truncate_after(step)
-
-  window = []
-  while step < c.n_iters:
+  def step_block(state, step):
     images, labels = dataset.train_batches(step, 1)
-    state, out = train_step(state, parallel.shard_batch(mesh, scaler(images[0])),
-                            parallel.shard_batch(mesh, labels[0]))
-    window.append(out)
-    step += 1
-    done = step >= c.n_iters
-    if step % c.log_freq == 0 or done:
-      loss, accuracy = np.mean(jax.device_get([(o.loss, o.accuracy) for o in window]), axis=0)
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"classifier loss became {loss} before step {step}; stopping without saving "
-                                 "this state. Lower classifier.optim.lr or resume from the last checkpoint.")
-      writer.write(step, loss=loss, accuracy=accuracy)
-      window = []
-    if step % c.eval_freq == 0 or done:
-      writer.write(step, **_eval_metrics(eval_step, state.variables(), dataset.eval_batches(), edges,
-                                         c.num_eval_batches, scaler))
-    if step % c.checkpoint_freq == 0 or done:
-      checkpoint.save(manager, step, state)
-  writer.close()
-  return state
+    state, out = train_step(state, parallel.shard_batch(mesh, scaler(images[0])), parallel.shard_batch(mesh, labels[0]))
+    return state, {"loss": out.loss[None], "accuracy": out.accuracy[None]}
+
+  def describe(state):
+    return f" ({sum(x.size for x in jax.tree_util.tree_leaves(state.variables())):,} weights)"
+
+  task = loop.TrainingTask(
+      name="classifier",
+      cadence=loop.Cadence(n_iters=c.n_iters, block=1, log=c.log_freq, eval=c.eval_freq, snapshot=c.checkpoint_freq,
+                           eval_at_end=True),
+      init_state=lambda: jax.device_put(init_state(jax.random.fold_in(base_rng, 2), config, optimizer), replicated),
+      step_block=step_block, snapshots=checkpoint_manager(config, workdir),
+      metrics_dir=os.path.join(workdir, CLASSIFIER_DIR), describe=describe,
+      evaluate=lambda state: _eval_metrics(eval_step, state.variables(), dataset.eval_batches(), edges,
+                                           c.num_eval_batches, scaler))
+  return loop.run_training(task, workdir)
