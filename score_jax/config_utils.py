@@ -8,7 +8,7 @@ each of them once. What no single component can see is checked here, before anyt
 
 import jax
 
-from score_jax import datasets, likelihood, sde as sde_lib
+from score_jax import datasets, likelihood, sampling, sde as sde_lib
 from score_jax.utils import choice_error
 
 BPD_DATASETS = ("train", "test")
@@ -30,6 +30,9 @@ def check_config(config):
   """Raises one `ValueError` naming the first bad key: keys that span components, numeric ranges."""
   training, sampling_config, model = config.training, config.sampling, config.model
   _check_choice("data.dataset", config.data.dataset, datasets.DATASETS, lower=False)
+  _check_choice("sampling.method", sampling_config.method, sampling.SAMPLERS)
+  _check_choice("sampling.predictor", sampling_config.predictor, sampling.PREDICTORS)
+  _check_choice("sampling.corrector", sampling_config.corrector, sampling.CORRECTORS)
   _check_choice("eval.bpd_dataset", config.eval.bpd_dataset, BPD_DATASETS)
   _check_choice("eval.hutchinson", config.eval.hutchinson, likelihood.HUTCHINSON)
   check_numbers(config, NUMERIC_RULES)

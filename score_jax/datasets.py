@@ -31,14 +31,14 @@ from score_jax.utils import choice_error
 
 def get_data_scaler(config):
   """Data in [0, 1] -> model space: [-1, 1] when `data.centered` (image data), else identity."""
-  if config.data.centered and not config.data.get("dim", None):
+  if config.data.centered and not config.data.dim:
     return lambda x: x * 2.0 - 1.0
   return lambda x: x
 
 
 def get_data_inverse_scaler(config):
   """Inverse of `get_data_scaler`."""
-  if config.data.centered and not config.data.get("dim", None):
+  if config.data.centered and not config.data.dim:
     return lambda x: (x + 1.0) / 2.0
   return lambda x: x
 
@@ -382,7 +382,7 @@ def get_dataset(config, labels=False, batch_size=None):
                        f"data.image_size and data.num_channels ask for {expected}")
     return ImageDataset(train_source, eval_source, seed=config.seed,
                         batch_size=batch_size or config.training.batch_size,
-                        eval_batch_size=config.eval.batch_size, num_eval=config.data.get("num_eval", 0),
+                        eval_batch_size=config.eval.batch_size, num_eval=config.data.num_eval,
                         random_flip=config.data.random_flip,
                         uniform_dequantization=config.data.uniform_dequantization, labelled=labels)
   if name in IMAGE_TOY_DATASETS:
@@ -391,4 +391,4 @@ def get_dataset(config, labels=False, batch_size=None):
   else:
     sampler = LABELLED_TOY_DATASETS[name] if labels else TOY_DATASETS[name]
   return ToyDataset(sampler=sampler, seed=config.seed, batch_size=config.training.batch_size,
-                    eval_batch_size=config.eval.batch_size, num_eval=config.data.get("num_eval", 1024))
+                    eval_batch_size=config.eval.batch_size, num_eval=config.data.num_eval)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.models import get_denoiser_fn
-from score_jax.rng import per_example
+from score_jax.rng import per_example, purpose_keys
 from score_jax.utils import append_dims, batch_mul, flat_sum
 
 
@@ -120,10 +120,11 @@ def get_elbo_fn(sde, model, *, t0, levels=None):
     bound_sde = sde.bind(variables)
     denoiser_fn = get_denoiser_fn(bound_sde, model, variables)
     batch_size = x0.shape[0]
-    normal = lambda key: jax.random.normal(key, x0.shape[1:])
-    t, inverse_density = importance_times(antithetic_uniforms(jax.random.fold_in(rng, 0), batch_size), bound_sde, t0)
-    z_t = per_example(jax.random.fold_in(rng, 1), batch_size, normal)
-    z_0 = per_example(jax.random.fold_in(rng, 2), batch_size, normal)
+    normal = lambda key: jax.random.normal(key, x0.shape[1:])  # noqa: E731
+    keys = purpose_keys(rng)
+    t, inverse_density = importance_times(antithetic_uniforms(keys["time"], batch_size), bound_sde, t0)
+    z_t = per_example(keys["noise"], batch_size, normal)
+    z_0 = per_example(keys["decoder_noise"], batch_size, normal)
     return sum(elbo_terms(denoiser_fn, bound_sde, x0, t, z_t, z_0, t0, levels, inverse_density))
   return elbo_fn
 

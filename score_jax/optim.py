@@ -14,7 +14,7 @@ def get_learning_rate_fn(config):
   docs/differences.md#warmup-first-step), then
   `optim.schedule`: constant (the reference), or a cosine decay to 0 at `training.n_iters`."""
   optim = config.optim
-  schedule = optim.get("schedule", "constant")
+  schedule = optim.schedule
   if schedule not in SCHEDULES:
     raise choice_error("optim.schedule", schedule, SCHEDULES)
   warmup = max(optim.warmup, 0)

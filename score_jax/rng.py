@@ -1,7 +1,21 @@
-"""Per-example and per-sample randomness: key i depends only on (rng, i), never on the batch split."""
+"""Per-example and per-sample randomness: key i depends only on (rng, i), never on the batch split.
+
+A step's key is split once into one key per purpose (`purpose_keys`); example i's value of a purpose
+comes from `fold_in(purpose_key, i)`. With JAX's partitionable threefry the bits `normal(key, shape)`
+draws at position j are the key data of `fold_in(key, j)`, so a key is either a parent or sampled from,
+never both, and two purposes never share one.
+"""
 
 import jax
 import jax.numpy as jnp
+
+
+PURPOSES = ("noise", "time", "dropout", "labels", "projection", "decoder_noise")
+
+
+def purpose_keys(rng):
+  """`{purpose: key}`: one key per name of `PURPOSES`, split from a step's `rng`."""
+  return dict(zip(PURPOSES, jax.random.split(rng, len(PURPOSES))))
 
 
 def per_sample_keys(rng, batch_size):

@@ -426,9 +426,9 @@ def get_sde(config):
   if name not in SDES:
     raise choice_error("training.sde", config.training.sde, SDES)
   model = config.model
+  if model.sigma_max <= model.sigma_min:
+    raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
   if name == "vesde":
-    if model.sigma_max <= model.sigma_min:
-      raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
     return VESDE(sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales), 1e-5
   if name == "learned_vpsde":
     if model.gamma_max <= model.gamma_min:

@@ -87,9 +87,9 @@ def _negative_log_likelihood(config, run, state, rng, directory):
   from score_jax import likelihood
 
   ev = config.eval
-  repeats = ev.get("bpd_num_repeats", 1)
+  repeats = ev.bpd_num_repeats
   flat = len(get_data_shape(config)) == 1
-  hutchinson = ev.get("hutchinson", "rademacher")
+  hutchinson = ev.hutchinson
   if flat:
     logp_fn = likelihood.get_log_likelihood_fn(config, run.sde, run.model, hutchinson=hutchinson,
                                                num_repeats=repeats, mesh=run.mesh)
@@ -112,10 +112,10 @@ def _elbo(config, run, state, rng, directory):
   """
   from score_jax import elbo, losses
 
-  loss_config = losses.LossConfig.from_config(config)
+  loss_config = run.components.loss_config
   elbo_fn = jax.jit(elbo.get_elbo_fn(run.sde, run.model, t0=losses.elbo_start(run.sde, loss_config),
                                      levels=loss_config.pixel_levels))
-  num_times = config.eval.get("elbo_num_times", 16)
+  num_times = config.eval.elbo_num_times
   shape = get_data_shape(config)
   flat = len(shape) == 1
 
@@ -133,8 +133,8 @@ def _elbo(config, run, state, rng, directory):
 def has_bound(config):
   """Whether evaluation reports the ELBO (`elbo_*`): for objectives that train it (`vdm`, likelihood
   weighting), or any model with `eval.enable_elbo`."""
-  return (config.training.get("objective", "dsm") == "vdm" or bool(config.training.likelihood_weighting)
-          or bool(config.eval.get("enable_elbo", False)))
+  return (config.training.objective == "vdm" or bool(config.training.likelihood_weighting)
+          or bool(config.eval.enable_elbo))
 
 
 def _features_fn(config):
@@ -142,8 +142,8 @@ def _features_fn(config):
   from score_jax.metrics import inception
 
   ev = config.eval
-  return inception.get_inception_fn(path=ev.get("inception_path") or None, url=ev.get("inception_url") or None,
-                                    cache_dir=ev.get("inception_cache_dir") or None)
+  return inception.get_inception_fn(path=ev.inception_path or None, url=ev.inception_url or None,
+                                    cache_dir=ev.inception_cache_dir or None)
 
 
 def _to_uint8(images):
@@ -163,7 +163,7 @@ def _digits_fd(config, samples):
 
 def stats_path(config, workdir):
   """Where `--mode=fid_stats` writes and evaluation reads the data set's Inception features."""
-  if config.eval.get("stats_path"):
+  if config.eval.stats_path:
     return config.eval.stats_path
   return os.path.join(workdir, "stats", f"{config.data.dataset.lower()}_{config.data.image_size}_stats.npz")
 
@@ -171,6 +171,7 @@ def stats_path(config, workdir):
 def compute_fid_stats(config, workdir):
   """Inception pool3 features of every training image (uint8, no dequantisation), as the reference."""
   run = RunSetup(config)
+  config = run.config  # completed with the base's defaults
   source = getattr(run.dataset, "train_source", None)
   if source is None:
     raise ValueError(f"--mode=fid_stats needs an image data set with a training split, not {config.data.dataset!r}")
@@ -207,14 +208,14 @@ def _sample_quality(config, workdir, samples, features_fn):
 def evaluate(config, workdir, eval_folder="eval"):
   """Evaluates checkpoints `eval.begin_ckpt .. eval.end_ckpt`; returns their reports."""
   run = RunSetup(config)
+  config = run.config  # completed with the base's defaults
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))
   target = run.init_state()
-  timeout = config.eval.get("checkpoint_timeout", 0)
+  timeout = config.eval.checkpoint_timeout
   images = len(get_data_shape(config)) == 3
-  features_fn = _features_fn(config) if images and config.eval.enable_sampling and config.eval.get(
-      "enable_fid", False) else None
+  features_fn = _features_fn(config) if images and config.eval.enable_sampling and config.eval.enable_fid else None
   reports = {}
   for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
     report_path = os.path.join(eval_dir, f"report_{ckpt}.json")

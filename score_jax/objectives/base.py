@@ -1,13 +1,11 @@
-"""What every training objective shares: its settings, the per-purpose random keys, the loss struct,
-the model calls it makes, and the `Objective` interface the registry (`score_jax.objectives`) builds.
+"""What every training objective shares: its settings, the loss struct, the model calls it makes, and
+the `Objective` interface the registry (`score_jax.objectives`) builds.
 
-Randomness. A step's key is split once into one key per purpose (`PURPOSES`: the noise, the times, the
-network's dropout, the class-label dropout, the projections, the decoder's noise); an objective draws
-example i's value of a purpose from `fold_in(purpose_key, i)` (`rng.per_example`), or one value for the
-batch from the purpose key itself. A purpose key is therefore either a parent of per-example keys or
-sampled from, never both, and no two purposes share a key: with JAX's partitionable threefry the bits
-that `normal(key, shape)` draws at position j are the key data of `fold_in(key, j)`, so deriving one
-purpose from a key that another purpose samples from correlates their draws.
+Randomness. A step's key is split once into one key per purpose (`rng.purpose_keys`: the noise, the
+times, the network's dropout, the class-label dropout, the projections, the decoder's noise); an
+objective draws example i's value of a purpose from `fold_in(purpose_key, i)` (`rng.per_example`), or
+one value for the batch from the purpose key itself, so a purpose key is either a parent of per-example
+keys or sampled from, never both, and no two purposes share a key.
 """
 
 import dataclasses
@@ -20,14 +18,7 @@ import jax.numpy as jnp
 from score_jax import elbo
 from score_jax.base_config import BASE
 from score_jax.models import get_denoiser_fn, get_model_fn, get_output_fn, get_score_fn
-from score_jax.rng import per_example
-
-PURPOSES = ("noise", "time", "dropout", "labels", "projection", "decoder_noise")
-
-
-def purpose_keys(rng):
-  """`{purpose: key}`: one key per name of `PURPOSES`, split from a step's `rng`."""
-  return dict(zip(PURPOSES, jax.random.split(rng, len(PURPOSES))))
+from score_jax.rng import PURPOSES, per_example, purpose_keys  # noqa: F401 -- the purposes, named here too
 
 
 @flax.struct.dataclass
