@@ -91,18 +91,18 @@ def solve_reconstruction(snapshot_steps, snapshot_gammas, step, gamma):
 
 def check_ema_config(config):
   """Raises a `ValueError` for bad EMA keys (before any compile)."""
-  ema_type = config.model.get("ema_type", "fixed")
+  ema_type = config.model.ema_type
   if ema_type not in EMA_TYPES:
     raise choice_error("model.ema_type", ema_type, EMA_TYPES)
   if ema_type != "power":
     return
-  sigma_rels = tuple(config.model.get("ema_sigma_rels", ()))
+  sigma_rels = tuple(config.model.ema_sigma_rels)
   if not sigma_rels:
     raise ValueError("model.ema_type='power' needs model.ema_sigma_rels, e.g. (0.05, 0.1)")
   for sigma_rel in sigma_rels:
     if not 0.0 < sigma_rel < MAX_SIGMA_REL:
       raise ValueError(f"model.ema_sigma_rels has {sigma_rel}; each must lie in (0, {MAX_SIGMA_REL:.4f})")
-  freq, jitted = config.training.get("ema_snapshot_freq", 0), config.training.n_jitted_steps
+  freq, jitted = config.training.ema_snapshot_freq, config.training.n_jitted_steps
   if freq <= 0 or freq % jitted:
     raise ValueError(f"training.ema_snapshot_freq={freq} must be a positive multiple of training.n_jitted_steps "
                      f"({jitted})")
@@ -110,7 +110,7 @@ def check_ema_config(config):
 
 def power_gammas(config):
   """The exponents of the tracked power profiles, or None for the fixed EMA."""
-  if config.model.get("ema_type", "fixed") != "power":
+  if config.model.ema_type != "power":
     return None
   return tuple(sigma_rel_to_gamma(s) for s in config.model.ema_sigma_rels)
 

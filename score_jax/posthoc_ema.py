@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from score_jax import checkpoint, ema, parallel, trained_model
+from score_jax import base_config, checkpoint, ema, parallel, trained_model
 from score_jax.train_state import profile_names
 
 SNAPSHOT_DIR = "ema_snapshots"
@@ -51,8 +51,9 @@ def reconstruct(config, workdir, sigma_rel, *, step=None, return_info=False):
   Raises:
     ValueError: not a power-EMA config, no snapshot, or `step` not stored.
   """
+  config = base_config.complete(config)
   ema.check_ema_config(config)
-  if config.model.get("ema_type", "fixed") != "power":
+  if config.model.ema_type != "power":
     raise ValueError("post-hoc EMA needs a run trained with model.ema_type='power'")
   gamma = ema.sigma_rel_to_gamma(sigma_rel)
   manager = snapshot_manager(workdir)
@@ -89,6 +90,7 @@ def write_reconstruction(config, workdir, sigma_rel, *, step=None, output_dir=No
   averages are all that EMA, at the snapshot's step, in `output_dir` (default
   `<workdir>/posthoc_ema/sigma_rel_<sigma_rel>`; its `checkpoints/` are what `--mode=eval --workdir=<dir>`
   and `trained_model.load_model` read); the run's `config.json` goes along. Returns `(output_dir, step)`."""
+  config = base_config.complete(config)
   params, solution = reconstruct(config, workdir, sigma_rel, step=step, return_info=True)
   step = max(snapshot_manager(workdir).all_steps()) if step is None else int(step)
   output_dir = output_dir or os.path.join(workdir, POSTHOC_DIR, f"sigma_rel_{sigma_rel:g}")

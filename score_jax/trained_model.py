@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from score_jax import checkpoint, optim, train_state
+from score_jax import base_config, checkpoint, optim, train_state
 from score_jax.models import get_model
 
 
@@ -31,6 +31,7 @@ def load_model(config, workdir, *, ema=True):
   Raises:
     ValueError: `workdir` holds no readable checkpoint of this config's model.
   """
+  config = base_config.complete(config)  # e.g. the config.json of a run older than some keys
   managers = [checkpoint.get_manager(os.path.join(workdir, directory))
               for directory in (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
   state, step = checkpoint.restore_latest(managers, abstract_train_state(config))

@@ -161,6 +161,13 @@ def _digits_fd(config, samples):
   return digits_metrics.digits_frechet_distance(samples, held_out)
 
 
+# A data set's own measure of its samples: data.dataset -> (report key, metric(config, samples)).
+DATASET_METRICS = {
+    "checkerboard": ("on_checkerboard", lambda config, samples: toy_data.on_checkerboard(samples)),  # on the squares
+    "digits": ("digits_fd", _digits_fd),
+}
+
+
 def stats_path(config, workdir):
   """Where `--mode=fid_stats` writes and evaluation reads the data set's Inception features."""
   if config.eval.stats_path:
@@ -249,16 +256,15 @@ def evaluate(config, workdir, eval_folder="eval"):
         reference = np.concatenate([parallel.gather(parallel.shard_batch(run.mesh, batch))
                                     for batch in run.dataset.eval_batches()])
         report["sliced_wasserstein"] = distances.sliced_wasserstein(samples, reference)
-        if config.data.dataset == "checkerboard":
-          report["on_checkerboard"] = toy_data.on_checkerboard(samples)  # the fraction on the 8 squares
       stem = os.path.join(eval_dir, f"ckpt_{ckpt}_samples")
       report["samples_png"] = f"{stem}.png"
       if jax.process_index() == 0:
         plotting.save_samples(stem, samples, reference=reference, title=f"checkpoint {ckpt}")
       if features_fn is not None:
         report.update(_sample_quality(config, workdir, samples, features_fn))
-      if config.data.dataset == "digits":
-        report["digits_fd"] = _digits_fd(config, samples)
+      if config.data.dataset in DATASET_METRICS:
+        name, metric = DATASET_METRICS[config.data.dataset]
+        report[name] = metric(config, samples)
       report["nfe_per_batch"] = nfe // max(1, -(-config.eval.num_samples // config.eval.batch_size))
     if jax.process_index() == 0:
       with open(report_path + ".tmp", "w") as f:
