@@ -101,7 +101,7 @@ class RunSetup:
     base_rng = jax.random.PRNGKey(config.seed)
     train_step = get_train_step(self.sde, self.model, self.optimizer, components.loss_config,
                                 ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0),
-                                ema_gammas=components.ema_gammas)
+                                ema_gammas=components.ema_gammas, objective=components.objective)
     replicated = parallel.replicated(self.mesh)
     self.step_loop = step_loop(config)
     if self.step_loop == "scan":
@@ -114,7 +114,7 @@ class RunSetup:
                             out_shardings=(replicated, replicated))
       self.multi_step = functools.partial(_dispatch_steps, single_step)
     self.eval_step = jax.jit(get_eval_step(self.sde, self.model, components.loss_config,
-                                           rng=jax.random.fold_in(base_rng, 1)),
+                                           rng=jax.random.fold_in(base_rng, 1), objective=components.objective),
                              in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
                              out_shardings=replicated)
 
@@ -132,7 +132,7 @@ class RunSetup:
                                     datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh)
 
   def init_state(self):
-    init = jax.jit(lambda rng: init_train_state(rng, self.config, self.optimizer),
+    init = jax.jit(lambda rng: init_train_state(rng, self.config, self.optimizer, components=self.components),
                    out_shardings=parallel.replicated(self.mesh))
     return init(jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 2))
 

@@ -59,19 +59,28 @@ def profile_names(sigma_rels):
   return tuple(f"profile_{i}" for i in range(len(sigma_rels)))
 
 
-def init_train_state(rng, config, optimizer):
+def init_train_state(rng, config, optimizer, *, components=None):
   """The initial state: the model's variables, a learned SDE's parameters (`params["noise_schedule"]`),
-  the power EMAs of `model.ema_type='power'` and the objective's own state, if it has one."""
-  variables = init_model(rng, config)
+  the power EMAs of `model.ema_type='power'` and the objective's own state, if it has one.
+
+  `components`: the run's `run_setup.RunComponents` (its model, SDE and objective), built from `config`
+  already; None builds them here.
+  """
+  if components is None:
+    sde = sde_lib.get_sde(config)[0]
+    model = get_model(config)
+    objective = objectives.get_objective(sde, model, objectives.LossConfig.from_config(config))
+  else:
+    sde, model, objective = components.sde, components.model, components.objective
+  variables = init_model(rng, config, model=model)
   params = variables.pop("params")
-  sde = sde_lib.get_sde(config)[0]
   params = {**params, **sde.init_params(jax.random.fold_in(rng, 1))}
   fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=optimizer.init(params),
                 model_state=variables)
   power = config.model.ema_type == "power"
   if power:
     fields["power_ema"] = {name: params for name in profile_names(config.model.ema_sigma_rels)}
-  extra = objectives.get_objective(sde, get_model(config), objectives.LossConfig.from_config(config)).init_state(params)
+  extra = objective.init_state(params)
   if extra is None:
     return (PowerEMATrainState if power else TrainState)(**fields)
   return (PowerEMAObjectiveTrainState if power else ObjectiveTrainState)(**fields, objective_state=extra)

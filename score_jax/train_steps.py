@@ -7,14 +7,15 @@ from score_jax import ema, objectives
 from score_jax.train_state import objective_state
 
 
-def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng, ema_gammas=None):
+def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng, ema_gammas=None, objective=None):
   """Returns `train_step(state, batch) -> (state, loss)`; its randomness is `fold_in(rng, state.step)`.
 
   The EMA decays by `ema_rate`, or with `ema_gammas` (`ema.power_gammas(config)`) the state's power
   EMAs advance (`score_jax.ema.update`); an objective with its own state (a target network) advances it.
+  `objective`: the one `objectives.get_objective(sde, model, loss_config)` built already.
   """
-  objective = objectives.get_objective(sde, model, loss_config)
-  loss_fn = objectives.get_loss_fn(sde, model, loss_config, train=True)
+  objective = objectives.get_objective(sde, model, loss_config) if objective is None else objective
+  loss_fn = objectives.get_loss_fn(sde, model, loss_config, train=True, objective=objective)
 
   def train_step(state, batch):
     step_rng = jax.random.fold_in(rng, state.step)
@@ -41,9 +42,9 @@ def get_multi_step(train_step):
   return multi_step
 
 
-def get_eval_step(sde, model, loss_config, *, rng):
+def get_eval_step(sde, model, loss_config, *, rng, objective=None):
   """Returns `eval_step(state, batch) -> loss` with the EMA parameters (the reference's eval loss)."""
-  loss_fn = objectives.get_loss_fn(sde, model, loss_config, train=False)
+  loss_fn = objectives.get_loss_fn(sde, model, loss_config, train=False, objective=objective)
 
   def eval_step(state, batch):
     return loss_fn(jax.random.fold_in(rng, state.step), state.variables(ema=True), batch,

@@ -308,3 +308,30 @@ def test_training_logs_its_progress(tmp_path, caplog):
   train.train_and_evaluate(tiny_toy_config(**{"training.n_iters": 20}), str(tmp_path))
   lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
   assert lines and lines[0].startswith("step 10: loss ") and "10/20 (50%)" in lines[0] and "ETA" in lines[0]
+
+
+def test_run_setup_builds_each_component_once(monkeypatch):
+  """Following the config from the training driver: the SDE, model, parameterization, optimizer,
+  objective and sampler are each built once (RunSetup, the initial state, the train / eval steps)."""
+  from score_jax import objectives, optim, parameterization, sampling, sde as sde_lib
+  from score_jax.models import registry
+  calls = {}
+
+  def count(module, name):
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+      calls[name] = calls.get(name, 0) + 1
+      return original(*args, **kwargs)
+    for loaded in list(sys.modules.values()):  # every module that imported the builder by name
+      if getattr(loaded, "__name__", "").startswith("score_jax") and getattr(loaded, name, None) is original:
+        monkeypatch.setattr(loaded, name, wrapper)
+
+  for module, name in [(sde_lib, "get_sde"), (registry, "get_model"), (parameterization, "get_parameterization"),
+                       (optim, "get_optimizer"), (objectives, "check_loss_config"),
+                       (sampling.registry, "config_options")]:
+    count(module, name)
+  run = run_setup.RunSetup(tiny_toy_config())
+  jax.eval_shape(run.init_state)
+  assert calls == {name: 1 for name in ("get_sde", "get_model", "get_parameterization", "get_optimizer",
+                                        "check_loss_config", "config_options")}, calls

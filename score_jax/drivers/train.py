@@ -30,6 +30,7 @@ def _save_config(config, workdir):
   the run later (the notebooks, `--mode=eval`, `--mode=inpaint`); the file is read as data, never executed."""
   if jax.process_index() != 0:
     return
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   with open(path + ".tmp", "w") as f:
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))

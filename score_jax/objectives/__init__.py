@@ -86,15 +86,16 @@ def drop_labels(key, class_labels, num_classes, rate):
   return jnp.where(dropped, num_classes, class_labels)
 
 
-def get_loss_fn(sde, model, settings, *, train):
+def get_loss_fn(sde, model, settings, *, train, objective=None):
   """Returns `loss_fn(rng, variables, batch, objective_state=None) -> LossOutput` for `settings.objective`.
 
   The step's `rng` is split into one key per purpose (`objectives.base.PURPOSES`). A class-conditional
   model (`settings.num_classes`) takes `(x, class labels)` batches; in training each label becomes the
   null class with probability `settings.class_dropout`, so one network learns D(x, t, c) and D(x, t, null).
-  `objective_state` is what the objective's step needs beyond the batch (`Objective.needs`).
+  `objective_state` is what the objective's step needs beyond the batch (`Objective.needs`); `objective`:
+  the one `get_objective(sde, model, settings)` built already.
   """
-  objective = get_objective(sde, model, settings)
+  objective = get_objective(sde, model, settings) if objective is None else objective
 
   def loss_fn(rng, variables, batch, objective_state=None):
     x, class_labels = split_batch(batch, settings.num_classes)
