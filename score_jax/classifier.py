@@ -27,7 +27,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from score_jax import checkpoint, controllable, optim, sde as sde_lib
+from score_jax import base_config, checkpoint, controllable, optim, sde as sde_lib
 from score_jax.rng import per_example
 from score_jax.config_utils import validate_classifier_config
 from score_jax.models.wideresnet import WideResnet
@@ -106,7 +106,7 @@ def get_loss_fn(sde, model, noise_eps):
 
 def get_optimizer(config):
   """The optimizer of `config.classifier.optim`."""
-  return optim.get_optimizer(ml_collections.ConfigDict({"optim": config.classifier.optim}))
+  return optim.get_optimizer(base_config.complete(ml_collections.ConfigDict({"optim": config.classifier.optim})))
 
 
 def init_state(rng, config, optimizer):

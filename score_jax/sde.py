@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import noise_schedule
+from score_jax import base_config, noise_schedule
 from score_jax.utils import batch_mul, choice_error, flat_sum
 
 
@@ -425,7 +425,7 @@ def get_sde(config):
   name = config.training.sde.lower()
   if name not in SDES:
     raise choice_error("training.sde", config.training.sde, SDES)
-  model = config.model
+  model = base_config.complete(config).model  # a partial config (the reference's) takes the base's defaults
   if model.sigma_max <= model.sigma_min:
     raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
   if name == "vesde":

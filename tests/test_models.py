@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import convert, parameterization, sde as sde_lib
+from score_jax import base_config, convert, parameterization, sde as sde_lib
 from score_jax.models import get_model, get_model_fn, get_score_fn, init_model
 from tests.helpers import FIXTURES
 
@@ -23,6 +23,7 @@ def load_config(name):
 # --- The reference fixtures -------------------------------------------------------------------------------
 
 def fixture_config(meta):
+  """The reference's config of a fixture (its flat keys), completed with score_jax's defaults for the rest."""
   config = ml_collections.ConfigDict()
   for key, value in meta["config_flat"].items():
     *sections, leaf = key.split(".")
@@ -32,7 +33,7 @@ def fixture_config(meta):
         node[section] = ml_collections.ConfigDict()
       node = node[section]
     node[leaf] = tuple(value) if isinstance(value, list) else value
-  return config
+  return base_config.complete(config)
 
 
 @pytest.fixture(scope="module", params=MODEL_FIXTURES)

@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from score_jax import parameterization
+from score_jax import base_config, parameterization
 from score_jax.models.score_model import ScoreModel
 from score_jax.utils import choice_error
 
@@ -38,6 +38,8 @@ def get_network(config):
 
 
 def get_model(config):
-  """The network of `config.model` with its parameterization (`model.parameterization`)."""
+  """The network of `config.model` with its parameterization (`model.parameterization`); keys the config
+  lacks (e.g. the reference's own config) take the base configuration's defaults."""
+  config = base_config.complete(config)
   network = get_network(config)
   return ScoreModel(network=network, parameterization=parameterization.get_parameterization(config, network))
