@@ -168,6 +168,9 @@ class VPSDE(SDE):
 
   @property
   def sqrt_alphas_cumprod(self):
+    if self.beta_max > self.N:  # some beta_i = beta / N > 1: prod(1 - beta_i) < 0 has no square root
+      raise ValueError(f"the DDPM mean scales sqrt(prod(1 - beta_i)) need N={self.N} >= beta_max={self.beta_max} "
+                       "(beta_i = beta / N <= 1)")
     return jnp.asarray(np.sqrt(np.cumprod(1.0 - _vp_betas(self))), jnp.float32)
 
   @property

@@ -1,5 +1,7 @@
 """Losses against the reference's numbers and closed forms; optimizer and EMA semantics."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,9 +42,21 @@ def test_smld_and_ddpm_losses_replay_reference(refcheck):
   out = losses.smld_loss(model_fn, FIXTURE_SDES["ve"], nhwc(ref["inputs/data_01"]),
                          jnp.asarray(ref["loss/smld/ve/draw000"]), nhwc(ref["loss/smld/ve/draw001"]))
   np.testing.assert_allclose(out.loss, ref["loss/smld/ve/out0"], rtol=2e-6)
-  out = losses.ddpm_loss(model_fn, FIXTURE_SDES["vp"], nhwc(ref["inputs/data_centered"]),
-                         jnp.asarray(ref["loss/ddpm/vp/draw000"]), nhwc(ref["loss/ddpm/vp/draw001"]))
-  np.testing.assert_allclose(out.loss, ref["loss/ddpm/vp/out0"], rtol=2e-6)
+  # The reference's DDPM case has no number to replay: at N = 10, beta_i = beta_max / N reaches 2, so
+  # prod(1 - beta_i) < 0 from i = 5 on, and label 9 (of the drawn 4, 9) reads its square root, NaN.
+  labels = ref["loss/ddpm/vp/draw000"]
+  x0, z = (np.asarray(nhwc(ref[key]), np.float32) for key in ("inputs/data_centered", "loss/ddpm/vp/draw001"))
+  assert np.isnan(ref["loss/ddpm/vp/out0"]) and list(labels) == [4, 9]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # the table refuses; no NaN on the way
+    with pytest.raises(ValueError, match="beta_max"):
+      losses.ddpm_loss(model_fn, FIXTURE_SDES["vp"], x0, jnp.asarray(labels), z)
+  # At N = beta_max (the least that model.num_scales allows): Ho et al.'s Eq. (14), in float64.
+  abar = np.cumprod(1.0 - np.linspace(0.1 / 20, 20.0 / 20, 20))[labels][:, None, None, None]
+  perturbed = np.sqrt(abar) * x0.astype(np.float64) + np.sqrt(1.0 - abar) * z.astype(np.float64)
+  expected = np.mean((np.tanh(0.5 * perturbed) + 0.001 * labels[:, None, None, None] - z)**2)
+  out = losses.ddpm_loss(model_fn, sde_lib.VPSDE(0.1, 20.0, 20), x0, jnp.asarray(labels), z)
+  np.testing.assert_allclose(out.loss, expected, rtol=2e-6)
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
