@@ -3,7 +3,7 @@
 Each component checks its own keys where it is built from the config (`sde.get_sde`, `models.get_model`,
 `optim.get_optimizer`, `datasets.get_dataset`, the objective, the sampler, the EMA); `RunSetup` builds
 each of them once. What no single component can see is checked here, before anything compiles:
-`check_config(config)`. `validate_config(config)` runs both without loading data or compiling.
+`check_config(config)`. `run_setup.validate_config(config)` runs both without loading data or compiling.
 """
 
 import jax
@@ -17,13 +17,6 @@ BPD_DATASETS = ("train", "test")
 def _check_choice(key, value, choices, lower=True):
   if (value.lower() if lower else value) not in choices:
     raise choice_error(key, value, choices)
-
-
-def validate_config(config):
-  """Raises one `ValueError` naming the first bad key and its valid values: the config's own checks and
-  those of every component of a run, built (once) without data or compiling."""
-  from score_jax.run_setup import build_components  # the components are above this module
-  build_components(config)
 
 
 def check_config(config):

@@ -84,6 +84,12 @@ def build_components(config):
                        ema.power_gammas(config), sampler)
 
 
+def validate_config(config):
+  """Raises one `ValueError` naming the first bad key and its valid values: the config's own checks and
+  those of every component of a run, built (once) without data or compiling."""
+  build_components(config)
+
+
 class RunSetup:
   """Everything static about a run, built once from the config."""
 

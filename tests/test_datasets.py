@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from configs import default_cifar10_configs, digits as digits_config
 from score_jax import datasets, tfrecord, toy_data
-from score_jax.config_utils import validate_config
+from score_jax.run_setup import validate_config
 
 
 def _image_config(dataset, **overrides):

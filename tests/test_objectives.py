@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from score_jax import elbo, losses, objectives, noise_schedule, parameterization as param_lib, sde as sde_lib
-from score_jax.config_utils import validate_config
+from score_jax.run_setup import validate_config
 from score_jax.utils import batch_mul
 
 MU, S = 0.3, 0.7
@@ -437,7 +437,7 @@ def _tiny_ncsnpp_config():
 
 
 def test_bad_objective_settings_name_the_key():
-  from score_jax.config_utils import validate_config
+  from score_jax.run_setup import validate_config
 
   config = training_config("dsm-v")
   config.training.objective = "score_matching"

@@ -14,8 +14,8 @@ import pytest
 from absl import logging as absl_logging
 
 from score_jax import checkpoint, datasets, ema, run_setup
-from score_jax.drivers import train
-from score_jax.config_utils import validate_config
+from score_jax.drivers import loop, train
+from score_jax.run_setup import validate_config
 from score_jax.metric_writer import read_metrics
 from tests.helpers import tiny_toy_config
 
@@ -297,8 +297,8 @@ def test_image_model_trains_a_few_steps(tmp_path):
 
 def test_progress_line_reports_speed_and_time_left(monkeypatch):
   clock = iter([100.0, 104.0, 106.0])
-  monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
-  progress = train.Progress(200, 1000)
+  monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+  progress = loop.Progress(200, 1000)
   assert progress.line(600) == "600/1000 (60%), 100 steps/s, ETA 0:00:04"  # 400 steps in 4 s, 400 left
   assert progress.line(1000) == "1000/1000 (100%), 200 steps/s, ETA 0:00:00"
 
