@@ -2,13 +2,17 @@
 
 The tests against diffusers itself (its `UNet2DModel` built from the Hub models' block layout at small
 width, random weights, `save_pretrained`, forward compared with ours) need the `interop` extra
-(`pip install -e ".[interop]"`: torch and diffusers) and skip without it; everything else runs anywhere.
+(`pip install -e ".[interop]"`: torch and diffusers) and skip without it; everything else runs anywhere,
+including our import and export against diffusers' own checkpoints and outputs recorded in
+tests/fixtures/diffusers/ (tests/fixtures/make_diffusers_fixtures.py writes them).
 """
 
 import json
+import lzma
 import math
 import os
 import pickle
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +23,7 @@ from flax import serialization
 from score_jax import checkpoint, convert, diffusers_format, safetensors_io
 from score_jax.drivers import train
 from score_jax.models import get_model, get_model_fn, init_model
-from tests.helpers import tiny_toy_config
+from tests.helpers import FIXTURES, tiny_toy_config
 from tests.test_convert import _Hostile, load_fixture, save_pth
 
 # The Hub models' block layouts at small width: google/ddpm-cifar10-32 (attention at 16 px) and
@@ -262,3 +266,50 @@ def test_imports_write_orbax_snapshots_with_their_config(tmp_path):
   _, loaded, loaded_step = checkpoint.load_model(fixture_config, str(tmp_path / "w2"))
   assert (ckpt, loaded_step) == (7, step) and step == 7 * fixture_config.training.snapshot_freq
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, fixture_variables)
+
+
+# --- Against diffusers' recorded outputs (tests/fixtures/diffusers/, no torch) -------------------------------
+# Written by tests/fixtures/make_diffusers_fixtures.py (its docstring says what each file holds): diffusers'
+# own Hub folders of a tiny google/ddpm-cifar10-32 and google/ncsnpp-celebahq-256 layout, and its outputs.
+
+def hub_folder(name, tmp_path):
+  """`tests/fixtures/diffusers/<name>` as the Hub has it: the JSON files and the unpacked safetensors."""
+  source, folder = FIXTURES / "diffusers" / name, tmp_path / name
+  folder.mkdir()
+  for path in source.glob("*.json"):
+    shutil.copy(path, folder)
+  with lzma.open(source / f"{diffusers_format.WEIGHTS[0]}.xz") as f:
+    (folder / diffusers_format.WEIGHTS[0]).write_bytes(f.read())
+  return folder
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ncsnpp"])
+def test_import_matches_diffusers_recorded_forward(tmp_path, name):
+  config, variables = convert.load_diffusers_checkpoint(str(hub_folder(name, tmp_path)))
+  if name == "ncsnpp":
+    assert (config.model.sigma_min, config.model.sigma_max, config.model.num_scales) == (0.01, 348.0, 2000)
+    assert config.sampling.snr == 0.15 and config.model.attn_resolutions == (8,)
+  else:
+    assert (config.model.beta_min, config.model.beta_max, config.model.num_scales) == (0.1, 20.0, 1000)
+    assert config.model.attn_resolutions == (8,) and config.model.ch_mult == (1, 2, 2, 2)
+  recorded = np.load(FIXTURES / "diffusers" / name / "forward.npz")
+  got = our_output(config, variables, recorded["x"], recorded["labels"].astype(np.float32))
+  want = recorded["sample_f64"]  # diffusers' own float32 forward is 7e-6 (NCSN++) and 6e-7 (DDPM) off it
+  assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ncsnpp"])
+def test_export_writes_the_hub_weights_and_config(tmp_path, name):
+  folder = hub_folder(name, tmp_path)
+  config, variables = convert.load_diffusers_checkpoint(str(folder))
+  convert.save_diffusers_checkpoint(str(tmp_path / "export"), config, variables)
+  want, _ = safetensors_io.read(str(folder / diffusers_format.WEIGHTS[0]))
+  got, _ = safetensors_io.read(str(tmp_path / "export" / diffusers_format.WEIGHTS[0]))
+  assert sorted(got) == sorted(want)
+  for key, value in want.items():
+    assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+  for file in ("config.json", "scheduler_config.json"):
+    hub, ours = (json.loads((directory / file).read_text()) for directory in (folder, tmp_path / "export"))
+    for key, value in ours.items():
+      assert hub[key] == pytest.approx(value) if isinstance(value, float) else hub[key] == value, (file, key)
