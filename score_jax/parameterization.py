@@ -23,6 +23,7 @@ to float32.
 
 import abc
 import dataclasses
+from typing import Callable, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -105,10 +106,34 @@ def tweedie_denoiser(score_fn, sde):
   return lambda x, t: tweedie(sde, x, t, score_fn(x, t))
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreFunction:
+  """A model's score with its own denoiser and cost: `score_fn(x, t)` calls `score(x, t)`.
+
+  Any plain `score_fn(x, t)` works wherever a score function is taken; this one also brings
+  `denoiser(x, t)` = E[x(0) | x(t)] as the model predicts it (None: Tweedie's formula on the score)
+  and `network_evaluations`, the network evaluations per sample of one call (2 for classifier-free
+  guidance). Frozen and compared by its fields, so an equal object hits the samplers' jit cache.
+  """
+
+  score: Callable
+  denoiser: Optional[Callable] = None
+  network_evaluations: int = 1
+
+  def __call__(self, x, t):
+    return self.score(x, t)
+
+
 def denoiser_of(score_fn, sde):
-  """The denoiser that belongs to `score_fn`: the model's own (`score_fn.denoiser_fn`, set by
-  `models.get_score_fn`), else Tweedie's formula on the score."""
-  return getattr(score_fn, "denoiser_fn", None) or tweedie_denoiser(score_fn, sde)
+  """The denoiser that belongs to `score_fn`: a `ScoreFunction`'s own, else Tweedie's formula on the score."""
+  if isinstance(score_fn, ScoreFunction) and score_fn.denoiser is not None:
+    return score_fn.denoiser
+  return tweedie_denoiser(score_fn, sde)
+
+
+def network_evaluations_of(score_fn):
+  """Network evaluations per sample of one `score_fn(x, t)` call: a `ScoreFunction`'s count, else 1."""
+  return score_fn.network_evaluations if isinstance(score_fn, ScoreFunction) else 1
 
 
 # ----------------------------------------------------------------------------- parameterizations

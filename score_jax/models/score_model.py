@@ -128,7 +128,6 @@ def _get_output_fn(sde, model, variables, train, continuous, rng, convert, class
       output = parameterization.apply_network(network_fn, sde, x, t, continuous)
       return convert(parameterization, sde, output, x, t, continuous)
 
-    output_fn.network_evaluations = 2  # per sample: one call on twice the batch
     return output_fn
 
   network_fn = get_network_fn(model, variables, train=train, rng=rng, class_labels=class_labels)
@@ -137,13 +136,14 @@ def _get_output_fn(sde, model, variables, train, continuous, rng, convert, class
     output = parameterization.apply_network(network_fn, sde, x, t, continuous)
     return convert(parameterization, sde, output, x, t, continuous)
 
-  output_fn.network_evaluations = 1
   return output_fn
 
 
 def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None,
                  guidance_scale=0.0, guidance_interval=None):
-  """Returns `score_fn(x, t) -> score shaped like x` of `model` under `sde`.
+  """Returns `score_fn(x, t) -> score shaped like x` of `model` under `sde`: a `ScoreFunction` that also
+  carries the model's own denoiser (`get_denoiser_fn`, which the data-prediction samplers use) and its
+  network evaluations per call.
 
   Args:
     sde: the forward SDE the model was trained with.
@@ -154,18 +154,15 @@ def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=Non
       null class, i.e. the unconditional model.
     guidance_scale: classifier-free guidance weight w: the score of (1 + w) D(x, c) - w D(x, null)
       (0: the conditional model itself). A guided score evaluation costs two network evaluations
-      (`score_fn.network_evaluations`), made as one call on twice the batch.
+      (`score_fn.network_evaluations == 2`), made as one call on twice the batch.
     guidance_interval: `(low, high)`: guide only where the noise level sigma(t) = std / m lies in
       (low, high] (Kynkaanniemi et al. 2024); None: everywhere.
   """
   guidance = dict(class_labels=class_labels, guidance_scale=guidance_scale, guidance_interval=guidance_interval)
-  score_fn = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.score(*args),
-                            **guidance)
-  # The samplers that work with data predictions take the model's own (`parameterization.denoiser_of`).
-  score_fn.denoiser_fn = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng,
-                                         **guidance)
-  score_fn.network_evaluations = score_fn.denoiser_fn.network_evaluations
-  return score_fn
+  score = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.score(*args), **guidance)
+  denoiser = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng, **guidance)
+  # A guided evaluation is one network call on twice the batch: two network evaluations per sample.
+  return parameterization_lib.ScoreFunction(score, denoiser, network_evaluations=2 if guidance_scale else 1)
 
 
 def get_output_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None):
