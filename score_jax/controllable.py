@@ -19,22 +19,25 @@ Per-sample keys as in `score_jax.sampling`: at step i the corrector, the predict
 projections draw from `fold_in(keys_i, 0..3)`, so with nothing known the samplers reproduce `pc_sample`.
 
 Deviations from the reference, on purpose:
-* B8: the reference set `x_mean = x (1 - mask) + mean mask` after each projection, from the *noisy*
-  projected `x`, so `denoise=True` never removed the last noise from the unknown entries; and
-  colorization masked the prior in RGB space before decoupling, which made the initial known latent
-  channel a mixture of gray and prior (and dropped the prior's first RGB channel from the others). Here `x_mean` keeps the update's `x_mean` for unknown entries and the
-  mask acts in latent space. `fix_b8=False` restores the reference (used to replay its recorded runs).
-* B26: the reference's class-conditional sampler normalised the classifier's input twice (CIFAR
+* The projection's `x_mean`: the reference set `x_mean = x (1 - mask) + mean mask` after each projection,
+  from the *noisy* projected `x`, so `denoise=True` never removed the last noise from the unknown
+  entries; and colorization masked the prior in RGB space before decoupling, which made the initial
+  known latent channel a mixture of gray and prior (and dropped the prior's first RGB channel from the
+  others). Here `x_mean` keeps the update's `x_mean` for unknown entries and the mask acts in latent
+  space. `reference_projection=True` restores the reference (used to replay its recorded runs).
+* The classifier's input: the reference's class-conditional sampler normalised it twice (CIFAR
   mean/std in `get_logit_fn`, then per-image standardisation inside the WideResNet). Here
   `log_prob_grad_fn(x, t, labels)` receives the sampler's `x` and `t` and the classifier does its own
   normalisation, once.
-* `nfe` counts network evaluations actually made, as `pc_sample` (B18); a classifier costs none, a
-  classifier-free-guided score (`models.get_score_fn(..., guidance_scale=w)`) two per evaluation.
+* `nfe` counts network evaluations actually made, as `pc_sample` (a `none` predictor or corrector costs
+  nothing); a classifier costs none, a classifier-free-guided score (`models.get_score_fn(...,
+  guidance_scale=w)`) two per evaluation.
 
 Classifier-free guidance needs nothing here: a guided `score_fn` of a class-conditional model inpaints,
 colorizes and samples conditionally like any other.
 """
 
+import functools
 import math
 
 import jax
@@ -42,9 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import sampling
-from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
-from score_jax.sampling import pc
-from score_jax.sampling.common import count_network_evaluations
+from score_jax.rng import fold_in, per_sample_keys
+from score_jax.sampling.common import count_network_evaluations, takes_options
+from score_jax.sampling.pc import PCSampler
 from score_jax.utils import batch_mul
 
 # The reference's decoupling matrix for RGB (rows: RGB channel, columns: latent channel).
@@ -84,7 +87,8 @@ def classifier_log_prob_grad_fn(logit_fn):
 # ------------------------------------------------------------------------------------- the loop
 
 
-def _projected_sample(rng, z, known, mask, decoupling, *, sde, denoise, fix_b8, noise_fn, **options):
+@functools.partial(jax.jit, static_argnames=("sampler", "score_fn", "sde", "reference_projection"))
+def _projected_sample(rng, z, known, mask, decoupling, *, sampler, score_fn, sde, reference_projection):
   """Replacement sampling in latent space: `known` and `mask` are latent, `decoupling` (M, M^-1) or None."""
   to_latent, from_latent = (lambda x: x), (lambda x: x)
   if decoupling is not None:
@@ -93,33 +97,28 @@ def _projected_sample(rng, z, known, mask, decoupling, *, sde, denoise, fix_b8, 
 
   def project_fn(keys, x, x_mean, t):
     mean, std = sde.marginal_prob(known, t)
-    x = from_latent(to_latent(x) * (1 - mask) + (mean + batch_mul(std, noise_fn(keys, x))) * mask)
-    x_mean = from_latent(to_latent(x_mean if fix_b8 else x) * (1 - mask) + mean * mask)
+    x = from_latent(to_latent(x) * (1 - mask) + (mean + batch_mul(std, sampler.noise_fn(keys, x))) * mask)
+    x_mean = from_latent(to_latent(x if reference_projection else x_mean) * (1 - mask) + mean * mask)
     return x, x_mean
 
   keys = per_sample_keys(rng, known.shape[0])
   prior = sampling.initial_state(fold_in(keys, 0), sde, known.shape, z)
-  # The reference starts from the clean known entries; it masked the prior before decoupling (B8).
-  prior = to_latent(prior) * (1 - mask) if fix_b8 else to_latent(prior * (1 - mask))
+  # Start from the clean known entries; the reference masked the prior before decoupling.
+  prior = to_latent(prior * (1 - mask)) if reference_projection else to_latent(prior) * (1 - mask)
   x = from_latent(known * mask + prior)
-  x, x_mean = sampling.pc_loop(keys, x, sde=sde, noise_fn=noise_fn, project_fn=project_fn, **options)
-  return x_mean if denoise else x
+  x, x_mean = sampling.pc_loop(keys, x, sampler, score_fn, sde, project_fn=project_fn)
+  return x_mean if sampler.denoise else x
 
 
-_STATIC = ("score_fn", "sde", "predictor", "corrector", "snr", "n_steps", "probability_flow", "denoise", "eps",
-           "langevin_norm", "noise_fn")
-_projected_sample_jit = jax.jit(_projected_sample, static_argnames=_STATIC + ("fix_b8",))
-
-
-def _check_options(predictor, corrector, langevin_norm):
-  pc.check_options(dict(predictor=predictor, corrector=corrector, langevin_norm=langevin_norm))
+def _output(samples, sampler, score_fn, sde):
+  nfe = sampling.pc_nfe(sde, sampler.predictor, sampler.corrector, sampler.n_steps)
+  return count_network_evaluations(sampling.SampleOutput(samples=samples, nfe=nfe), score_fn)
 
 # ----------------------------------------------------------------------------------- public API
 
 
-def pc_inpaint(rng, score_fn, sde, data, mask, *, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
-               n_steps=1, probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch", fix_b8=True,
-               z=None, noise_fn=gaussian_noise):
+@takes_options(PCSampler)
+def pc_inpaint(rng, score_fn, sde, data, mask, *, reference_projection=False, z=None, **options):
   """Inpainting by PC sampling with replacement of the known entries (Appendix I.2 of Song et al. 2021).
 
   Args:
@@ -128,32 +127,31 @@ def pc_inpaint(rng, score_fn, sde, data, mask, *, predictor="reverse_diffusion",
     sde: the forward SDE; `sde.N` steps on `linspace(T, eps, N)`.
     data: `(B, ...)` data in the model's space; only its known entries are read.
     mask: broadcastable to `data`; 1 marks known entries, which the output keeps (up to `m(eps)`).
-    predictor, corrector, snr, n_steps, probability_flow, eps, langevin_norm, z, noise_fn: as `pc_sample`
-      (`z`: optional prior draw x_T; its known entries are ignored).
-    denoise: return the last step's noise-free mean (unknown entries: the predictor's `x_mean`).
-    fix_b8: False reproduces the reference's `x_mean`, which keeps the last noise (B8).
+    reference_projection: True reproduces the reference's projection, whose `x_mean` keeps the last
+      noise in the unknown entries (so `denoise` removes none).
+    z: optional prior draw x_T; its known entries are ignored.
+    **options: those of `pc_sample` (the fields of `PCSampler`: predictor, corrector, snr, n_steps,
+      probability_flow, denoise, eps, langevin_norm, noise_fn); `denoise` returns the last step's
+      noise-free mean (unknown entries: the predictor's `x_mean`).
 
   Returns:
     `SampleOutput(samples shaped like data, nfe)`.
   """
-  _check_options(predictor, corrector, langevin_norm)
+  sampler = PCSampler(**options)
+  sampler.check()
   data = jnp.asarray(data, jnp.float32)
   try:
     np.broadcast_to(np.empty(np.shape(mask), np.bool_), data.shape)
   except ValueError:
     raise ValueError(f"mask of shape {np.shape(mask)} does not broadcast to data of shape {data.shape}") from None
   mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), data.shape)
-  samples = _projected_sample_jit(
-      rng, z, data, mask, None, score_fn=score_fn, sde=sde, predictor=predictor, corrector=corrector, snr=snr,
-      n_steps=n_steps, probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm,
-      fix_b8=fix_b8, noise_fn=noise_fn)
-  return count_network_evaluations(
-      sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps)), score_fn)
+  samples = _projected_sample(rng, z, data, mask, None, sampler=sampler, score_fn=score_fn, sde=sde,
+                              reference_projection=reference_projection)
+  return _output(samples, sampler, score_fn, sde)
 
 
-def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_diffusion", corrector="langevin",
-                snr=0.16, n_steps=1, probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch",
-                fix_b8=True, z=None, noise_fn=gaussian_noise):
+@takes_options(PCSampler)
+def pc_colorize(rng, score_fn, sde, gray, *, channels=None, reference_projection=False, z=None, **options):
   """Colorization: inpainting of latent channel 0 = sqrt(C) mean_c(gray) after decoupling (Appendix I.3).
 
   Args:
@@ -165,7 +163,8 @@ def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_d
   Returns:
     `SampleOutput(samples (B, H, W, C), nfe)`.
   """
-  _check_options(predictor, corrector, langevin_norm)
+  sampler = PCSampler(**options)
+  sampler.check()
   gray = jnp.asarray(gray, jnp.float32)
   given = gray.shape[-1]
   if channels is None:
@@ -176,48 +175,39 @@ def pc_colorize(rng, score_fn, sde, gray, *, channels=None, predictor="reverse_d
   matrix, inverse = decoupling_matrix(channels)
   known = jnp.einsum("...i,ij->...j", gray, matrix)
   mask = jnp.zeros((channels,)).at[0].set(1.0)
-  samples = _projected_sample_jit(
-      rng, z, known, mask, (matrix, inverse), score_fn=score_fn, sde=sde, predictor=predictor, corrector=corrector,
-      snr=snr, n_steps=n_steps, probability_flow=probability_flow, denoise=denoise, eps=eps,
-      langevin_norm=langevin_norm, fix_b8=fix_b8, noise_fn=noise_fn)
-  return count_network_evaluations(
-      sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps)), score_fn)
+  samples = _projected_sample(rng, z, known, mask, (matrix, inverse), sampler=sampler, score_fn=score_fn, sde=sde,
+                              reference_projection=reference_projection)
+  return _output(samples, sampler, score_fn, sde)
 
 
-def _conditional_sample(rng, z, labels, scale, *, score_fn, log_prob_grad_fn, sde, shape, denoise, **options):
+@functools.partial(jax.jit, static_argnames=("sampler", "score_fn", "log_prob_grad_fn", "sde", "shape"))
+def _conditional_sample(rng, z, labels, scale, *, sampler, score_fn, log_prob_grad_fn, sde, shape):
   guided_fn = conditional_score_fn(score_fn, lambda x, t: scale * log_prob_grad_fn(x, t, labels))
   keys = per_sample_keys(rng, shape[0])
   x = sampling.initial_state(fold_in(keys, 0), sde, shape, z)
-  x, x_mean = sampling.pc_loop(keys, x, score_fn=guided_fn, sde=sde, **options)
-  return x_mean if denoise else x
+  x, x_mean = sampling.pc_loop(keys, x, sampler, guided_fn, sde)
+  return x_mean if sampler.denoise else x
 
 
-_conditional_sample_jit = jax.jit(_conditional_sample, static_argnames=_STATIC + ("log_prob_grad_fn", "shape"))
-
-
-def pc_conditional_sample(rng, score_fn, log_prob_grad_fn, sde, labels, shape, *, scale=1.0,
-                          predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1,
-                          probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch", z=None,
-                          noise_fn=gaussian_noise):
+@takes_options(PCSampler)
+def pc_conditional_sample(rng, score_fn, log_prob_grad_fn, sde, labels, shape, *, scale=1.0, z=None, **options):
   """Class-conditional PC sampling with the score s(x, t) + scale grad_x log p(labels | x(t)) (Eq. (14)).
 
   Args:
     log_prob_grad_fn: `log_prob_grad_fn(x, t, labels) -> shaped like x`, static; e.g.
       `classifier_log_prob_grad_fn(logit_fn)` for a noise-conditional classifier, which gets the sampler's
-      `x` and `t` and normalises its input itself (B26). For a VE SDE its noise level is
-      `sde.marginal_prob(x, t)[1]`.
+      `x` and `t` and normalises its input itself (the reference normalised it twice). For a VE SDE its
+      noise level is `sde.marginal_prob(x, t)[1]`.
     labels: per-sample labels (any array with leading dimension B), passed through to `log_prob_grad_fn`.
     shape: `(B, ...)` of the samples.
     scale: guidance weight (1 samples p(x | y); larger sharpens the classifier's preference).
-    Others: as `pc_sample`.
+    Others: as `pc_sample` (its options are the fields of `PCSampler`).
 
   Returns:
     `SampleOutput(samples, nfe)`; `nfe` counts score-model evaluations (the classifier's are extra).
   """
-  _check_options(predictor, corrector, langevin_norm)
-  samples = _conditional_sample_jit(
-      rng, z, labels, jnp.asarray(scale, jnp.float32), score_fn=score_fn, log_prob_grad_fn=log_prob_grad_fn, sde=sde,
-      shape=tuple(shape), predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-      probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
-  return count_network_evaluations(
-      sampling.SampleOutput(samples=samples, nfe=sampling.pc_nfe(sde, predictor, corrector, n_steps)), score_fn)
+  sampler = PCSampler(**options)
+  sampler.check()
+  samples = _conditional_sample(rng, z, labels, jnp.asarray(scale, jnp.float32), sampler=sampler, score_fn=score_fn,
+                                log_prob_grad_fn=log_prob_grad_fn, sde=sde, shape=tuple(shape))
+  return _output(samples, sampler, score_fn, sde)

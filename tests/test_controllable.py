@@ -44,8 +44,8 @@ def conditional(mean, cov, known, value):
 
 def replacement_moments(sde, eps, mean, cov, known, value):
   """Exact mean and covariance of the unknown coordinates after replacement sampling with the
-  reverse-diffusion predictor only (no corrector, denoise, fixed B8), by pushing the moments through the
-  linear steps x_u <- (2 - a) x_u + G^2 s_u(x_u, m value + std z) + G z (float64)."""
+  reverse-diffusion predictor only (no corrector, denoise, our projection's x_mean), by pushing the moments
+  through the linear steps x_u <- (2 - a) x_u + G^2 s_u(x_u, m value + std z) + G z (float64)."""
   unknown = np.setdiff1d(np.arange(len(mean)), known)
   prior_std = getattr(sde, "sigma_max", 1.0)
   mean_u, cov_u = np.zeros(len(unknown)), prior_std**2 * np.eye(len(unknown))
@@ -250,9 +250,9 @@ def test_replays_reference(toy, name):
   sde = TOY_SDES["ve"]
   prior, *draws = draws_of(toy, name)
   noise_fn = NHWCReplay(draws)
-  # The reference's semantics (B8 included); its VE inverse scaler is the identity.
+  # The reference's semantics (its projection included); its VE inverse scaler is the identity.
   options = dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, denoise=True, eps=1e-5,
-                 fix_b8=False, z=nhwc(prior) * sde.sigma_max, noise_fn=noise_fn)
+                 reference_projection=True, z=nhwc(prior) * sde.sigma_max, noise_fn=noise_fn)
   with jax.disable_jit():  # the loop runs in Python so the draws are consumed in order
     if name == "inpaint/ve":
       out = controllable.pc_inpaint(jax.random.key(0), toy_score_fn(sde, True), sde, nhwc(toy["inputs/data_01"]),
@@ -265,12 +265,12 @@ def test_replays_reference(toy, name):
   np.testing.assert_allclose(out.samples, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
   assert int(out.nfe) == 20
 
-# ---------------------------------------------------------------- B8, per-sample keys, errors
+# ------------------------------------------------- the reference's projection, per-sample keys, errors
 
 
-def test_nothing_known_reproduces_pc_sample_and_b8():
+def test_nothing_known_reproduces_pc_sample_and_the_reference_projection():
   # With mask 0 the projection is a no-op: pc_inpaint must be pc_sample, denoised by the update's
-  # x_mean. The reference's x_mean (fix_b8=False) is the noisy x: denoising did nothing (B8).
+  # x_mean. The reference's x_mean (reference_projection=True) is the noisy x: denoising did nothing.
   sde, score_fn, key = sde_lib.VPSDE(N=20), gaussian_score_fn(sde_lib.VPSDE(N=20)), jax.random.key(6)
   data = jnp.ones((6, 16))
   denoised = sampling.pc_sample(key, score_fn, sde, data.shape).samples
@@ -278,7 +278,8 @@ def test_nothing_known_reproduces_pc_sample_and_b8():
   assert np.abs(denoised - noisy).max() > 1e-3
   np.testing.assert_allclose(controllable.pc_inpaint(key, score_fn, sde, data, 0.0).samples, denoised,
                              rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(controllable.pc_inpaint(key, score_fn, sde, data, 0.0, fix_b8=False).samples, noisy,
+  np.testing.assert_allclose(controllable.pc_inpaint(key, score_fn, sde, data, 0.0, reference_projection=True).samples,
+                             noisy,
                              rtol=1e-6, atol=1e-6)
   zero_grad = lambda x, t, labels: jnp.zeros_like(x)
   conditional_out = controllable.pc_conditional_sample(key, score_fn, zero_grad, sde, jnp.zeros(6), data.shape)

@@ -11,6 +11,7 @@ import pytest
 
 from score_jax import models, sampling
 from score_jax import sde as sde_lib
+from score_jax.parameterization import ScoreFunction, denoiser_of, network_evaluations_of, tweedie
 from tests.helpers import FIXTURES, ReferenceToyModel
 
 # ----------------------------------------------------------------------------- closed-form scores
@@ -138,6 +139,44 @@ def test_samplers_do_not_retrace():
     assert np.isfinite(out.samples).all()
 
 
+def test_an_equal_score_function_object_does_not_retrace():
+  """The samplers' jit takes score_fn as static: a new `ScoreFunction` equal to the last one reuses its trace."""
+  traces = []
+  sde = sde_lib.VPSDE(N=10)
+
+  def score(x, t):
+    traces.append(None)
+    return -x
+
+  for method, options in [("pc", {}), ("ddim", dict(steps=3))]:
+    first = sampling.sample(jax.random.key(0), ScoreFunction(score, network_evaluations=2), sde, (4, 2),
+                            method=method, **options)
+    count = len(traces)
+    second = sampling.sample(jax.random.key(1), ScoreFunction(score, network_evaluations=2), sde, (4, 2),
+                             method=method, **options)
+    assert len(traces) == count > 0, method
+    assert int(second.nfe) == int(first.nfe) and not np.allclose(first.samples, second.samples)
+  sampling.ddim_sample(jax.random.key(1), ScoreFunction(score, network_evaluations=1), sde, (4, 2), steps=3)
+  assert len(traces) > count  # a different object is a different program
+
+
+def test_network_evaluations_of_a_guided_score_object_and_of_a_plain_function():
+  from tests.test_guidance import MODEL, SDE  # a class-conditional model in closed form
+  labels, x, t = jnp.zeros(4, jnp.int32), jnp.ones((4, 2)), jnp.full((4,), 0.5)
+  guided = models.get_score_fn(SDE, MODEL, {}, class_labels=labels, guidance_scale=1.5)
+  unguided = models.get_score_fn(SDE, MODEL, {}, class_labels=labels)
+  plain = lambda x, t: -x
+  assert isinstance(guided, ScoreFunction) and (guided.network_evaluations, unguided.network_evaluations) == (2, 1)
+  assert (network_evaluations_of(guided), network_evaluations_of(plain)) == (2, 1)
+  # The model's own denoiser for the object; Tweedie's formula for the plain function.
+  np.testing.assert_allclose(denoiser_of(guided, SDE)(x, t),
+                             models.get_denoiser_fn(SDE, MODEL, {}, class_labels=labels, guidance_scale=1.5)(x, t))
+  np.testing.assert_allclose(denoiser_of(plain, SDE)(x, t), tweedie(SDE, x, t, -x))
+  nfe = {name: int(sampling.ddim_sample(jax.random.key(0), fn, SDE, (4, 2), steps=3).nfe)
+         for name, fn in [("guided", guided), ("unguided", unguided), ("plain", plain)]}
+  assert nfe == {"guided": 6, "unguided": 3, "plain": 3}
+
+
 def tiny_config(method="pc"):
   config = ml_collections.ConfigDict()
   config.training = ml_collections.ConfigDict(dict(sde="vpsde", continuous=True))
@@ -258,7 +297,8 @@ def test_replays_reference_step(toy, name):
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if n.startswith("step/") and "reference_fails" in c])
 def test_runs_where_the_reference_fails(name):
-  # B2 (sub-VP Langevin reads missing alphas) and B9 (Euler-Maruyama with probability flow).
+  # Sub-VP Langevin (the reference reads alphas that sub-VP lacks) and Euler-Maruyama with the probability flow
+  # (the PyTorch port's diffusion is a float it then indexes).
   _, sde_name, cont, method, *pf = name.split("/")
   sde = TOY_SDES[sde_name]
   score_fn = toy_score_fn(sde, cont == "cont1")
@@ -285,7 +325,7 @@ def test_replays_reference_pc_run(toy, name):
   samples = out.samples if sde_name == "ve" else (out.samples + 1) / 2
   ref = toy[f"{name}/out0"]  # NaN where the reference's own run overflows (beta_i = 2 at N = 10)
   np.testing.assert_allclose(samples, ref, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(ref), initial=1.0))
-  # The reference reports N (n_steps + 1) whatever runs (B18); we count what runs.
+  # The reference reports N (n_steps + 1) whatever runs, `none` included; we count what runs.
   assert int(toy[f"{name}/out1"]) == 20
   assert int(out.nfe) == 10 * ((predictor != "none") + (corrector != "none"))
 

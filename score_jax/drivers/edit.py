@@ -23,6 +23,7 @@ the known pixels of the original: times m(eps), 1 for VE SDEs and 1 - 5e-5 for V
 8-bit PNG shows them exactly.
 """
 
+import dataclasses
 import os
 import time
 
@@ -33,8 +34,9 @@ from absl import logging
 from PIL import Image
 
 from score_jax import checkpoint, classifier, controllable, datasets, parallel, sampling, sde as sde_lib
-from score_jax.config_utils import validate_classifier_config, validate_config
+from score_jax.config_utils import validate_classifier_config
 from score_jax.models import get_data_shape, get_score_fn
+from score_jax.run_setup import validate_config
 from score_jax.utils import choice_error
 
 MODES = ("inpaint", "colorize", "conditional")
@@ -135,10 +137,8 @@ def grid_image(rows, padding=2, min_width=384):
 
 
 def _sampling_options(config, eps):
-  s = config.sampling
-  return dict(predictor=s.predictor.lower(), corrector=s.corrector.lower(), snr=s.snr, n_steps=s.n_steps_each,
-              probability_flow=s.probability_flow, denoise=s.noise_removal, eps=eps,
-              langevin_norm=s.get("langevin_norm", "batch"))
+  """The PC options of `config.sampling`, read as the sampler registry reads them (`sampling.config_options`)."""
+  return dataclasses.asdict(sampling.config_options("pc", config.sampling, eps))
 
 
 def _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng):

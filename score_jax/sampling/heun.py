@@ -1,71 +1,79 @@
 """Karras et al. 2022: Heun's method (Algorithm 1) and its stochastic form (Algorithm 2), for any SDE."""
 
+import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from score_jax.rng import fold_in, gaussian_noise
-from score_jax.sampling.common import SampleOutput, denoise_fn, full, jitted, start
-from score_jax.sampling.schedules import check_schedule_and_steps
+from score_jax.sampling.common import Sampler, SampleOutput, denoise_fn, full, not_in_config, sample_function, start
+from score_jax.sampling.schedules import check_steps
 from score_jax.utils import batch_mul
 
 
-def run(rng, z, *, score_fn, sde, shape, steps, rho, eps, S_churn, S_tmin, S_tmax, S_noise, noise_fn):  # noqa: N803
-  """Algorithms 1 and 2 of Karras et al. 2022 on x_hat = x / m, noise level sigma = std / m."""
-  x, keys = start(rng, sde, shape, z)
-  sigma_max, sigma_min = sde.noise_level(jnp.float32(sde.T)), sde.noise_level(jnp.float32(eps))
-  ramp = jnp.arange(steps) / (steps - 1)  # Eq. (5): the rho-schedule, then sigma_N = 0
-  sigmas = (sigma_max**(1 / rho) + ramp * (sigma_min**(1 / rho) - sigma_max**(1 / rho)))**rho
-  sigmas = jnp.concatenate([sigmas, jnp.zeros((1,))])
-  gamma = jnp.where((sigmas >= S_tmin) & (sigmas <= S_tmax), min(S_churn / steps, math.sqrt(2) - 1), 0.0)
-
-  def denoiser(x_hat, sigma):  # D(x_hat; sigma) from the score at t(sigma)
-    t = sde.noise_level_to_t(full(x_hat, sigma))
-    return denoise_fn(score_fn, sde, batch_mul(sde.marginal_coeffs(t)[0], x_hat), t)
-
-  def step(i, x, second_order=True):
-    sigma, sigma_next = sigmas[i], sigmas[i + 1]
-    sigma_hat = sigma * (1 + gamma[i])
-    if S_churn > 0:  # Algorithm 2, lines 5-6: raise the noise level to sigma_hat
-      churn_std = sigma * jnp.sqrt(gamma[i] * (2 + gamma[i]))  # sqrt(sigma_hat^2 - sigma^2), never negative
-      x = x + churn_std * S_noise * noise_fn(fold_in(keys, i), x)
-    d = (x - denoiser(x, sigma_hat)) / sigma_hat
-    x_next = x + (sigma_next - sigma_hat) * d  # Euler step
-    if second_order:  # 2nd-order correction (Algorithm 1, lines 6-8)
-      d_prime = (x_next - denoiser(x_next, sigma_next)) / sigma_next
-      x_next = x + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_prime)
-    return x_next
-
-  x_hat = batch_mul(1.0 / sde.marginal_coeffs(full(x, sde.T))[0], x)
-  x_hat = jax.lax.fori_loop(0, steps - 1, step, x_hat)
-  x_hat = step(steps - 1, x_hat, second_order=False)  # the last step, to sigma = 0, is Euler
-  return SampleOutput(samples=x_hat, nfe=2 * steps - 1)  # at sigma = 0, x = x_hat
-
-
-def heun_sample(rng, score_fn, sde, shape, *, steps=18, rho=7.0, eps=1e-3, S_churn=0.0, S_tmin=0.0,  # noqa: N803
-                S_tmax=float("inf"), S_noise=1.0, z=None, noise_fn=gaussian_noise):
+@dataclasses.dataclass(frozen=True)
+class HeunSampler(Sampler):
   """Karras et al. 2022: Heun's method (Algorithm 1), stochastic with S_churn > 0 (Algorithm 2).
 
-  Any SDE runs as Karras's ODE in x_hat = x / m(t) with sigma(t) = std / m; the denoiser is Tweedie's
-  x0 from the score at t(sigma). It ends at sigma = 0, where x = x_hat.
+  Any SDE runs as Karras's ODE in x_hat = x / m(t) with sigma(t) = std / m; the denoiser is the
+  model's own (or Tweedie's x0 from the score) at t(sigma). It ends at sigma = 0, where x = x_hat;
+  `nfe = 2 steps - 1`.
 
-  Args:
-    rng, score_fn, sde, shape, z, noise_fn: as `sampling.pc_sample`.
+  Options:
     steps: N >= 2 noise levels from sigma(T) to sigma(eps) spaced by Eq. (5) with `rho`, then 0.
     S_churn, S_tmin, S_tmax, S_noise: Algorithm 2's churn (0: deterministic), its sigma range, noise scale.
-
-  Returns:
-    `SampleOutput(samples, nfe = 2 steps - 1)`.
+    noise_fn: as `pc_sample`.
   """
-  options = dict(steps=steps, rho=rho, eps=eps, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise,
-                 noise_fn=noise_fn)
-  check_options(options)
-  return jitted(run)(rng, z, score_fn=score_fn, sde=sde, shape=tuple(shape), **options)
+
+  steps: int = 18
+  rho: float = 7.0
+  eps: float = not_in_config(1e-3)
+  S_churn: float = 0.0  # noqa: N815 (the paper's names)
+  S_tmin: float = 0.0  # noqa: N815
+  S_tmax: float = float("inf")  # noqa: N815
+  S_noise: float = 1.0  # noqa: N815
+  noise_fn: Callable = not_in_config(gaussian_noise)
+
+  def check(self):
+    """Raises `ValueError` for fewer than 2 steps or a negative churn."""
+    check_steps("heun", self.steps, least=2)
+    if self.S_churn < 0:
+      raise ValueError("heun: S_churn must be >= 0")
+
+  def run(self, rng, z, score_fn, sde, shape):
+    """Algorithms 1 and 2 of Karras et al. 2022 on x_hat = x / m, noise level sigma = std / m."""
+    x, keys = start(rng, sde, shape, z)
+    steps, rho = self.steps, self.rho
+    sigma_max, sigma_min = sde.noise_level(jnp.float32(sde.T)), sde.noise_level(jnp.float32(self.eps))
+    ramp = jnp.arange(steps) / (steps - 1)  # Eq. (5): the rho-schedule, then sigma_N = 0
+    sigmas = (sigma_max**(1 / rho) + ramp * (sigma_min**(1 / rho) - sigma_max**(1 / rho)))**rho
+    sigmas = jnp.concatenate([sigmas, jnp.zeros((1,))])
+    gamma = jnp.where((sigmas >= self.S_tmin) & (sigmas <= self.S_tmax), min(self.S_churn / steps, math.sqrt(2) - 1),
+                      0.0)
+
+    def denoiser(x_hat, sigma):  # D(x_hat; sigma) from the score at t(sigma)
+      t = sde.noise_level_to_t(full(x_hat, sigma))
+      return denoise_fn(score_fn, sde, batch_mul(sde.marginal_coeffs(t)[0], x_hat), t)
+
+    def step(i, x, second_order=True):
+      sigma, sigma_next = sigmas[i], sigmas[i + 1]
+      sigma_hat = sigma * (1 + gamma[i])
+      if self.S_churn > 0:  # Algorithm 2, lines 5-6: raise the noise level to sigma_hat
+        churn_std = sigma * jnp.sqrt(gamma[i] * (2 + gamma[i]))  # sqrt(sigma_hat^2 - sigma^2), never negative
+        x = x + churn_std * self.S_noise * self.noise_fn(fold_in(keys, i), x)
+      d = (x - denoiser(x, sigma_hat)) / sigma_hat
+      x_next = x + (sigma_next - sigma_hat) * d  # Euler step
+      if second_order:  # 2nd-order correction (Algorithm 1, lines 6-8)
+        d_prime = (x_next - denoiser(x_next, sigma_next)) / sigma_next
+        x_next = x + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_prime)
+      return x_next
+
+    x_hat = batch_mul(1.0 / sde.marginal_coeffs(full(x, sde.T))[0], x)
+    x_hat = jax.lax.fori_loop(0, steps - 1, step, x_hat)
+    x_hat = step(steps - 1, x_hat, second_order=False)  # the last step, to sigma = 0, is Euler
+    return SampleOutput(samples=x_hat, nfe=2 * steps - 1)  # at sigma = 0, x = x_hat
 
 
-def check_options(options):
-  """Raises `ValueError` for fewer than 2 steps or a negative churn."""
-  check_schedule_and_steps("heun", options, least=2)
-  if options.get("S_churn", 0.0) < 0:
-    raise ValueError("heun: S_churn must be >= 0")
+heun_sample = sample_function(HeunSampler, "heun_sample")

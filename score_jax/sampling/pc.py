@@ -11,7 +11,7 @@ step size eps = 2 alpha (snr ||z|| / ||s||)^2 (Algorithm 5), whose norms are a c
 
 * `langevin_norm="batch"` (default): batch means of the per-sample norms, as the PyTorch
   reference. A jitted sampler takes the mean over the global batch, so the result does not
-  depend on the device count (the JAX reference `pmean`-ed per-device means, B22); sample i does
+  depend on the device count (the JAX reference `pmean`-ed per-device means); sample i does
   depend, weakly, on the other samples of its batch.
 * `langevin_norm="sample"`: each sample's own norms; sample i is then batch-independent, but the
   step size becomes a function of the state, and Langevin dynamics with a state-dependent step
@@ -21,19 +21,21 @@ step size eps = 2 alpha (snr ||z|| / ||s||)^2 (Algorithm 5), whose norms are a c
   too large against 7% with batch norms, and in 1-D the step size blows up where s(x) = 0.
   Use it for very high-dimensional data when exact batch independence matters.
 
-Deviations from the reference, on purpose: `nfe` counts the score evaluations actually made
-(B18: a `none` predictor or corrector costs nothing; the ODE sampler's denoising step costs one);
-the Euler-Maruyama predictor works with `probability_flow` (B9); sub-VP Langevin uses the VP
-alphas (B2, in `sde.langevin_alpha`).
+Deviations from the reference, on purpose: `nfe` counts the score evaluations actually made (a
+`none` predictor or corrector costs nothing; the ODE sampler's denoising step costs one); the
+Euler-Maruyama predictor works with `probability_flow` (the PyTorch port's crashed); sub-VP Langevin
+uses the VP alphas of the same beta schedule (the reference's crashed; `sde.langevin_alpha`).
 """
 
+import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from score_jax.rng import fold_in, gaussian_noise, per_sample_keys
-from score_jax.sampling.common import SampleOutput, initial_state, jitted
+from score_jax.sampling.common import SampleOutput, Sampler, initial_state, not_in_config, sample_function
 from score_jax.utils import batch_mul, choice_error, flat_sum
 
 
@@ -150,34 +152,70 @@ def none_corrector(sde, score_fn, snr, n_steps, noise_fn=gaussian_noise, langevi
 CORRECTORS = {"langevin": langevin_corrector, "ald": annealed_langevin_corrector, "none": none_corrector}
 
 
-def check_options(options):
-  """Raises `ValueError` for an unknown predictor, corrector or Langevin norm."""
-  for key, registry in (("predictor", PREDICTORS), ("corrector", CORRECTORS), ("langevin_norm", LANGEVIN_NORMS)):
-    if key in options and options[key] not in registry:
-      raise choice_error(key, options[key], registry)
-
 # ------------------------------------------------------------------------------------- sampler
 
 
 def pc_nfe(sde, predictor, corrector, n_steps):
-  """True count (B18): the predictor evaluates the score once, the corrector once per step."""
+  """Score evaluations actually made: the predictor evaluates the score once, the corrector once per step,
+  and `none` costs nothing (the reference counted both in any case)."""
   return sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
 
 
-def pc_loop(keys, x, *, score_fn, sde, predictor, corrector, snr, n_steps, probability_flow, eps,
-            langevin_norm, noise_fn, project_fn=None):
-  """Algorithm 1 of Song et al. 2021 from `x` at T: at each t_i, the corrector then the predictor.
+@dataclasses.dataclass(frozen=True)
+class PCSampler(Sampler):
+  """Predictor-corrector sampling (Algorithm 1 of Song et al. 2021), the whole loop in one jit.
+
+  `sde.N` steps on `linspace(T, eps, N)`; `nfe = N (predictor_nfe + n_steps corrector_nfe)`, `none` costing 0.
+
+  Options:
+    predictor, corrector: names in `PREDICTORS` / `CORRECTORS`.
+    snr: Langevin signal-to-noise ratio; n_steps: corrector steps per time step.
+    probability_flow: predict along the probability-flow ODE instead of the reverse SDE.
+    denoise: return the last predictor step's noise-free mean.
+    eps: the last time step.
+    langevin_norm: "batch" (default, the reference's batch-mean norms) or "sample" (per-sample norms:
+      batch-independent but biased in low dimension; see the module docstring).
+    noise_fn: `noise_fn(keys, x) -> N(0, I)` noise; substitute to replay recorded draws.
+  """
+
+  predictor: str = "reverse_diffusion"
+  corrector: str = "langevin"
+  snr: float = 0.16
+  n_steps: int = 1
+  probability_flow: bool = False
+  denoise: bool = True
+  eps: float = not_in_config(1e-3)
+  langevin_norm: str = "batch"
+  noise_fn: Callable = not_in_config(gaussian_noise)
+
+  def check(self):
+    """Raises `ValueError` for an unknown predictor, corrector or Langevin norm."""
+    for key, registry in (("predictor", PREDICTORS), ("corrector", CORRECTORS), ("langevin_norm", LANGEVIN_NORMS)):
+      if getattr(self, key) not in registry:
+        raise choice_error(key, getattr(self, key), registry)
+
+  def run(self, rng, z, score_fn, sde, shape):
+    keys = per_sample_keys(rng, shape[0])
+    x, x_mean = pc_loop(keys, initial_state(fold_in(keys, 0), sde, shape, z), self, score_fn, sde)
+    return SampleOutput(samples=x_mean if self.denoise else x,
+                        nfe=pc_nfe(sde, self.predictor, self.corrector, self.n_steps))
+
+
+def pc_loop(keys, x, sampler, score_fn, sde, project_fn=None):
+  """Algorithm 1 of Song et al. 2021 from `x` at T with the options of `sampler` (a `PCSampler`): at each
+  t_i, the corrector then the predictor.
 
   `keys` are the `(B,)` per-sample keys. `project_fn(keys, x, x_mean, t) -> (x, x_mean)`, if
   given, runs after every update (the replacement step of inpainting and colorization).
   Returns the final `(x, x_mean)`.
   """
-  predictor_fn = PREDICTORS[predictor](sde, score_fn, probability_flow=probability_flow, noise_fn=noise_fn)
-  corrector_fn = CORRECTORS[corrector](sde, score_fn, snr, n_steps, noise_fn=noise_fn,
-                                       langevin_norm=langevin_norm)
+  predictor_fn = PREDICTORS[sampler.predictor](sde, score_fn, probability_flow=sampler.probability_flow,
+                                               noise_fn=sampler.noise_fn)
+  corrector_fn = CORRECTORS[sampler.corrector](sde, score_fn, sampler.snr, sampler.n_steps, noise_fn=sampler.noise_fn,
+                                               langevin_norm=sampler.langevin_norm)
   project = project_fn or (lambda keys, x, x_mean, t: (x, x_mean))
   step_keys = fold_in(keys, 1)
-  timesteps = jnp.linspace(sde.T, eps, sde.N)
+  timesteps = jnp.linspace(sde.T, sampler.eps, sde.N)
 
   def step(i, carry):
     t = jnp.full((x.shape[0],), timesteps[i])
@@ -188,42 +226,4 @@ def pc_loop(keys, x, *, score_fn, sde, predictor, corrector, snr, n_steps, proba
   return jax.lax.fori_loop(0, sde.N, step, (x, x))
 
 
-def run(rng, z, *, score_fn, sde, shape, predictor, corrector, snr, n_steps, probability_flow,
-               denoise, eps, langevin_norm, noise_fn):
-  keys = per_sample_keys(rng, shape[0])
-  x, x_mean = pc_loop(keys, initial_state(fold_in(keys, 0), sde, shape, z), score_fn=score_fn, sde=sde,
-                      predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                      probability_flow=probability_flow, eps=eps, langevin_norm=langevin_norm, noise_fn=noise_fn)
-  return SampleOutput(samples=x_mean if denoise else x, nfe=pc_nfe(sde, predictor, corrector, n_steps))
-
-
-def pc_sample(rng, score_fn, sde, shape, *, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
-              n_steps=1, probability_flow=False, denoise=True, eps=1e-3, langevin_norm="batch", z=None,
-              noise_fn=gaussian_noise):
-  """Predictor-corrector sampling (Algorithm 1 of Song et al. 2021), the whole loop in one jit.
-
-  Args:
-    rng: a PRNG key; sample i uses keys derived from (rng, i) only.
-    score_fn: `score_fn(x, t) -> score`; closed over (static): reuse the same object to avoid retracing.
-    sde: the forward SDE; `sde.N` steps on `linspace(T, eps, N)`.
-    shape: `(B, ...)` of the samples.
-    predictor, corrector: names in `PREDICTORS` / `CORRECTORS`.
-    snr: Langevin signal-to-noise ratio; n_steps: corrector steps per time step.
-    probability_flow: predict along the probability-flow ODE instead of the reverse SDE.
-    denoise: return the last predictor step's noise-free mean.
-    eps: the last time step.
-    langevin_norm: "batch" (default, the reference's batch-mean norms) or "sample" (per-sample norms:
-      batch-independent but biased in low dimension; see the module docstring).
-    z: optional x_T to start from (else a per-sample prior draw).
-    noise_fn: `noise_fn(keys, x) -> N(0, I)` noise; substitute to replay recorded draws.
-
-  Returns:
-    `SampleOutput(samples, nfe)`; `nfe = N (predictor_nfe + n_steps corrector_nfe)`, `none` costing 0.
-  """
-  options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                 probability_flow=probability_flow, denoise=denoise, eps=eps, langevin_norm=langevin_norm,
-                 noise_fn=noise_fn)
-  check_options(options)
-  return jitted(run)(rng, z, score_fn=score_fn, sde=sde, shape=tuple(shape), **options)
-
-
+pc_sample = sample_function(PCSampler, "pc_sample")

@@ -1,39 +1,33 @@
 """The sampler registry, `sample(..., method=...)`, and `get_sampling_fn(config, ...)`."""
 
-import inspect
-import types
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
 from score_jax import parallel
 from score_jax.models import check_guidance, get_score_fn, num_classes_of
-from score_jax.rng import gaussian_noise
 from score_jax.sampling import adaptive_sde, ddim, dpm_solver, heun, pc, probability_flow
-from score_jax.sampling.common import SampleOutput, count_network_evaluations, prior_draw
+from score_jax.sampling.common import SampleOutput, count_network_evaluations, options_of, prior_draw, sample_function
 from score_jax.utils import choice_error
 
-# name -> the sampler's module: its public `<name>_sample`, its un-jitted `run` and its `check_options`.
+# name -> the family: a `common.Sampler` whose fields are its options; its public function is `<name>_sample`.
 FAMILIES = {
-    "pc": types.SimpleNamespace(module=pc, sample=pc.pc_sample),
-    "ode": types.SimpleNamespace(module=probability_flow, sample=probability_flow.ode_sample),
-    "ddim": types.SimpleNamespace(module=ddim, sample=ddim.ddim_sample),
-    "dpm_solver": types.SimpleNamespace(module=dpm_solver, sample=dpm_solver.dpm_solver_sample),
-    "heun": types.SimpleNamespace(module=heun, sample=heun.heun_sample),
-    "adaptive_sde": types.SimpleNamespace(module=adaptive_sde, sample=adaptive_sde.adaptive_sde_sample),
+    "pc": pc.PCSampler,
+    "ode": probability_flow.ODESampler,
+    "ddim": ddim.DDIMSampler,
+    "dpm_solver": dpm_solver.DPMSolverSampler,
+    "heun": heun.HeunSampler,
+    "adaptive_sde": adaptive_sde.AdaptiveSDESampler,
 }
-SAMPLERS = {name: family.sample for name, family in FAMILIES.items()}
-
-
-def keyword_options(sampler):
-  return [name for name, p in inspect.signature(sampler).parameters.items() if p.kind == p.KEYWORD_ONLY]
+SAMPLERS = {name: sample_function(family, f"{name}_sample") for name, family in FAMILIES.items()}
 
 
 def sample(rng, score_fn, sde, shape, *, method="pc", **options):
   """Dispatches to `SAMPLERS[method]`; unknown methods or options raise `ValueError`."""
-  if method not in SAMPLERS:
-    raise choice_error("method", method, SAMPLERS)
-  valid = keyword_options(SAMPLERS[method])
+  if method not in FAMILIES:
+    raise choice_error("method", method, FAMILIES)
+  valid = [option.name for option in options_of(FAMILIES[method])] + ["z"]
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f"unknown option(s) {unknown} for method={method!r}; valid: {', '.join(valid)}")
@@ -54,29 +48,32 @@ def default_class_labels(num_classes, batch_size):
 
 # Option name -> its `config.sampling` key, where the reference named it otherwise.
 CONFIG_KEYS = {"n_steps": "n_steps_each", "denoise": "noise_removal"}
-_NOT_FROM_CONFIG = ("z", "noise_fn", "eps", "t_end")
-_LOWER_CASE = ("predictor", "corrector")  # the reference's configs spell these in any case
+
+
+def config_key(option):
+  """The `config.sampling` key of a sampler option (the reference's name where it had one)."""
+  return CONFIG_KEYS.get(option, option)
 
 
 def config_options(method, sampling_config, eps):
-  """`(run, options)` of `config.sampling` for `method`: each option from `config.sampling.<key>`
-  unless that is missing or None (then the sampler's default); the end time is `eps`.
+  """The sampler of `config.sampling` for `method`, checked: a `FAMILIES[method]` whose options are read
+  from `config.sampling.<config_key(option)>` unless missing or None (then the family's default). Names
+  (predictor, corrector, schedule, ...) may come in any case, as the reference's configs spell them; the
+  end time is `eps`; options marked `not_in_config` keep their defaults.
 
   Raises:
-    ValueError: the method or an option is invalid (the sampler's own `check_options`).
+    ValueError: the method or an option is invalid (the family's own `check`).
   """
   if method not in FAMILIES:
-    raise choice_error("sampling.method", method, SAMPLERS)
-  family = FAMILIES[method]
+    raise choice_error("sampling.method", method, FAMILIES)
   options = {}
-  for name, p in inspect.signature(family.sample).parameters.items():
-    if p.kind != p.KEYWORD_ONLY or name in _NOT_FROM_CONFIG:
-      continue
-    value = sampling_config.get(CONFIG_KEYS.get(name, name))
-    value = p.default if value is None else value
-    options[name] = value.lower() if name in _LOWER_CASE else value
-  family.module.check_options(options)
-  return family.module.run, dict(options, eps=eps, noise_fn=gaussian_noise)
+  for field in dataclasses.fields(FAMILIES[method]):
+    value = sampling_config.get(config_key(field.name)) if field.metadata.get("in_config", True) else None
+    if value is not None:
+      options[field.name] = value.lower() if isinstance(value, str) else value
+  sampler = FAMILIES[method](**dict(options, eps=eps))
+  sampler.check()
+  return sampler
 
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
@@ -84,10 +81,11 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
 
   `config.sampling.method` is "pc" (predictor, corrector, snr, n_steps_each, probability_flow,
   noise_removal), "ode" (rtol, atol, noise_removal, max_steps) or a fast sampler ("ddim",
-  "dpm_solver", "heun", "adaptive_sde"), each option read from `config.sampling.<name>`. All score
-  functions use `config.training.continuous`: the reference's ODE sampler always used continuous
-  labels (B6), which feeds sigma to discrete VE networks that expect an index; ours gives every
-  network the labels it was trained on. `config.sampling.rtol/atol` reach the ODE sampler (B19).
+  "dpm_solver", "heun", "adaptive_sde"), each option read from `config.sampling.<name>` (`config_options`).
+  All score functions use `config.training.continuous`: the reference's ODE sampler always used
+  continuous labels, which feeds sigma to discrete VE networks that expect an index; ours gives every
+  network the labels it was trained on. `config.sampling.rtol/atol` reach the ODE sampler (the
+  reference's kept its fixed tolerances).
 
   The batch is split over the devices of `mesh` (default: every device of every process) and
   `variables` are replicated: x_T is drawn sharded and every step runs on each device's slice.
@@ -109,7 +107,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
-  run, options = config_options(config.sampling.method.lower(), config.sampling, eps)
+  sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
   continuous = config.training.continuous
   shape = tuple(shape)
   batch_sharding = parallel.data_sharded(mesh)
@@ -124,8 +122,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
                             class_labels=class_labels if num_classes else None, guidance_scale=guidance_scale,
                             guidance_interval=guidance_interval)
     z = jax.lax.with_sharding_constraint(prior_draw(rng, bound_sde, shape), batch_sharding)  # the draw of z=None
-    output = count_network_evaluations(run(rng, z, score_fn=score_fn, sde=bound_sde, shape=shape, **options),
-                                       score_fn)
+    output = count_network_evaluations(sampler.run(rng, z, score_fn, bound_sde, shape), score_fn)
     return output.replace(samples=inverse_scaler(output.samples))
 
   run_parallel = parallel.data_parallel(sample_fn, mesh, in_batch=(False, False, True),

@@ -25,10 +25,13 @@ def get_timesteps(sde, schedule, steps, eps):
   return SCHEDULES[schedule](sde, steps, eps).at[0].set(sde.T).at[-1].set(eps)
 
 
-def check_schedule_and_steps(method, options, least=1):
-  """The options every grid-based sampler shares: `schedule` (a name in `SCHEDULES`) and `steps`."""
-  if "schedule" in options and options["schedule"] not in SCHEDULES:
-    raise choice_error("schedule", options["schedule"], SCHEDULES)
-  steps = options.get("steps", least)
+def check_schedule(schedule):
+  """Raises `ValueError` listing the valid names for an unknown `schedule`."""
+  if schedule not in SCHEDULES:
+    raise choice_error("schedule", schedule, SCHEDULES)
+
+
+def check_steps(method, steps, least=1):
+  """Raises `ValueError` unless `steps` is an int >= `least`."""
   if not (isinstance(steps, int) and steps >= least):
     raise ValueError(f"{method}: steps must be an int >= {least}")
