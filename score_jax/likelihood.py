@@ -183,9 +183,9 @@ def get_likelihood_fn(config, sde, model, inverse_scaler, *, eps=1e-5, hutchinso
   """Builds the evaluation bits/dim function of `config` (`eval.enable_bpd`).
 
   The score function uses `config.training.continuous`; the reference always used continuous
-  labels (B6), which is wrong for discrete VE networks. The batch is split over the devices of
-  `mesh` (default: every device of every process), `variables` replicated; probe i depends on
-  (rng, i) only, so the result is that of a single-device run.
+  labels, which is wrong for discrete VE networks (they expect a noise-level index). The batch is
+  split over the devices of `mesh` (default: every device of every process), `variables` replicated;
+  probe i depends on (rng, i) only, so the result is that of a single-device run.
 
   Returns:
     `bpd_fn(rng, variables, x) -> BitsPerDimOutput`, jitted; `x` is a batch in model space (with

@@ -168,7 +168,7 @@ def test_replays_reference_likelihood(refcheck, name):
   sde_name = name.split("/")[1]
   sde = TOY_SDES[sde_name]
 
-  # The fixture's analytic model; the reference's likelihood is always continuous (B6).
+  # The fixture's analytic model; the reference's likelihood always used continuous time labels.
   score_fn = models.get_score_fn(sde, ReferenceToyModel(), {}, continuous=True)
 
   # VP / sub-VP on centred data with inverse scaler (x + 1) / 2 (offset 7); VE on [0, 1] data (offset 8).
