@@ -2,15 +2,27 @@
 
 import os
 
-# The tests are compile-bound (tiny networks, a few steps): unoptimised XLA:CPU code compiles several times
-# faster. Set before any computation (XLA reads the flags when its CPU client starts); subprocesses inherit it,
-# and a caller's own XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+# The suite's XLA:CPU code (docs/testing_xla.md). The tests are compile-bound (tiny networks, a few steps), and
+# unoptimised code compiles about 3x faster and runs about 3x slower: on a quarter of the suite (slow files of
+# each kind, interleaved runs on a quiet machine) it took 0.90x the time of optimised code.
+# SCORE_JAX_TEST_XLA_OPTIMIZED=1 runs the suite on XLA's default, optimised code (what users run); a caller's
+# own XLA_FLAGS win over both. Set before any computation (XLA reads the flags when its CPU client starts);
+# subprocesses inherit them (tests/test_parallel.py passes them on).
+UNOPTIMIZED_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_OPTIMIZED = os.environ.get("SCORE_JAX_TEST_XLA_OPTIMIZED", "0")
+if _OPTIMIZED not in ("0", "1"):
+  raise ValueError(f"SCORE_JAX_TEST_XLA_OPTIMIZED={_OPTIMIZED!r}: use 1 (optimised XLA:CPU code) or 0 (the default)")
+if _OPTIMIZED == "0":
+  os.environ.setdefault("XLA_FLAGS", UNOPTIMIZED_XLA_FLAGS)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.helpers import FIXTURES  # noqa: E402
+
+
+def pytest_report_header(config):
+  return f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (SCORE_JAX_TEST_XLA_OPTIMIZED={_OPTIMIZED})"
 
 
 @pytest.fixture(scope="session")

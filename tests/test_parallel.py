@@ -24,13 +24,31 @@ np.savez(sys.argv[1], *[np.asarray(x) for x in leaves])
 """
 
 
+def _child_env(device_count=None):
+  """This process's environment for a child on the CPU: its XLA_FLAGS (so the child compiles at this
+  process's XLA optimisation level, tests/conftest.py), less any fake device count, plus `device_count`."""
+  flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+           if not flag.startswith("--xla_force_host_platform_device_count")]
+  if device_count is not None:
+    flags.append(f"--xla_force_host_platform_device_count={device_count}")
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+
+
+def test_children_compile_at_this_process_optimisation_level(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8")
+  assert _child_env(4)["XLA_FLAGS"] == ("--xla_backend_optimization_level=0 "
+                                        "--xla_force_host_platform_device_count=4")
+  assert _child_env()["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
+  monkeypatch.delenv("XLA_FLAGS")
+  assert _child_env()["XLA_FLAGS"] == ""
+
+
 def _run_on_devices(script, tmp_path, device_counts=(1, 4), timeout=300):
   """Runs `script OUT DEVICES WORKDIR` once per device count (fake CPU devices), all at once; their npz files."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
   logs = {n: tmp_path / f"devices_{n}.log" for n in device_counts}
   processes = {n: subprocess.Popen(
       [sys.executable, "-c", script, str(tmp_path / f"out_{n}.npz"), str(n), str(tmp_path / f"run{n}")],
-      cwd=REPO, env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}"),
+      cwd=REPO, env=_child_env(n),
       stdout=logs[n].open("w"), stderr=subprocess.STDOUT) for n in device_counts}
   _wait(processes.values(), timeout, logs.values())
   return [dict(np.load(tmp_path / f"out_{n}.npz")) for n in device_counts]
@@ -118,10 +136,10 @@ def _free_port():
 
 
 def _main_on_two_processes(tmp_path, name, *flags):
-  """Starts `main.py FLAGS` as 2 processes of one jax.distributed run on localhost."""
+  """Starts `main.py FLAGS` as 2 processes of one jax.distributed run on localhost, one CPU device each,
+  compiling at this process's XLA optimisation level (their numbers are compared with this process's)."""
   port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = _child_env()
   logs = [tmp_path / f"{name}_{i}.log" for i in range(2)]
   processes = [subprocess.Popen(
       [sys.executable, "main.py", "--config=tests/configs/tiny_checkerboard.py", f"--coordinator_address=localhost:{port}",
