@@ -17,7 +17,7 @@ import pytest
 from scipy import integrate
 
 from score_jax import controllable, losses, parameterization, sampling, sde as sde_lib, toy_data
-from score_jax.config_utils import validate_config
+from score_jax.run_setup import validate_config
 from score_jax.models import ScoreModel, get_denoiser_fn, get_score_fn, init_model
 from tests.helpers import FIXTURES, tiny_toy_config
 from tests.test_models import fixture_config
