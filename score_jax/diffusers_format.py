@@ -24,13 +24,10 @@ import json
 import math
 import os
 
-import importlib
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import safetensors_io, torch_pickle
+from score_jax import base_config, safetensors_io, torch_pickle
 from score_jax.models.layout import network_layout
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -133,20 +130,6 @@ def _check_blocks(unet, down, attention_down, up, attention_up):
     raise ValueError(f"attention levels of down_block_types={down_types} and up_block_types={up_types} differ")
 
 
-def base_config():
-  """The CIFAR-10 base config (`configs/default_cifar10_configs.py`, every key), from the repository's
-  `configs/` folder beside the package (an editable install or a run from the repository)."""
-  try:
-    return importlib.import_module("configs.default_cifar10_configs").get_default_configs()
-  except ImportError:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isfile(os.path.join(root, "configs", "default_cifar10_configs.py")):
-      raise ValueError("the configs/ folder of the score_jax repository is needed to build a config; install "
-                       "score_jax from its repository (pip install -e .)") from None
-    sys.path.append(root)
-    return importlib.import_module("configs.default_cifar10_configs").get_default_configs()
-
-
 # UNet2DModel's defaults for keys a config.json leaves out (diffusers fills them in the same way).
 UNET_DEFAULTS = {"in_channels": 3, "out_channels": 3, "center_input_sample": False, "time_embedding_type": "positional",
                  "freq_shift": 0, "flip_sin_to_cos": True, "layers_per_block": 2, "mid_block_scale_factor": 1,
@@ -168,7 +151,7 @@ def config_from_diffusers(unet, scheduler=None):
   _require(unet, "act_fn", ("silu", "swish"))
   _require(unet, "resnet_time_scale_shift", ("default",), "default")
   _require(unet, "norm_eps", (1e-6,))
-  config = base_config()
+  config = base_config.get_config()  # the package's base: every key, the reference's CIFAR-10 values
   nf, ch_mult, attention = _levels(unet)
   model, data, training = config.model, config.data, config.training
   model.nf, model.ch_mult, model.attn_resolutions = nf, ch_mult, attention
@@ -235,14 +218,14 @@ def _flat(tree, prefix=""):
 
 
 def config_file(config, source):
-  """The text of a config file (for `main.py --config=`) that builds `config` as the CIFAR-10 base config
-  with the keys that differ from it (run from the repository, whose `configs/` it imports)."""
-  base, wanted = _flat(base_config().to_dict()), _flat(config.to_dict())
+  """The text of a config file (for `main.py --config=`) that builds `config` as the package's base config
+  (`score_jax.base_config`) with the keys that differ from it; it runs wherever score_jax is installed."""
+  base, wanted = _flat(base_config.get_config().to_dict()), _flat(config.to_dict())
   overrides = {k: v for k, v in sorted(wanted.items()) if base.get(k) != v}
   lines = [f"    {k!r}: {v!r}," for k, v in overrides.items()]
   return "\n".join([f'"""The score_jax config of {source}, derived by score_jax.convert from its diffusers config."""',
-                    "", "from configs.default_cifar10_configs import get_default_configs", "", "OVERRIDES = {",
-                    *lines, "}", "", "", "def get_config():", "  config = get_default_configs()",
+                    "", "from score_jax import base_config", "", "OVERRIDES = {",
+                    *lines, "}", "", "", "def get_config():", "  config = base_config.get_config()",
                     "  config.update_from_flattened_dict(OVERRIDES)", "  return config", ""])
 
 

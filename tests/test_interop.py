@@ -13,6 +13,8 @@ import math
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -313,3 +315,24 @@ def test_export_writes_the_hub_weights_and_config(tmp_path, name):
     hub, ours = (json.loads((directory / file).read_text()) for directory in (folder, tmp_path / "export"))
     for key, value in ours.items():
       assert hub[key] == pytest.approx(value) if isinstance(value, float) else hub[key] == value, (file, key)
+
+
+def test_diffusers_config_is_derived_and_read_outside_the_repository(tmp_path):
+  """The diffusers import needs no repository `configs/` folder: run from an empty folder with only the
+  installed package, it derives the config and writes a `config.py` that builds the same config."""
+  folder = hub_folder("ddpm", tmp_path)
+  script = (
+      "import importlib.util, sys\n"
+      "from score_jax import convert, diffusers_format\n"
+      f"config, _ = convert.load_diffusers_checkpoint({str(folder)!r})\n"
+      "open('derived.py', 'w').write(diffusers_format.config_file(config, 'hub'))\n"
+      "spec = importlib.util.spec_from_file_location('derived', 'derived.py')\n"
+      "module = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(module)\n"
+      "assert module.get_config().to_dict() == config.to_dict()\n"
+      "assert not any(name == 'configs' or name.startswith('configs.') for name in sys.modules), 'configs'\n")
+  run_dir = tmp_path / "elsewhere"
+  run_dir.mkdir()
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([sys.executable, "-c", script], cwd=run_dir, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
