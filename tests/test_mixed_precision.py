@@ -24,9 +24,12 @@ def _config(name):
 
   if name == "mlp":
     return tiny_toy_config()
-  module = {"ncsnpp": cifar10_ncsnpp_continuous, "ddpmpp": cifar10_ddpmpp_continuous, "ddpm": ddpm,
-            "ncsnv2": ncsnv2, "ncsn": ncsn}[name]
+  module = {"ncsnpp": cifar10_ncsnpp_continuous, "ncsnpp_pyramid": cifar10_ncsnpp_continuous,
+            "ddpmpp": cifar10_ddpmpp_continuous, "ddpm": ddpm, "ncsnv2": ncsnv2, "ncsn": ncsn}[name]
   config = module.get_config()
+  if name == "ncsnpp_pyramid":  # both pyramids resample with 3x3 convolutions (no FIR)
+    config.model.fir, config.model.resamp_with_conv = False, True
+    config.model.progressive, config.model.progressive_input = "residual", "residual"
   config.data.image_size = 16 if name.startswith("ncsn") and name != "ncsnpp" else 8
   config.model.nf = 32 if name == "ddpm" else 16  # DDPM's GroupNorm has 32 groups
   config.model.ch_mult, config.model.num_res_blocks = (1, 2), 1
@@ -38,7 +41,7 @@ def _config(name):
 def _labels(name):
   if name in ("ncsnv2", "ncsn"):
     return jnp.array([0, 3, 6, 9])  # sigma indices (NCSN: one class per level)
-  return jnp.array([0.3, 0.9, 2.0, 7.0]) if name == "ncsnpp" else jnp.array([100.0, 300.0, 600.0, 900.0])
+  return jnp.array([0.3, 0.9, 2.0, 7.0]) if name.startswith("ncsnpp") else jnp.array([100.0, 300.0, 600.0, 900.0])
 
 
 def _network_output(config, variables, x, labels):
@@ -47,35 +50,50 @@ def _network_output(config, variables, x, labels):
   return model.parameterization.call_network(network_fn, x, labels)
 
 
-# (network, whether to run it): NCSN++ (FIR), DDPM and NCSN (NCSNv2's blocks, conditional norms) are checked on
-# their jaxpr only (compiling them twice on CPU costs half a minute each); the others are also run.
-NETWORKS = [("ncsnpp", False), ("ddpmpp", True), ("mlp", True), ("ddpm", False), ("ncsn", False)]
+def random_variables(config, seed=0):
+  """Variables of `config`'s model drawn host-side (fan-in scaled normals; 0.1 normals for vectors) without
+  compiling `init`, which costs more than a forward pass."""
+  shapes = jax.eval_shape(lambda: models.init_model(jax.random.PRNGKey(0), config))
+  rng = np.random.default_rng(seed)
+
+  def draw(leaf):
+    scale = 1.0 / np.sqrt(np.prod(leaf.shape[:-1])) if leaf.ndim >= 2 else 0.1
+    return jnp.asarray(scale * rng.standard_normal(leaf.shape), leaf.dtype)
+  return jax.tree_util.tree_map(draw, shapes)
 
 
-@pytest.mark.parametrize("name,run", NETWORKS)
-def test_bf16_network_matches_float32_on_bf16_operands(name, run):
+# NCSN++ (FIR, both pyramids), NCSN++ with convolutional pyramids, DDPM++, the MLP, DDPM and NCSN (NCSNv2's
+# blocks with conditional norms): each run in float32 and in bf16, about 2-3 s of compiles each.
+NETWORKS = ["ncsnpp", "ncsnpp_pyramid", "ddpmpp", "mlp", "ddpm", "ncsn"]
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_bf16_network_matches_float32_on_bf16_operands(name):
   config = _config(name)
-  init = lambda: models.init_model(jax.random.PRNGKey(0), config)
-  variables = jax.jit(init)() if run else jax.eval_shape(init)
+  variables = random_variables(config)
   x = jax.random.normal(jax.random.PRNGKey(1), (4,) + models.get_data_shape(config))
   labels = _labels(name)
-  full = jax.jit(lambda v, x: _network_output(config, v, x, labels))(variables, x) if run else None
+  full = jax.jit(lambda v, x: _network_output(config, v, x, labels))(variables, x)
   config.model.dtype = "bfloat16"
   bf16_variables = jax.eval_shape(lambda: models.init_model(jax.random.PRNGKey(0), config))
   assert jax.tree_util.tree_structure(bf16_variables) == jax.tree_util.tree_structure(variables)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(bf16_variables))
-  if run:
-    half = jax.jit(lambda v, x: _network_output(config, v, x, labels))(variables, x)  # a new trace: bf16
-    assert half.dtype == jnp.float32  # cast back at the parameterization's boundary
-    error = float(jnp.linalg.norm(half - full) / jnp.linalg.norm(full))
-    assert 0 < error <= 2e-2, (name, error)
-  operands = _conv_and_matmul_operands(lambda v, x: _network_output(config, v, x, labels), variables, x)
+  traced = jax.jit(lambda v, x: _network_output(config, v, x, labels)).trace(variables, x)  # a new trace: bf16
+  half = traced.lower().compile()(variables, x)
+  assert half.dtype == jnp.float32  # cast back at the parameterization's boundary
+  error = float(jnp.linalg.norm(half - full) / jnp.linalg.norm(full))
+  assert 0 < error <= 2e-2, (name, error)
+  operands = _jaxpr_conv_and_matmul_operands(traced.jaxpr)
   assert operands and all(dtypes == ["bfloat16", "bfloat16"] for _, dtypes in operands), [
       op for op in operands if op[1] != ["bfloat16", "bfloat16"]]
 
 
 def _conv_and_matmul_operands(fn, *args):
   """(primitive, operand dtypes) of every convolution and matmul in `fn`'s jaxpr, nested ones included."""
+  return _jaxpr_conv_and_matmul_operands(jax.make_jaxpr(fn)(*args))
+
+
+def _jaxpr_conv_and_matmul_operands(closed_jaxpr):
   operands = []
 
   def collect(jaxpr):
@@ -87,7 +105,7 @@ def _conv_and_matmul_operands(fn, *args):
         if inner is not None:
           collect(getattr(inner, "jaxpr", inner))
 
-  collect(jax.make_jaxpr(fn)(*args).jaxpr)
+  collect(closed_jaxpr.jaxpr)
   return operands
 
 

@@ -100,11 +100,11 @@ class NCSNpp(nn.Module):
       else:
         h = self._resnet_block(down=True)(hs[-1], temb, train)
       if self.progressive_input == "input_skip":
-        input_pyramid = layers.Downsample(fir=self.fir, fir_kernel=self.fir_kernel)(input_pyramid)
+        input_pyramid = layers.Downsample(fir=self.fir, fir_kernel=self.fir_kernel, dtype=self.dtype)(input_pyramid)
         h = layers.Combine(method=self.progressive_combine, dtype=self.dtype)(input_pyramid, h)
       elif self.progressive_input == "residual":
         input_pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
-                                          fir_kernel=self.fir_kernel)(input_pyramid)
+                                          fir_kernel=self.fir_kernel, dtype=self.dtype)(input_pyramid)
         h = input_pyramid = self._merge(input_pyramid, h)
       hs.append(h)
     return hs
@@ -127,7 +127,7 @@ class NCSNpp(nn.Module):
       coarsest = level == len(self.ch_mult) - 1
       if self.progressive == "output_skip":
         if not coarsest:
-          pyramid = layers.Upsample(fir=self.fir, fir_kernel=self.fir_kernel)(pyramid)
+          pyramid = layers.Upsample(fir=self.fir, fir_kernel=self.fir_kernel, dtype=self.dtype)(pyramid)
         pyramid_h = self._output_head(h, num_channels)
         pyramid = pyramid_h if coarsest else pyramid + pyramid_h
       elif self.progressive == "residual":
@@ -135,7 +135,7 @@ class NCSNpp(nn.Module):
           pyramid = self._output_head(h, h.shape[-1], init_scale=1.0)
         else:
           pyramid = layers.Upsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
-                                    fir_kernel=self.fir_kernel)(pyramid)
+                                    fir_kernel=self.fir_kernel, dtype=self.dtype)(pyramid)
           h = pyramid = self._merge(pyramid, h)
       if level != 0:
         if self.resblock_type == "ddpm":
