@@ -147,6 +147,12 @@ class Parameterization(abc.ABC):
 
   dtype: str = "float32"  # compute dtype of the network
 
+  @classmethod
+  def from_config(cls, config, network=None):
+    """This parameterization for `config.model` and its `network` (a new one with settings overrides this)."""
+    del network
+    return cls(dtype=config.model.dtype)
+
   @abc.abstractmethod
   def network_inputs(self, sde, x, t, continuous):
     """Returns `(x_in, labels)`: the network's input and its noise conditioning."""
@@ -185,6 +191,16 @@ class Reference(Parameterization):
   scale_by_sigma: bool = False  # divide the output by sigma (VE networks)
   labels_are_sigmas: bool = False  # labels are sigma itself (Fourier embeddings), else indices into `sigmas`
   sigmas: tuple = ()            # the descending sigma table of `scale_by_sigma` with index labels
+
+  @classmethod
+  def from_config(cls, config, network=None):
+    """The network's own settings: `data.centered`, `model.scale_by_sigma`, the sigma table."""
+    model = config.model
+    sigmas = ()
+    if model.scale_by_sigma:
+      sigmas = tuple(float(s) for s in sigma_table(model.sigma_min, model.sigma_max, model.num_scales))
+    return cls(dtype=model.dtype, centered=config.data.centered, scale_by_sigma=model.scale_by_sigma,
+               labels_are_sigmas=getattr(network, "embedding_type", None) == "fourier", sigmas=sigmas)
 
   def scale_input(self, x):
     return x if self.centered else 2 * x - 1.0
@@ -289,6 +305,11 @@ class EDM(Parameterization):
   sigma_data: float = 0.5
   log_embedding: bool = False  # the network embeds log(labels) (NCSN++'s Fourier features): feed exp(c_noise)
 
+  @classmethod
+  def from_config(cls, config, network=None):
+    return cls(dtype=config.model.dtype, sigma_data=config.model.sigma_data,
+               log_embedding=getattr(network, "embedding_type", None) == "fourier")
+
   def _preconditioning(self, sde, t):
     """(m, sigma, c_skip, c_out, c_in, c_noise), each `(B,)`."""
     mean_scale = sde.marginal_coeffs(t)[0]
@@ -319,25 +340,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def get_parameterization(config, network=None):
-  """The parameterization of `config.model` (`parameterization`, `dtype`, and for `reference` the
-  network's own settings: `data.centered`, `model.scale_by_sigma`, the sigma table)."""
+  """The parameterization of `config.model` (`parameterization`, `dtype`, and what each one reads of the
+  config and the network: `Parameterization.from_config`)."""
   model = config.model
-  name = model.get("parameterization", "reference")
-  if name not in PARAMETERIZATIONS:
-    raise choice_error("model.parameterization", name, PARAMETERIZATIONS)
-  dtype = model.get("dtype", "float32")
-  if dtype not in DTYPES:
-    raise choice_error("model.dtype", dtype, DTYPES)
-  if name == "reference":
-    sigmas = ()
-    if model.scale_by_sigma:
-      sigmas = tuple(float(s) for s in sigma_table(model.sigma_min, model.sigma_max, model.num_scales))
-    return Reference(dtype=dtype, centered=config.data.get("centered", True), scale_by_sigma=model.scale_by_sigma,
-                     labels_are_sigmas=getattr(network, "embedding_type", None) == "fourier", sigmas=sigmas)
-  if name == "edm":
-    return EDM(dtype=dtype, sigma_data=model.get("sigma_data", 0.5),
-               log_embedding=getattr(network, "embedding_type", None) == "fourier")
-  return PARAMETERIZATIONS[name](dtype=dtype)
+  if model.parameterization not in PARAMETERIZATIONS:
+    raise choice_error("model.parameterization", model.parameterization, PARAMETERIZATIONS)
+  if model.dtype not in DTYPES:
+    raise choice_error("model.dtype", model.dtype, DTYPES)
+  return PARAMETERIZATIONS[model.parameterization].from_config(config, network)
 
 
 def sigma_table(sigma_min, sigma_max, num_scales):
