@@ -2,6 +2,8 @@
 
 import importlib
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +148,20 @@ def test_mlp_input_fourier_features():
       lambda: MLPScoreModel(hidden=8, num_layers=1, embedding_dim=8, input_frequencies=k).init(
           jax.random.key(0), jnp.zeros((1, 2)), jnp.ones((1,))))))
   assert count(2) - count(0) == 8 * 2 * 2 * 2  # the first layer's extra inputs: 2 coordinates x 2 frequencies x 2
+
+
+NETWORK_MODULES = ["ddpm", "mlp", "ncsnpp", "ncsnv2", "wideresnet", "layers", "normalization",
+                   "up_or_down_sampling", "network_registry"]
+
+
+def test_networks_know_nothing_of_sdes_or_parameterizations():
+  """Dependencies point one way: importing any plain network (a fresh interpreter) loads neither the SDE
+  module nor the parameterizations nor the score model that pairs them."""
+  script = ("import sys\n"
+            f"for name in {NETWORK_MODULES!r}:\n"
+            "  __import__('score_jax.models.' + name)\n"
+            "print(' '.join(sorted(sys.modules)))\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+  loaded = set(result.stdout.split())
+  assert {f"score_jax.models.{name}" for name in NETWORK_MODULES} <= loaded
+  assert not loaded & {"score_jax.sde", "score_jax.parameterization", "score_jax.models.score_model"}, loaded

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_jax.models import layers
-from score_jax.models.registry import compute_dtype, register_model
+from score_jax.models.network_registry import compute_dtype, register_model
 from score_jax.utils import choice_error
 
 _PROGRESSIVE = ("none", "output_skip", "residual")
