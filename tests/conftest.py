@@ -2,7 +2,7 @@
 
 import os
 
-# The suite's XLA:CPU code (docs/testing_xla.md). The tests are compile-bound (tiny networks, a few steps), and
+# The suite's XLA:CPU code (docs/testing.md, "XLA optimisation level"). The tests are compile-bound (tiny networks, a few steps), and
 # unoptimised code compiles about 3x faster and runs about 3x slower: on a quarter of the suite (slow files of
 # each kind, interleaved runs on a quiet machine) it took 0.90x the time of optimised code.
 # SCORE_JAX_TEST_XLA_OPTIMIZED=1 runs the suite on XLA's default, optimised code (what users run); a caller's
