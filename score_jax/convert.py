@@ -2,7 +2,7 @@
 
 Imports (each also a command line that writes an orbax snapshot `main.py --mode=eval` reads):
 
-  * the PyTorch port's `.pth` (INVENTORY.md §7.8; this module):
+  * the PyTorch port's `.pth` (its attribute names to Flax's: tests/fixtures/REFCHECK.md, "Layout"; this module):
       python -m score_jax.convert --config=configs/vp/cifar10_ddpmpp_continuous.py \
           --checkpoint=checkpoint_8.pth --workdir=runs/vp_ddpmpp [--ckpt=8]
   * the JAX original's `checkpoint_<n>` (flax msgpack of its `State`; `load_score_sde_jax_checkpoint`):

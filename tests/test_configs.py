@@ -1,4 +1,4 @@
-"""Every image config loads, defines the base keys, and builds the reference's network (INVENTORY.md §11).
+"""Every image config loads, defines the base keys, and builds the reference's network (its parameter count).
 
 Networks are only traced (`jax.eval_shape`), so the 100M-parameter ones cost no memory.
 """
@@ -16,7 +16,7 @@ from score_jax.models import init_model
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
-# INVENTORY.md §11: params (+ constants: the frozen Fourier W) of the reference networks.
+# The reference networks' counts (counted on score_sde_pytorch@cb1f359): params (+ constants: the frozen Fourier W) of the reference networks.
 PARAM_COUNTS = {
     "subvp/cifar10_ddpm_continuous": 35_218_947,
     "vp/ddpm/cifar10": 35_218_947,

@@ -1,4 +1,4 @@
-"""Layers and resampling ops against the reference's `sde_ops.npz` fixtures (INVENTORY.md §7.1-7.2)."""
+"""Layers and resampling ops against the reference's `sde_ops.npz` fixtures."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Score networks against the reference fixtures (INVENTORY.md §7.3-7.4, §7.8) and their architecture options."""
+"""Score networks against the reference fixtures (tests/fixtures/REFCHECK.md) and their architecture options."""
 
 import importlib
 import json

@@ -15,7 +15,7 @@ def count(tree):
 def test_wrn_28_10_has_the_reference_size():
   variables = jax.eval_shape(wideresnet.WideResnet().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                              jnp.ones((1,)))
-  # INVENTORY §7.7: 38,913,242 = parameters + the 128 frozen Fourier frequencies.
+  # The reference network's count, 38,913,242 = parameters + the 128 frozen Fourier frequencies.
   assert count(variables["params"]) == 38_913_114
   assert count(variables) == 38_913_242
 

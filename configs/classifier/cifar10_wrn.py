@@ -1,7 +1,7 @@
 """The reference's classifier: a noise-conditional WRN-28-10 on CIFAR-10 under the VE SDE (38,913,242 weights).
 
 Song et al. 2021 (Section 5, Appendix I.1) guide the NCSN++ (VE, continuous) model with this network;
-the reference's `models/wideresnet_noise_conditional.py` defines it (INVENTORY.md §7.7): per-image
+the reference's `models/wideresnet_noise_conditional.py` defines it: per-image
 standardisation of the input, 128 Fourier features (scale 16) of log sigma -> Dense(512) -> swish ->
 Dense(512) added in every block, groups of 160, 320 and 640 channels, GroupNorm + ReLU. Its noise input
 is sigma(t) = marginal std of the VE SDE (sigma_min 0.01, sigma_max 50), as here. The reference shipped

@@ -2,7 +2,7 @@
 
 `python main.py --mode=train_classifier` trains it on the config's data set, perturbed by the config's
 SDE (`score_jax.classifier`), into `<workdir>/classifier/`. The defaults are the reference's network
-(INVENTORY.md §7.7): WRN-28-10 with 128 Fourier features (scale 16) of log sigma and a 512-d noise
+(`models/wideresnet_noise_conditional.py`): WRN-28-10 with 128 Fourier features (scale 16) of log sigma and a 512-d noise
 embedding, 38,913,242 weights. The reference shipped neither its training code nor its checkpoint,
 so the training hyper-parameters below are ours.
 """

@@ -7,7 +7,7 @@ resampling) compute in their input's dtype.
 
 Modules create their sub-modules in the order of the JAX original, so that Flax's
 automatic names (`Conv_0`, `GroupNorm_1`, `NIN_3`, ...) match its checkpoints and
-the PyTorch port's attribute names (INVENTORY.md §7.8).
+the PyTorch port's attribute names (tests/fixtures/REFCHECK.md, "Layout").
 """
 
 import functools
@@ -37,7 +37,8 @@ def get_act(name):
 
 
 def default_init(scale=1.0):
-  """The reference's `variance_scaling(scale, 'fan_avg', 'uniform')`; scale 0 becomes 1e-10 (B16)."""
+  """The reference's `variance_scaling(scale, 'fan_avg', 'uniform')`; scale 0 becomes 1e-10
+  (docs/differences.md#zero-init-scale)."""
   return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 

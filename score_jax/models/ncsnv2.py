@@ -1,10 +1,10 @@
 """NCSNv2 (Song & Ermon 2020) and NCSN (Song & Ermon 2019): RefineNet score networks.
 
-The topology is the JAX original's (B12: in `ncsnv2_64` the third RefineBlock has
-2nf features, the PyTorch port's nf). Multi-scale fusion upsamples with
-`jax.image.resize` (half-pixel bilinear; the port uses align_corners=True, B11).
-NCSN v1 cannot be built in either reference (B3); here it is NCSNv2's 32-64 px
-topology with conditional InstanceNorm++ indexed by the noise label, one class per
+The topology is the JAX original's (in `ncsnv2_64` the third RefineBlock has 2nf features, the PyTorch
+port's nf: docs/differences.md#ncsnv2-64-width). Multi-scale fusion upsamples with `jax.image.resize`
+(half-pixel bilinear; the port uses align_corners=True: docs/differences.md#ncsnv2-resize). NCSN v1 cannot
+be built in either reference (docs/differences.md#ncsn-v1-builds); here it is NCSNv2's 32-64 px topology
+with conditional InstanceNorm++ indexed by the noise label, one class per
 noise scale (`model.num_scales`), and average-pooling in its CRP blocks.
 """
 

@@ -3,7 +3,8 @@
 InstanceNorm++ normalises each channel over space and adds back the channel means,
 standardised across channels, with a learned weight `alpha`. The JAX original (and
 score_jax by default) uses the biased variance of the channel means; the PyTorch port
-uses the unbiased one (B10): `unbiased_channel_var=True` reproduces the port.
+uses the unbiased one (docs/differences.md#instance-norm-variance): `unbiased_channel_var=True`
+reproduces the port.
 """
 
 import functools
@@ -34,7 +35,7 @@ class InstanceNorm2dPlus(nn.Module):
   """InstanceNorm++: `gamma * (IN(x) + alpha * standardised channel means) + beta`; params (1, 1, 1, C)."""
 
   bias: bool = True
-  unbiased_channel_var: bool = False  # True: the PyTorch port (B10)
+  unbiased_channel_var: bool = False  # True: the PyTorch port (docs/differences.md#instance-norm-variance)
 
   @nn.compact
   def __call__(self, x):

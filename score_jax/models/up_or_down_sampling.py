@@ -76,7 +76,7 @@ def conv_downsample_2d(x, w, k=(1, 3, 3, 1), factor=2, gain=1.0):
 def upsample_conv_2d(x, w, k=(1, 3, 3, 1), factor=2, gain=1.0):
   """A stride-`factor` transposed convolution with the HWIO kernel `w`, then FIR filtering.
 
-  Never reached by a shipped config (the PyTorch port's version crashes, B5).
+  Never reached by a shipped config (the PyTorch port's version crashes: docs/differences.md#fir-upsample-conv).
   """
   conv_size = w.shape[0]
   k = setup_kernel(k) * (gain * factor ** 2)

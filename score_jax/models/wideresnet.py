@@ -6,7 +6,8 @@ perturbed data to model p(y | x(t)). With `WideResnet()` it has the reference's 
 (38,913,114 parameters and the 128 fixed Fourier frequencies, kept in the "constants" collection).
 
 Its output feeds `score_jax.controllable.classifier_log_prob_grad_fn`. The input is normalised once,
-here, by per-image standardisation; the reference normalised with the CIFAR-10 mean/std first (B26).
+here, by per-image standardisation; the reference normalised with the CIFAR-10 mean/std first
+(docs/differences.md#classifier-normalisation).
 The module has no train/eval difference (GroupNorm, no dropout).
 
 `dtype` (`classifier.dtype`) is the compute dtype of its convolutions and dense layers, as `model.dtype`
