@@ -84,5 +84,5 @@ def build_ddpm(config):
   return DDPM(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
               conditional=m.conditional, nonlinearity=m.nonlinearity,
-              attn_per_up_resnet=m.get("attn_per_up_resnet", False), num_classes=m.get("num_classes", 0),
-              remat=m.get("remat", False), dtype=compute_dtype(config))
+              attn_per_up_resnet=m.attn_per_up_resnet, num_classes=m.num_classes,
+              remat=m.remat, dtype=compute_dtype(config))

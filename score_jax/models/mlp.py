@@ -59,5 +59,5 @@ def build_mlp(config):
   model = config.model
   return MLPScoreModel(hidden=model.nf, num_layers=model.num_res_blocks, embedding_type=model.embedding_type,
                        embedding_dim=model.embedding_dim, fourier_scale=model.fourier_scale,
-                       dropout=model.dropout, input_frequencies=model.get("input_frequencies", 0),
-                       num_classes=model.get("num_classes", 0), dtype=compute_dtype(config))
+                       dropout=model.dropout, input_frequencies=model.input_frequencies,
+                       num_classes=model.num_classes, dtype=compute_dtype(config))

@@ -176,7 +176,7 @@ def build_ncsnpp(config):
       conditional=m.conditional, fir=m.fir, fir_kernel=tuple(m.fir_kernel), skip_rescale=m.skip_rescale,
       resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
       progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
-      embedding_type=m.embedding_type.lower(), fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
-      nonlinearity=m.nonlinearity, num_classes=m.get("num_classes", 0), remat=m.get("remat", False),
+      embedding_type=m.embedding_type.lower(), fourier_scale=m.fourier_scale, init_scale=m.init_scale,
+      nonlinearity=m.nonlinearity, num_classes=m.num_classes, remat=m.remat,
       dtype=compute_dtype(config))
 

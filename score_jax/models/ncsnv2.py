@@ -213,7 +213,7 @@ def _builder(architecture, conditional=False):
   def build(config):
     m = config.model
     return NCSNv2(architecture=architecture, nf=m.nf, nonlinearity=m.nonlinearity, normalization=m.normalization,
-                  interpolation=m.get("interpolation", "bilinear"), conditional=conditional,
+                  interpolation=m.interpolation, conditional=conditional,
                   num_scales=m.num_scales, dtype=compute_dtype(config))
   return build
 

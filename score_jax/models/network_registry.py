@@ -6,6 +6,7 @@ or parameterizations: `registry.get_model` pairs a network with its parameteriza
 
 import jax.numpy as jnp
 
+from score_jax import base_config
 from score_jax.utils import choice_error
 
 _NETWORKS = {}
@@ -23,8 +24,7 @@ def register_model(name):
 
 def compute_dtype(config):
   """The networks' compute dtype from `model.dtype` (None for float32, the flax default)."""
-  name = config.model.get("dtype", "float32")  # a network may be built from a partial (the reference's) config
-  return None if name == "float32" else jnp.dtype(name)
+  return None if config.model.dtype == "float32" else jnp.dtype(config.model.dtype)
 
 
 def model_names():
@@ -32,7 +32,9 @@ def model_names():
 
 
 def get_network(config):
-  """The plain network named by `config.model.name`."""
+  """The plain network named by `config.model.name`; keys the config lacks (e.g. the reference's own config)
+  take the base configuration's defaults, so that a builder reads each key as it is."""
+  config = base_config.complete(config)
   name = config.model.name
   if name not in _NETWORKS:
     raise choice_error("model.name", name, _NETWORKS)
