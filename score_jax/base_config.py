@@ -76,7 +76,7 @@ def get_config():
   evaluate.num_eval_batches = 0             # held-out batches for the eval loss (0: the whole split, as the reference)
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = "CIFAR10"                  # CIFAR10 | SVHN | CELEBA | LSUN | FFHQ | CelebAHQ
+  data.dataset = "CIFAR10"                  # CIFAR10 | SVHN | MNIST | CELEBA | LSUN | FFHQ | CelebAHQ | digits | folder
   data.image_size = 32                      # images are image_size x image_size x num_channels
   data.num_channels = 3                     # colour channels
   data.random_flip = True                   # random horizontal flips for training
@@ -86,6 +86,9 @@ def get_config():
   data.dim = placeholder(int)               # flat data (the 2-D toys): dimension of one example; None: images
   data.category = ""                        # LSUN category (bedroom, church_outdoor)
   data.tfrecords_path = ""                  # FFHQ / CelebAHQ tfrecords file (set to your local copy)
+  data.path = ""                            # folder: a folder (recursive) or .zip of PNG / JPEG / WebP images
+  data.eval_path = ""                       # folder: held-out images (else data.num_eval set aside from data.path)
+  data.labels_from = "none"                 # folder labels: none | dataset_json (EDM's dataset.json) | subfolders
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256

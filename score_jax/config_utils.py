@@ -74,10 +74,14 @@ def _check_class_conditioning(config):
     if config.model.name not in CLASS_CONDITIONAL_MODELS:
       raise ValueError(f"model.num_classes={num_classes}: class-conditional networks are "
                        f"{', '.join(CLASS_CONDITIONAL_MODELS)}, not model.name={config.model.name!r}")
-    if name not in datasets.NUM_CLASSES:
+    if name == datasets.LABELLED_FOLDER:
+      if config.data.labels_from == "none":
+        raise ValueError(f"model.num_classes={num_classes} needs labelled data: set data.labels_from to "
+                         "'dataset_json' or 'subfolders' for data.dataset='folder'")
+    elif name not in datasets.NUM_CLASSES:
       raise ValueError(f"model.num_classes={num_classes} needs labelled data; data.dataset={name!r} has no "
                        f"labels (labelled: {', '.join(datasets.NUM_CLASSES)})")
-    if num_classes != datasets.NUM_CLASSES[name]:
+    elif num_classes != datasets.NUM_CLASSES[name]:
       raise ValueError(f"model.num_classes={num_classes}, but data.dataset={name!r} has "
                        f"{datasets.NUM_CLASSES[name]} classes")
   scale = float(config.sampling.guidance_scale or 0.0)

@@ -6,8 +6,8 @@ of held-out batches. Arrays are the process-local part of the global batch.
 
 Image sets (the reference's `datasets.py`) are random-access sources of uint8
 `(H, W, C)` images: TFDS data sets through `tfds.data_source` (ArrayRecord, no
-TensorFlow), FFHQ / CelebA-HQ TFRecords parsed here, and the embedded 8x8 digits
-of `score_jax/assets/`. Crops and resizes run on the host with PIL (see `resize`).
+TensorFlow), FFHQ / CelebA-HQ TFRecords parsed here, the embedded 8x8 digits
+of `score_jax/assets/`, and folders or zips of one's own images (`score_jax.image_folder`). Crops and resizes run on the host with PIL (see `resize`).
 `get_dataset(config, labels=True)` pairs every image with its class label (the noise-conditional
 classifier of `score_jax.classifier` trains on these) for the data sets in `LABELLED_DATASETS`.
 """
@@ -21,9 +21,10 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from PIL import Image
 
-from score_jax import tfrecord
+from score_jax import image_folder, tfrecord
 from score_jax.toy_data import (DIGITS_TRAIN_SIZE, IMAGE_TOY_DATASETS, LABELLED_TOY_DATASETS, TOY_DATASETS,
                                 TOY_NUM_CLASSES, load_digits)
 from score_jax.utils import choice_error
@@ -177,7 +178,35 @@ class ImageDataset:
     return np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int32)
 
 
-_POOL = futures.ThreadPoolExecutor(max_workers=8)  # PIL decoding and resizing release the GIL
+DECODING_THREADS = 8
+_POOL = futures.ThreadPoolExecutor(max_workers=DECODING_THREADS)  # PIL decoding and resizing release the GIL
+
+
+def set_decoding_threads(count):
+  """Sets the size of the thread pool that reads, decodes and resizes images (default `DECODING_THREADS`)."""
+  global _POOL
+  if count < 1:
+    raise ValueError(f"decoding threads must be >= 1, got {count}")
+  _POOL.shutdown(wait=False)
+  _POOL = futures.ThreadPoolExecutor(max_workers=count)
+
+
+class ReadAhead:
+  """`read(step)` for steps `s, s + stride, s + 2 stride, ...`, each read in a background thread while the
+  caller trains on the one before, so that decoding never waits for the training thread (nor it for
+  decoding, when decoding keeps up). The result of `read(step)` is `fn(step)` whatever was read ahead."""
+
+  def __init__(self, fn, stride):
+    self.fn, self.stride = fn, stride
+    self._worker = futures.ThreadPoolExecutor(max_workers=1)
+    self._ahead = None  # (step, future)
+
+  def __call__(self, step):
+    ahead, self._ahead = self._ahead, None
+    batch = ahead[1].result() if ahead is not None and ahead[0] == step else self.fn(step)
+    self._ahead = (step + self.stride, self._worker.submit(self.fn, step + self.stride))
+    return batch
+
 
 
 def _gather(source, indices, stack=True):
@@ -342,6 +371,45 @@ def digits(config, labelled=False):
   return images[train], images[held_out]
 
 
+# Images of one's own: a folder or a zip (score_jax.image_folder).
+
+HELD_OUT_SEED = 0  # the fixed permutation that sets data.num_eval images of data.path aside, whatever the run's seed
+
+
+def folder(config, labelled=False):
+  """`data.path`'s images, centre-cropped and resized to `data.image_size`; held out: `data.eval_path`'s
+  images, else `data.num_eval` of `data.path` chosen by a fixed permutation (the rest train)."""
+  data = config.data
+  files = image_folder.ImageFiles(data.path, data.labels_from)
+  eval_files = image_folder.ImageFiles(data.eval_path, data.labels_from) if data.eval_path else None
+  for source in (files, eval_files) if eval_files else (files,):
+    channels = source.scan()
+    if channels != data.num_channels:
+      raise ValueError(f"the images of {source.path!r} have {channels} channels, but data.num_channels="
+                       f"{data.num_channels}")
+  if labelled and files.labels is None:
+    raise ValueError("class labels of data.dataset='folder' need data.labels_from='dataset_json' or 'subfolders'")
+  num_classes = config.model.num_classes
+  if labelled and num_classes and num_classes != files.num_classes:
+    raise ValueError(f"model.num_classes={num_classes}, but the labels of data.path={data.path!r} have "
+                     f"{files.num_classes} classes")
+  if files.label_names and jax.process_index() == 0 and data.labels_from == "subfolders":
+    logging.info("Classes of %s: %s", data.path, ", ".join(f"{i}={n}" for i, n in enumerate(files.label_names)))
+  size = data.image_size
+  read_image = lambda image: crop_resize(image, size)  # noqa: E731
+  pairs = lambda source: MappedSource(  # noqa: E731
+      image_folder.Labelled(source), lambda pair: (read_image(pair[0]), pair[1])) if labelled else MappedSource(
+          source, read_image)
+  if eval_files is not None:
+    return pairs(files), pairs(eval_files)
+  if data.num_eval >= len(files):
+    raise ValueError(f"data.num_eval={data.num_eval} would hold out every image of data.path={data.path!r} "
+                     f"({len(files)} images): set data.num_eval lower or give data.eval_path")
+  order = np.random.default_rng(HELD_OUT_SEED).permutation(len(files))
+  held_out, train = np.sort(order[:data.num_eval]), np.sort(order[data.num_eval:])
+  return (pairs(image_folder.Subset(files, train)), pairs(image_folder.Subset(files, held_out)))
+
+
 IMAGE_DATASETS = {
     "CIFAR10": cifar10,
     "SVHN": svhn,
@@ -351,9 +419,11 @@ IMAGE_DATASETS = {
     "FFHQ": tfrecords,
     "CelebAHQ": tfrecords,
     "digits": digits,
+    "folder": folder,
 }
 DATASETS = {**TOY_DATASETS, **IMAGE_TOY_DATASETS, **IMAGE_DATASETS}
-LABELLED_DATASETS = ("CIFAR10", "MNIST", "SVHN", "digits")  # image data sets with class labels
+LABELLED_DATASETS = ("CIFAR10", "MNIST", "SVHN", "digits", "folder")  # image data sets with class labels
+LABELLED_FOLDER = "folder"  # labelled when data.labels_from says where its labels are; its class count comes from them
 NUM_CLASSES = {"CIFAR10": 10, "MNIST": 10, "SVHN": 10, "digits": 10, **TOY_NUM_CLASSES}  # every labelled set
 
 
@@ -368,7 +438,7 @@ def get_dataset(config, labels=False, batch_size=None):
   name = config.data.dataset
   if name not in DATASETS:
     raise choice_error("data.dataset", name, DATASETS)
-  if labels and name not in NUM_CLASSES:
+  if labels and name not in NUM_CLASSES and name != LABELLED_FOLDER:
     raise ValueError(f"data.dataset={name!r} has no class labels; labelled data sets: {', '.join(NUM_CLASSES)}")
   if name in IMAGE_DATASETS:
     if labels:

@@ -104,6 +104,10 @@ class RunSetup:
     # What the loss trains on: `(data, labels)` batches for a class-conditional model.
     self.train_dataset = datasets.get_dataset(config, labels=True) if self.class_conditional else self.dataset
     self.scaler = datasets.get_data_scaler(config)
+    read = functools.partial(self.train_dataset.train_batches, n=config.training.n_jitted_steps)
+    if isinstance(self.train_dataset, datasets.ImageDataset):  # decoded on the host: read the next block ahead
+      read = datasets.ReadAhead(read, config.training.n_jitted_steps)
+    self._read_train_batches = read
     base_rng = jax.random.PRNGKey(config.seed)
     train_step = get_train_step(self.sde, self.model, self.optimizer, components.loss_config,
                                 ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0),
@@ -150,7 +154,7 @@ class RunSetup:
     return self.scaler(batch)
 
   def train_batches(self, step):
-    local = self.scale_batch(self.train_dataset.train_batches(step, self.config.training.n_jitted_steps))
+    local = self.scale_batch(self._read_train_batches(step))
     return parallel.shard_batch(self.mesh, local, batch_axis=1)
 
   def eval_loss(self, state, num_batches=1):

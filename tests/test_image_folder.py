@@ -1,0 +1,177 @@
+"""Folders and zips of one's own images (`data.dataset = "folder"`) against the built-in digits pipeline."""
+
+import json
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import digits as digits_config
+from score_jax import datasets, image_folder, run_setup, toy_data
+
+TRAIN = toy_data.DIGITS_TRAIN_SIZE
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return toy_data.load_digits(16)
+
+
+def write_folder(root, images, labels, layout="flat"):
+  """The images as PNGs: flat `00000.png` ... with EDM's dataset.json, or one subfolder per class."""
+  root.mkdir(parents=True, exist_ok=True)
+  entries = []
+  for i, (image, label) in enumerate(zip(images, labels)):
+    name = f"{i:05d}.png" if layout == "flat" else f"class_{label}/{i:05d}.png"
+    (root / name).parent.mkdir(exist_ok=True)
+    Image.fromarray(image[..., 0]).save(root / name)
+    entries.append([name, int(label)])
+  if layout == "flat":
+    (root / image_folder.LABEL_FILE).write_text(json.dumps({"labels": entries}))
+  return root
+
+
+def write_zip(folder, path):
+  with zipfile.ZipFile(path, "w") as archive:
+    for file in sorted(folder.rglob("*")):
+      if file.is_file():
+        archive.write(file, file.relative_to(folder).as_posix())
+  return path
+
+
+def folder_config(path, **overrides):
+  config = digits_config.get_config()
+  config.data.dataset, config.data.path = "folder", str(path)
+  config.training.batch_size = 24
+  for key, value in overrides.items():
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
+@pytest.fixture(scope="module")
+def digits_folders(digits, tmp_path_factory):
+  """The built-in digits as the user would have them: the 1500 training and 297 held-out images."""
+  images, labels = digits
+  root = tmp_path_factory.mktemp("digits")
+  train = write_folder(root / "train", images[:TRAIN], labels[:TRAIN])
+  held_out = write_folder(root / "held_out", images[TRAIN:], labels[TRAIN:])
+  return train, held_out, write_zip(train, root / "train.zip")
+
+
+@pytest.mark.parametrize("source", ["folder", "zip"])
+def test_folder_gives_the_batches_of_the_builtin_digits(digits_folders, source):
+  """The same images in the same order give the run the same batches (so the same first-step loss) and
+  the same labels, for a folder and a zip alike; the held-out images come from data.eval_path."""
+  train, held_out, archive = digits_folders
+  path = train if source == "folder" else archive
+  config = folder_config(path, **{"data.eval_path": str(held_out), "data.labels_from": "dataset_json",
+                                  "model.num_classes": 10})
+  reference = digits_config.get_config()
+  reference.training.batch_size, reference.model.num_classes = 24, 10
+  ours, builtin = run_setup.RunSetup(config), run_setup.RunSetup(reference)
+  for step in (0, 7):
+    (x, y), (x_ref, y_ref) = ours.train_batches(step), builtin.train_batches(step)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(x_ref))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  ours_eval = next(iter(ours.dataset.eval_batches()))
+  np.testing.assert_array_equal(ours_eval, next(iter(builtin.dataset.eval_batches())))
+
+
+def test_subfolder_labels_are_the_sorted_folder_names(digits, tmp_path):
+  images, labels = digits
+  root = write_folder(tmp_path / "classes", images[:60], labels[:60], layout="subfolders")
+  files = image_folder.ImageFiles(str(root), "subfolders")
+  assert files.label_names == tuple(f"class_{k}" for k in range(10))
+  by_name = {f"class_{label}/{i:05d}.png": label for i, label in enumerate(labels[:60])}
+  assert [by_name[name] for name in files.names] == list(files.labels)
+  for i in (0, 17, 59):
+    np.testing.assert_array_equal(files[i], images[int(files.names[i].split("/")[1][:5])])
+
+
+def test_held_out_images_are_a_fixed_permutation_of_the_folder(digits, tmp_path):
+  images, labels = digits
+  root = write_folder(tmp_path / "all", images[:100], labels[:100])
+  config = folder_config(root, **{"data.num_eval": 20})
+  train, held_out = datasets.folder(config)
+  assert (len(train), len(held_out)) == (80, 20)
+  train_indices, held_out_indices = train.source.indices, held_out.source.indices
+  assert sorted(np.concatenate([train_indices, held_out_indices]).tolist()) == list(range(100))
+  np.testing.assert_array_equal(held_out[3], images[held_out_indices[3]])
+  config.seed = 123  # the split does not follow the run's seed
+  np.testing.assert_array_equal(datasets.folder(config)[1].source.indices, held_out_indices)
+
+
+def test_folder_images_are_centre_cropped_and_resized(tmp_path):
+  image = np.zeros((40, 60, 3), np.uint8)
+  image[:, 10:50] = 200  # the centred 40x40 square is uniform: its resize is too
+  (tmp_path / "wide").mkdir()
+  Image.fromarray(image).save(tmp_path / "wide" / "a.png")
+  config = folder_config(tmp_path / "wide", **{"data.num_channels": 3, "data.image_size": 8,
+                                               "data.eval_path": str(tmp_path / "wide")})
+  train, _ = datasets.folder(config)
+  np.testing.assert_array_equal(train[0], np.full((8, 8, 3), 200, np.uint8))
+
+
+def _bad(tmp_path, kind):
+  root = tmp_path / kind
+  root.mkdir()
+  good = np.full((16, 16), 7, np.uint8)
+  if kind == "empty":
+    (root / "notes.txt").write_text("no images here")
+  elif kind == "truncated":
+    for i in range(3):
+      Image.fromarray(good).save(root / f"{i}.png")
+    (root / "broken.png").write_bytes((root / "0.png").read_bytes()[:40])
+  elif kind == "mixed":
+    Image.fromarray(good).save(root / "gray.png")
+    Image.fromarray(np.stack([good] * 3, -1)).save(root / "colour.png")
+  elif kind == "labels":
+    Image.fromarray(good).save(root / "a.png")
+    (root / "dataset.json").write_text(json.dumps({"labels": [["a.png", 0], ["gone.png", 1]]}))
+  return root
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "does not exist"),
+    ("empty", "holds no images"),
+    ("truncated", "cannot read 1 of 4 images, e.g. 'broken.png'"),
+    ("mixed", "mixes images of 1 and 3 channels"),
+    ("labels", "names 1 images that are not there (e.g. 'gone.png')"),
+])
+def test_bad_folders_are_refused_in_one_line(tmp_path, kind, message):
+  path = tmp_path / "nowhere" if kind == "missing" else _bad(tmp_path, kind)
+  labels_from = "dataset_json" if kind == "labels" else "none"
+  config = folder_config(path, **{"data.labels_from": labels_from, "data.num_eval": 1})
+  with pytest.raises(ValueError) as error:
+    datasets.get_dataset(config)
+  assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_class_count_is_checked_against_the_labels(digits, tmp_path):
+  images, labels = digits
+  root = write_folder(tmp_path / "few", images[:30], labels[:30] % 3)
+  config = folder_config(root, **{"data.labels_from": "dataset_json", "model.num_classes": 10, "data.num_eval": 1})
+  with pytest.raises(ValueError, match=r"model.num_classes=10, but the labels of .* have 3 classes"):
+    datasets.get_dataset(config, labels=True)
+  config = folder_config(root, **{"model.num_classes": 3, "data.num_eval": 1})
+  with pytest.raises(ValueError, match="needs labelled data: set data.labels_from"):
+    run_setup.validate_config(config)
+
+
+def test_read_ahead_reads_the_next_block_in_the_background():
+  """The batch of each step is `fn(step)`, the next block is read by another thread, and a jump (a resume,
+  a restart) reads the asked step itself."""
+  threads = {}
+
+  def fn(step):
+    threads[step] = threading.current_thread().name
+    return np.full(3, step)
+
+  read = datasets.ReadAhead(fn, stride=2)
+  for step in (0, 2, 4, 10, 12):
+    np.testing.assert_array_equal(read(step), np.full(3, step))
+  main = threading.current_thread().name
+  assert threads[0] == main and threads[10] == main  # nothing was read ahead for these
+  assert threads[2] != main and threads[4] != main and threads[12] != main
