@@ -6,6 +6,8 @@
   python main.py --config=configs/digits.py --workdir=runs/digits --mode=inpaint --from_dataset=8 --mask=half
   python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=conditional --labels=0,1,2 --guidance_scale=2
   python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=reconstruct_ema --sigma_rel=0.08
+  python main.py --config=configs/digits.py --workdir=runs/digits --mode=sample --seeds=0-99 --out=runs/digits/png
+  python main.py --mode=fid --samples=runs/digits/png --ref=runs/digits_ref --features=digits
 """
 
 import importlib.util
@@ -21,20 +23,32 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats", "train_classifier", "inpaint", "colorize",
-                                    "conditional", "reconstruct_ema"],
-                  "Train, evaluate checkpoints, compute the data set's Inception statistics for FID, train the "
-                  "noise-conditional classifier, edit images with the trained score model, or write a post-hoc "
-                  "EMA checkpoint (model.ema_type=power).")
+                                    "conditional", "reconstruct_ema", "sample", "fid"],
+                  "Train, evaluate checkpoints, compute the data set's (or --samples') feature statistics for FID, "
+                  "train the noise-conditional classifier, edit images with the trained score model, write a "
+                  "post-hoc EMA checkpoint (model.ema_type=power), write images for --seeds, or measure --samples "
+                  "against --ref.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation results.")
 flags.DEFINE_multi_string("image", [], "Edit modes: input image file(s) (repeat the flag or separate by commas).")
 flags.DEFINE_integer("from_dataset", 0, "Edit modes: edit this many images of the held-out split instead.")
 flags.DEFINE_string("mask", "half", "--mode=inpaint: a mask image (white = known) or one of score_jax.drivers.edit.MASKS.")
-flags.DEFINE_string("labels", None, "--mode=conditional: comma-separated class labels, one sample each.")
+flags.DEFINE_string("labels", None, "--mode=conditional: comma-separated class labels, one sample each; "
+                    "--mode=sample: the labels, cycled over the seeds.")
 flags.DEFINE_float("guidance_scale", 1.0, "--mode=conditional: weight of the classifier's gradient, or the "
                    "classifier-free guidance weight w of a class-conditional model (model.num_classes > 0).")
 flags.DEFINE_float("sigma_rel", None, "--mode=reconstruct_ema: relative width of the post-hoc EMA (EDM2).")
 flags.DEFINE_integer("ema_step", None, "--mode=reconstruct_ema: the EMA snapshot's step (default: the newest).")
 flags.DEFINE_integer("seed", 0, "Edit modes: random seed of the sampler.")
+flags.DEFINE_string("seeds", None, "--mode=sample: seeds and ranges, e.g. 0-49999 or 0,5,10-19: one image each.")
+flags.DEFINE_string("out", None, "--mode=sample: a folder (one PNG per seed) or FILE.npz; --mode=fid: the report's "
+                    "JSON file; --mode=fid_stats --samples=...: the statistics' .npz.")
+flags.DEFINE_integer("step", None, "--mode=sample: the checkpoint's step (default: the newest).")
+flags.DEFINE_integer("batch_size", 64, "--mode=sample: seeds per sampler call (no image depends on it).")
+flags.DEFINE_integer("class", None, "--mode=sample: the class of every image (class-conditional models).")
+flags.DEFINE_integer("grid", 0, "--mode=sample: also write an N x N grid of the first N^2 seeds.")
+flags.DEFINE_string("samples", None, "--mode=fid / fid_stats: images: a folder, a zip or an .npz.")
+flags.DEFINE_string("ref", None, "--mode=fid: reference images (folder, zip, .npz) or statistics (.npz).")
+flags.DEFINE_string("features", "inception", "--mode=fid / fid_stats: the feature network: inception | digits.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
@@ -48,8 +62,36 @@ class _QuietLibraries:
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+def _images_only():
+  """Modes that measure image files and need neither a config nor a workdir."""
+  return FLAGS.mode == "fid" or (FLAGS.mode == "fid_stats" and FLAGS.samples is not None)
+
+
+def _measure_images():
+  from score_jax.drivers import sample_quality
+
+  if FLAGS.samples is None:
+    raise ValueError(f"--mode={FLAGS.mode} needs --samples=DIR|FILE.npz")
+  if FLAGS.mode == "fid_stats":
+    if not FLAGS.out:
+      raise ValueError("--mode=fid_stats --samples=... needs --out=FILE.npz, where the statistics go")
+    print(sample_quality.write_statistics(FLAGS.samples, FLAGS.out, features=FLAGS.features, config=FLAGS.config))
+    return
+  if FLAGS.ref is None:
+    raise ValueError("--mode=fid needs --ref=DIR|FILE.npz (reference images or statistics)")
+  report = sample_quality.compare(FLAGS.samples, FLAGS.ref, features=FLAGS.features, config=FLAGS.config)
+  print(sample_quality.write_report(report, FLAGS.out))
+
+
 def main(argv):
   del argv
+  if _images_only() and FLAGS.workdir is None:
+    logging.set_stderrthreshold(logging.INFO)
+    try:
+      _measure_images()
+    except (ValueError, FileNotFoundError, OSError) as error:
+      sys.exit(f"main.py: {error}")
+    return
   if FLAGS.workdir is None:
     sys.exit("main.py: --workdir is required (the directory for checkpoints, logs and samples).")
   try:
@@ -68,10 +110,18 @@ def main(argv):
     logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
   from score_jax import ema
-  from score_jax.drivers import edit, evaluate, train, train_classifier  # after flag parsing: a bad flag fails fast
+  from score_jax.drivers import edit, evaluate, generate, train, train_classifier  # after flag parsing: fails fast
 
   try:
-    if FLAGS.mode == "train":
+    if _images_only():
+      _measure_images()
+    elif FLAGS.mode == "sample":
+      if FLAGS.seeds is None or FLAGS.out is None:
+        raise ValueError("--mode=sample needs --seeds (e.g. 0-99) and --out (a folder, or FILE.npz)")
+      print(generate.generate(FLAGS.config, FLAGS.workdir, FLAGS.seeds, FLAGS.out, step=FLAGS.step,
+                              batch_size=FLAGS.batch_size, labels=FLAGS.labels, class_label=getattr(FLAGS, "class"),
+                              grid=FLAGS.grid))
+    elif FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
       evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
@@ -132,13 +182,15 @@ def _parse_flags(argv):
 
 def _config_error_in_one_line():
   """Turns a missing or broken --config into a one-line message instead of a traceback."""
-  for arg in sys.argv[1:]:
+  args = sys.argv[1:]
+  images_only = "--mode=fid" in args or ("--mode=fid_stats" in args and any(a.startswith("--samples=") for a in args))
+  for arg in args:
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].split(":")[0]
       if not os.path.isfile(path):
         sys.exit(f"main.py: cannot read config file {path!r}")
       return
-  if "--helpfull" not in sys.argv and "--help" not in sys.argv:
+  if "--helpfull" not in sys.argv and "--help" not in sys.argv and not images_only:
     sys.exit("main.py: --config=PATH is required (for example configs/toy/checkerboard.py)")
 
 

@@ -381,7 +381,7 @@ def folder(config, labelled=False):
   images, else `data.num_eval` of `data.path` chosen by a fixed permutation (the rest train)."""
   data = config.data
   files = image_folder.ImageFiles(data.path, data.labels_from)
-  eval_files = image_folder.ImageFiles(data.eval_path, data.labels_from) if data.eval_path else None
+  eval_files = image_folder.ImageFiles(data.eval_path, data.labels_from, what="data.eval_path") if data.eval_path else None
   for source in (files, eval_files) if eval_files else (files,):
     channels = source.scan()
     if channels != data.num_channels:

@@ -42,23 +42,22 @@ def _as_array(image):
 class ImageFiles:
   """The images of a folder or a zip, `len` and `[i]` -> uint8 `(H, W, C)`, with optional int labels."""
 
-  def __init__(self, path, labels_from="none"):
+  def __init__(self, path, labels_from="none", what="data.path"):
     if labels_from not in LABELS_FROM:
       raise ValueError(f"data.labels_from={labels_from!r} is not valid; choose one of: {', '.join(LABELS_FROM)}")
     if not path:
-      raise ValueError("data.dataset='folder' reads data.path, which is empty: set it to a folder or a .zip of "
-                       "images (--config.data.path=...)")
+      raise ValueError(f"{what} is empty: set it to a folder or a .zip of images")
     if not os.path.exists(path):
-      raise ValueError(f"data.path={path!r} does not exist")
-    self.path = path
+      raise ValueError(f"{what}={path!r} does not exist")
+    self.path, self.what = path, what
     self._is_zip = os.path.isfile(path)
     if self._is_zip and not zipfile.is_zipfile(path):
-      raise ValueError(f"data.path={path!r} is a file but not a zip archive; give a folder or a .zip of images")
+      raise ValueError(f"{what}={path!r} is a file but not a zip archive; give a folder or a .zip of images")
     self._local = threading.local()
     names = self._list()
     self.names = sorted(name for name in names if _is_image(name))
     if not self.names:
-      raise ValueError(f"data.path={path!r} holds no images ({', '.join(EXTENSIONS)}, searched recursively)")
+      raise ValueError(f"{what}={path!r} holds no images ({', '.join(EXTENSIONS)}, searched recursively)")
     self.labels, self.label_names = self._labels(labels_from, set(names))
 
   def __len__(self):
@@ -102,31 +101,31 @@ class ImageFiles:
       folders = [name.split("/")[0] if "/" in name else None for name in self.names]
       loose = [name for name, folder in zip(self.names, folders) if folder is None]
       if loose:
-        raise ValueError(f"data.labels_from='subfolders', but {len(loose)} images of data.path={self.path!r} lie "
+        raise ValueError(f"data.labels_from='subfolders', but {len(loose)} images of {self.what}={self.path!r} lie "
                          f"outside any subfolder (e.g. {loose[0]!r}); put each class in its own folder")
       label_names = tuple(sorted(set(folders)))
       index = {folder: i for i, folder in enumerate(label_names)}
       return np.array([index[folder] for folder in folders], np.int32), label_names
     if LABEL_FILE not in files:
-      raise ValueError(f"data.labels_from='dataset_json', but data.path={self.path!r} has no {LABEL_FILE} "
+      raise ValueError(f"data.labels_from='dataset_json', but {self.what}={self.path!r} has no {LABEL_FILE} "
                        "(EDM's format: {\"labels\": [[\"relative/path.png\", label], ...]})")
     try:
       entries = json.loads(self.read_bytes(LABEL_FILE))["labels"]
       table = {str(name): int(label) for name, label in entries}
     except (ValueError, KeyError, TypeError) as error:
-      raise ValueError(f"{LABEL_FILE} of data.path={self.path!r} is not EDM's format "
+      raise ValueError(f"{LABEL_FILE} of {self.what}={self.path!r} is not EDM's format "
                        f"{{\"labels\": [[name, label], ...]}}: {type(error).__name__}: {error}") from None
     missing = sorted(set(table) - set(self.names))
     if missing:
-      raise ValueError(f"{LABEL_FILE} of data.path={self.path!r} names {len(missing)} images that are not there "
+      raise ValueError(f"{LABEL_FILE} of {self.what}={self.path!r} names {len(missing)} images that are not there "
                        f"(e.g. {missing[0]!r})")
     unlabelled = [name for name in self.names if name not in table]
     if unlabelled:
-      raise ValueError(f"{LABEL_FILE} of data.path={self.path!r} gives no label for {len(unlabelled)} images "
+      raise ValueError(f"{LABEL_FILE} of {self.what}={self.path!r} gives no label for {len(unlabelled)} images "
                        f"(e.g. {unlabelled[0]!r})")
     labels = np.array([table[name] for name in self.names], np.int32)
     if labels.min() < 0:
-      raise ValueError(f"{LABEL_FILE} of data.path={self.path!r} has a negative label ({labels.min()})")
+      raise ValueError(f"{LABEL_FILE} of {self.what}={self.path!r} has a negative label ({labels.min()})")
     return labels, tuple(str(i) for i in range(int(labels.max()) + 1))
 
   def scan(self, workers=8):
@@ -145,12 +144,12 @@ class ImageFiles:
     bad = [(name, c) for name, c in zip(self.names, counts) if isinstance(c, Exception)]
     if bad:
       name, error = bad[0]
-      raise ValueError(f"data.path={self.path!r}: cannot read {len(bad)} of {len(self.names)} images, e.g. "
+      raise ValueError(f"{self.what}={self.path!r}: cannot read {len(bad)} of {len(self.names)} images, e.g. "
                        f"{name!r} ({error}); {len(self.names) - len(bad)} are readable")
     found = sorted(set(counts))
     if len(found) > 1:
       examples = {c: next(n for n, k in zip(self.names, counts) if k == c) for c in found}
-      raise ValueError(f"data.path={self.path!r} mixes images of {' and '.join(map(str, found))} channels (e.g. "
+      raise ValueError(f"{self.what}={self.path!r} mixes images of {' and '.join(map(str, found))} channels (e.g. "
                        + ", ".join(f"{examples[c]!r}: {c}" for c in found) + "); convert them to one mode")
     return found[0]
 

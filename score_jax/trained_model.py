@@ -22,18 +22,26 @@ def abstract_train_state(config):
   return checkpoint.abstract_state(lambda: initial_train_state(config))
 
 
-def load_model(config, workdir, *, ema=True):
+def load_model(config, workdir, *, ema=True, step=None):
   """The model of a training workdir: `(model, variables, step)` of its newest readable checkpoint
-  (snapshot or preemption), with the EMA parameters by default (`ema=False`: the raw ones).
+  (snapshot or preemption), or of checkpoint `step`, with the EMA parameters by default (`ema=False`:
+  the raw ones).
 
   A post-hoc EMA (`score_jax.posthoc_ema.write_reconstruction`) is loaded from its own directory likewise.
 
   Raises:
-    ValueError: `workdir` holds no readable checkpoint of this config's model.
+    ValueError: `workdir` holds no readable checkpoint of this config's model, or none of `step`.
   """
   config = base_config.complete(config)  # e.g. the config.json of a run older than some keys
   managers = [checkpoint.get_manager(os.path.join(workdir, directory))
               for directory in (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
+  if step is not None:
+    holding = [m for m in managers if step in m.all_steps()]
+    if not holding:
+      steps = sorted({s for m in managers for s in m.all_steps()})
+      raise ValueError(f"{workdir} has no checkpoint of step {step}; its steps: {', '.join(map(str, steps)) or 'none'}")
+    state = checkpoint.restore(holding[0], step, abstract_train_state(config))
+    return get_model(config), state.variables(ema=ema), step
   state, step = checkpoint.restore_latest(managers, abstract_train_state(config))
   if step is None:
     raise ValueError(f"no readable score-model checkpoint in {workdir}; train one with `python main.py "

@@ -1,4 +1,4 @@
-"""Sample-quality metrics: FID, KID, Inception score, and a sliced Wasserstein distance for toys.
+"""Sample-quality metrics: FID, KID, Inception score, precision / recall, and a sliced Wasserstein distance for toys.
 
 The formulas run on the host in float64 (feature statistics are small; the
 features themselves are computed in jitted batches elsewhere).
@@ -64,6 +64,43 @@ def inception_score(logits):
   p = np.exp(log_p)
   log_marginal = np.log(p.mean(axis=0))
   return float(np.exp(np.mean(np.sum(p * (log_p - log_marginal), axis=1))))
+
+
+def _squared_distances(a, b):
+  return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+def _kth_neighbour_radii(features, k, block_size):
+  """Squared distance from each point to its k-th nearest other point of the same set."""
+  radii = np.empty(len(features))
+  for start in range(0, len(features), block_size):
+    d = _squared_distances(features[start:start + block_size], features)
+    radii[start:start + block_size] = np.partition(d, k, axis=1)[:, k]  # column 0 is the point itself
+  return radii
+
+
+def _covered(points, centres, radii, block_size):
+  """Whether each point lies within some centre's hypersphere of (squared) radius `radii`."""
+  inside = np.zeros(len(points), bool)
+  for start in range(0, len(points), block_size):
+    inside[start:start + block_size] = (_squared_distances(points[start:start + block_size], centres)
+                                        <= radii[None, :]).any(axis=1)
+  return inside
+
+
+def precision_recall(real_features, fake_features, k=3, block_size=2048):
+  """Improved precision and recall (Kynkäänniemi et al. 2019): the manifold of a set is the union of
+  hyperspheres around its points, each reaching the point's k-th nearest neighbour in the set.
+  Precision: the fraction of generated points inside the real manifold; recall: the fraction of real
+  points inside the generated one. Returns `(precision, recall)`."""
+  real, fake = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+  if min(len(real), len(fake)) <= k:
+    raise ValueError(f"precision / recall with k={k} need more than {k} points in each set; "
+                     f"got {len(real)} and {len(fake)}")
+  real_radii, fake_radii = _kth_neighbour_radii(real, k, block_size), _kth_neighbour_radii(fake, k, block_size)
+  precision = float(_covered(fake, real, real_radii, block_size).mean())
+  recall = float(_covered(real, fake, fake_radii, block_size).mean())
+  return precision, recall
 
 
 def sliced_wasserstein(x, y, *, num_projections=256, seed=0):

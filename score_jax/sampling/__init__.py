@@ -30,7 +30,8 @@ from score_jax.sampling.pc import (CORRECTORS, LANGEVIN_NORMS, PREDICTORS, PCSam
                                    reverse_diffusion_predictor)
 from score_jax.sampling.probability_flow import ODESampler, ode_sample
 from score_jax.sampling.registry import (CONFIG_KEYS, FAMILIES, SAMPLERS, config_key, config_options,
-                                        default_class_labels, get_sampling_fn, guidance_options, sample)
+                                        default_class_labels, get_sampling_fn, get_seed_sampling_fn, guidance_options,
+                                        sample)
 from score_jax.sampling.schedules import SCHEDULES, get_timesteps
 
 __all__ = ["CONFIG_KEYS", "CORRECTORS", "FAMILIES", "LANGEVIN_NORMS", "PREDICTORS", "SAMPLERS", "SCHEDULES",
@@ -39,6 +40,7 @@ __all__ = ["CONFIG_KEYS", "CORRECTORS", "FAMILIES", "LANGEVIN_NORMS", "PREDICTOR
            "adaptive_sde_sample", "ancestral_sampling_predictor", "annealed_langevin_corrector", "config_key",
            "config_options", "count_network_evaluations", "default_class_labels", "guidance_options",
            "ddim_sample", "dpm_solver_sample", "euler_maruyama_predictor", "fold_in", "gaussian_noise",
-           "get_sampling_fn", "get_timesteps", "heun_sample", "initial_state", "langevin_corrector",
+           "get_sampling_fn", "get_seed_sampling_fn", "get_timesteps", "heun_sample", "initial_state",
+           "langevin_corrector",
            "none_corrector", "none_predictor", "ode_sample", "pc_loop", "pc_nfe", "pc_sample", "per_sample_keys",
            "prior_draw", "reverse_diffusion_predictor", "sample"]

@@ -76,6 +76,41 @@ def config_options(method, sampling_config, eps):
   return sampler
 
 
+def _sample_function(config, sde, model, shape, inverse_scaler, eps):
+  """`sample_fn(rng, variables, class_labels) -> SampleOutput` of `config.sampling` for a batch of `shape`,
+  not jitted, and the model's class count; checked before anything compiles."""
+  sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
+  continuous = config.training.continuous
+  shape = tuple(shape)
+  num_classes = num_classes_of(model)
+  guidance_scale, guidance_interval = guidance_options(config)
+  check_guidance(model, 0 if num_classes else None, guidance_scale, guidance_interval)
+
+  def sample_fn(rng, variables, class_labels, z_sharding=None):
+    bound_sde = sde.bind(variables)  # a learned schedule's parameters are the model's
+    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous,
+                            class_labels=class_labels if num_classes else None, guidance_scale=guidance_scale,
+                            guidance_interval=guidance_interval)
+    z = prior_draw(rng, bound_sde, shape)  # the draw of z=None, placed where the batch is split
+    if z_sharding is not None:
+      z = jax.lax.with_sharding_constraint(z, z_sharding)
+    output = count_network_evaluations(sampler.run(rng, z, score_fn, bound_sde, shape), score_fn)
+    return output.replace(samples=inverse_scaler(output.samples))
+
+  return sample_fn, num_classes
+
+
+def _checked_labels(class_labels, num_classes, batch_size, default):
+  if class_labels is None:
+    return default
+  if not num_classes:
+    raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
+  class_labels = jnp.asarray(class_labels, jnp.int32)
+  if class_labels.shape != (batch_size,):
+    raise ValueError(f"class_labels of shape {class_labels.shape}; the batch needs ({batch_size},)")
+  return class_labels
+
+
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
   """Builds the sampler of `config.sampling` for `model`.
 
@@ -91,6 +126,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   `variables` are replicated: x_T is drawn sharded and every step runs on each device's slice.
   Sample i depends on (rng, i) only, so the samples are those of a single-device run (the
   Langevin and ODE step sizes use global-batch norms, reduced across devices inside jit).
+  `get_seed_sampling_fn` makes each sample depend on its own seed alone.
 
   A class-conditional model (`model.num_classes`) samples the classes `class_labels` (default: sample i
   of class i mod num_classes), with classifier-free guidance `sampling.guidance_scale` on the noise
@@ -107,37 +143,50 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
-  sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
-  continuous = config.training.continuous
-  shape = tuple(shape)
+  sample_fn, num_classes = _sample_function(config, sde, model, shape, inverse_scaler, eps)
   batch_sharding = parallel.data_sharded(mesh)
-
-  num_classes = num_classes_of(model)
-  guidance_scale, guidance_interval = guidance_options(config)
-  check_guidance(model, 0 if num_classes else None, guidance_scale, guidance_interval)
-
-  def sample_fn(rng, variables, class_labels):
-    bound_sde = sde.bind(variables)  # a learned schedule's parameters are the model's
-    score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous,
-                            class_labels=class_labels if num_classes else None, guidance_scale=guidance_scale,
-                            guidance_interval=guidance_interval)
-    z = jax.lax.with_sharding_constraint(prior_draw(rng, bound_sde, shape), batch_sharding)  # the draw of z=None
-    output = count_network_evaluations(sampler.run(rng, z, score_fn, bound_sde, shape), score_fn)
-    return output.replace(samples=inverse_scaler(output.samples))
-
-  run_parallel = parallel.data_parallel(sample_fn, mesh, in_batch=(False, False, True),
-                                        out_batch=SampleOutput(samples=True, nfe=False))
+  run_parallel = parallel.data_parallel(
+      lambda rng, variables, class_labels: sample_fn(rng, variables, class_labels, batch_sharding), mesh,
+      in_batch=(False, False, True), out_batch=SampleOutput(samples=True, nfe=False))
   default_labels = default_class_labels(num_classes, shape[0])
 
   def call(rng, variables, class_labels=None):
-    if class_labels is None:
-      class_labels = default_labels
-    elif not num_classes:
-      raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
-    class_labels = jnp.asarray(class_labels, jnp.int32)
-    if class_labels.shape != (shape[0],):
-      raise ValueError(f"class_labels of shape {class_labels.shape}; the batch needs ({shape[0]},)")
+    class_labels = _checked_labels(class_labels, num_classes, shape[0], default_labels)
     return run_parallel(rng, variables, class_labels)
+
+  call.jitted = run_parallel.jitted
+  return call
+
+
+def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
+  """The sampler of `config.sampling` with one key per sample: sample i is what a batch of one gives from
+  `keys[i]` (its noise, and any batch-wide quantity such as the Langevin step size or the adaptive ODE
+  solver's error norm, are its own), so it depends on its key and class alone, whatever the batch size,
+  the device count or the other samples in the batch (`main.py --mode=sample --seeds=...`).
+
+  `shape` is the batch's, `(B,) + data shape`; B must be a multiple of the device count of `mesh`.
+
+  Returns:
+    `sample_fn(keys, variables, class_labels=None) -> SampleOutput` for `(B,)` keys (`jax.random.PRNGKey(s)`
+    stacked); `nfe` is per sample, `(B,)`. Without `class_labels`, sample i of a class-conditional model
+    is of class i mod num_classes.
+  """
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
+  one = (1,) + tuple(shape[1:])
+  sample_fn, num_classes = _sample_function(config, sde, model, one, inverse_scaler, eps)
+
+  def per_seed(key, variables, label):
+    output = sample_fn(key, variables, label[None])
+    return output.replace(samples=output.samples[0], nfe=jnp.asarray(output.nfe))
+
+  run_parallel = parallel.data_parallel(jax.vmap(per_seed, in_axes=(0, None, 0)), mesh,
+                                        in_batch=(True, False, True), out_batch=SampleOutput(samples=True, nfe=True))
+  default_labels = default_class_labels(num_classes, shape[0])
+
+  def call(keys, variables, class_labels=None):
+    class_labels = _checked_labels(class_labels, num_classes, shape[0], default_labels)
+    return run_parallel(keys, variables, class_labels)
 
   call.jitted = run_parallel.jitted
   return call

@@ -1,0 +1,166 @@
+"""Images for a list of seeds from a trained model: the command behind `main.py --mode=sample`.
+
+  python main.py --config=configs/digits.py --workdir=runs/digits --mode=sample --seeds=0-99 --out=runs/digits/png
+  python main.py --config=configs/digits_cfg.py --workdir=runs/cfg --mode=sample --seeds=0-999 --out=cfg.npz --class=3
+
+The image of seed s is the configured sampler's (`config.sampling`, guidance included) for a batch of one
+drawn from `jax.random.PRNGKey(s)` (`sampling.get_seed_sampling_fn`): the same whatever `--batch_size`,
+the device count or the other seeds asked for, so two checkpoints can be compared on the same seeds and a
+killed run resumes by skipping the files already written. A folder gets `<seed:06d>.png` per seed; a
+`.npz` gets `images` (uint8 NHWC, in the order of the seeds), `seeds` and `labels` once every seed is
+done (the PNGs of the seeds done so far wait in `<FILE>.npz.parts/`). A class-conditional model draws
+seed s of class s mod num_classes unless `--class` or `--labels` says otherwise.
+"""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import logging
+from PIL import Image
+
+from score_jax import base_config, datasets, parallel, plotting, sampling, sde as sde_lib, trained_model
+from score_jax.models import get_data_shape
+from score_jax.run_setup import validate_config
+
+
+def parse_seeds(text):
+  """'0-3,10,12-13' -> [0, 1, 2, 3, 10, 12, 13] (in the order given, each once)."""
+  seeds = []
+  try:
+    for part in str(text).split(","):
+      part = part.strip()
+      if not part:
+        continue
+      low, _, high = part.partition("-")
+      seeds.extend(range(int(low), int(high) + 1) if high else [int(low)])
+  except ValueError:
+    raise ValueError(f"--seeds={text!r} must be seeds and ranges, e.g. 0-49999 or 0,5,10-19") from None
+  if not seeds or min(seeds) < 0:
+    raise ValueError(f"--seeds={text!r} must name one or more seeds >= 0, e.g. 0-99")
+  return list(dict.fromkeys(seeds))
+
+
+def seed_labels(seeds, num_classes, labels=None, class_label=None):
+  """The class of each seed: `class_label` for all, `labels` (comma-separated) cycled over the seeds in
+  order, or seed mod num_classes; None for an unconditional model."""
+  if not num_classes:
+    if labels is not None or class_label is not None:
+      raise ValueError("--labels / --class need a class-conditional model (model.num_classes > 0)")
+    return None
+  if labels is not None and class_label is not None:
+    raise ValueError("give --labels or --class, not both")
+  if class_label is not None:
+    values = [int(class_label)]
+  elif labels is not None:
+    try:
+      values = [int(v) for v in str(labels).split(",") if v.strip()]
+    except ValueError:
+      raise ValueError(f"--labels={labels!r} must be comma-separated integers, e.g. 0,1,2") from None
+  else:
+    return np.asarray(seeds, np.int64) % num_classes
+  if not values or min(values) < 0 or max(values) >= num_classes:
+    raise ValueError(f"class labels {values} must be integers in [0, {num_classes}) (model.num_classes)")
+  return np.resize(np.asarray(values, np.int64), len(seeds))
+
+
+def to_uint8(images):
+  """Samples in [0, 1] -> uint8, rounded to the nearest level."""
+  return np.clip(np.rint(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _write_png(path, image):
+  tmp = path + ".tmp.png"
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp)
+  os.replace(tmp, path)  # a killed run leaves no half-written image under a seed's name
+
+
+def _read_png(path):
+  with Image.open(path) as image:
+    array = np.asarray(image, np.uint8)
+  return array[..., None] if array.ndim == 2 else array
+
+
+def png_name(seed):
+  return f"{seed:06d}.png"
+
+
+def generate(config, workdir, seeds, out, *, step=None, batch_size=64, labels=None, class_label=None, grid=0,
+             ema=True):
+  """Writes one image per seed of `seeds` ('0-99' or a list of ints) to `out` (a folder, or a `.npz`);
+  returns `out`.
+
+  Args:
+    step: the checkpoint's step (default: the newest readable one).
+    batch_size: seeds per sampler call (a multiple of the device count); does not change any image.
+    labels, class_label: classes of a class-conditional model (see `seed_labels`).
+    grid: also write an N x N grid of the first N^2 seeds (`grid.png` in the folder, `<FILE>_grid.png`).
+    ema: the EMA parameters (default) or the raw ones.
+
+  Raises:
+    ValueError: bad seeds, labels, batch size or config, or no such checkpoint (before any compile).
+  """
+  validate_config(config)
+  config = base_config.complete(config)
+  seeds = parse_seeds(seeds) if isinstance(seeds, str) else list(dict.fromkeys(int(s) for s in seeds))
+  mesh = parallel.make_mesh()
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size} must be >= 1")
+  parallel.check_batch("--batch_size", batch_size, mesh)
+  if grid < 0 or grid * grid > len(seeds):
+    raise ValueError(f"--grid={grid} needs {grid * grid} seeds; --seeds names {len(seeds)}")
+  as_npz = str(out).endswith(".npz")
+  folder = str(out) + ".parts" if as_npz else str(out)
+  if as_npz and os.path.exists(out):
+    logging.info("%s is complete; nothing to do", out)
+    return out
+  sde, eps = sde_lib.get_sde(config)
+  model, variables, step = trained_model.load_model(config, workdir, ema=ema, step=step)
+  classes = seed_labels(seeds, config.model.num_classes, labels, class_label)
+
+  done = np.array([os.path.exists(os.path.join(folder, png_name(s))) for s in seeds])
+  if jax.process_count() > 1:
+    done = parallel.from_process_0(done)  # process 0 writes the files: its view decides
+  todo = [i for i in range(len(seeds)) if not done[i]]
+  logging.info("Sampling %d of %d seeds (%d already written) with checkpoint %d of %s, %s", len(todo), len(seeds),
+               len(seeds) - len(todo), step, workdir, config.sampling.method)
+  if todo:
+    shape = (batch_size,) + get_data_shape(config)
+    sample_fn = sampling.get_seed_sampling_fn(config, sde, model, shape, datasets.get_data_inverse_scaler(config),
+                                              eps, mesh=mesh)
+    if jax.process_index() == 0:
+      os.makedirs(folder, exist_ok=True)
+    nfe = []
+    with tqdm.tqdm(total=len(todo), desc="samples", unit="img", disable=jax.process_index() != 0) as progress:
+      for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # the last batch: repeats, thrown away
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([seeds[i] for i in padded]))
+        batch_labels = None if classes is None else jnp.asarray(classes[padded], jnp.int32)
+        output = parallel.gather(sample_fn(keys, variables, batch_labels))
+        nfe.extend(np.asarray(output.nfe)[:len(chunk)].tolist())
+        if jax.process_index() == 0:
+          for i, image in zip(chunk, to_uint8(output.samples[:len(chunk)])):
+            _write_png(os.path.join(folder, png_name(seeds[i])), image)
+        progress.update(len(chunk))
+    logging.info("%d images, %.1f network evaluations each on average", len(todo), float(np.mean(nfe)))
+  if jax.process_index() != 0:
+    return out
+  images = None
+  if as_npz or grid:
+    images = np.stack([_read_png(os.path.join(folder, png_name(s))) for s in (seeds if as_npz else seeds[:grid ** 2])])
+  if grid:
+    grid_path = (str(out)[:-len(".npz")] + "_grid.png") if as_npz else os.path.join(folder, "grid.png")
+    plotting.save_image_grid(grid_path, (images[:grid ** 2] + 0.5) / 255.0)  # mid-level: the grid truncates
+    logging.info("Wrote %s", grid_path)
+  if as_npz:
+    tmp = str(out) + ".tmp.npz"
+    np.savez(tmp, images=images, seeds=np.asarray(seeds, np.int64),
+             labels=np.full(len(seeds), -1, np.int64) if classes is None else classes)
+    os.replace(tmp, out)
+    shutil.rmtree(folder)
+  logging.info("Wrote %d images to %s", len(seeds), out)
+  return out
