@@ -89,6 +89,7 @@ def get_config():
   data.path = ""                            # folder: a folder (recursive) or .zip of PNG / JPEG / WebP images
   data.eval_path = ""                       # folder: held-out images (else data.num_eval set aside from data.path)
   data.labels_from = "none"                 # folder labels: none | dataset_json (EDM's dataset.json) | subfolders
+  data.download = True                      # TFDS sets: prepare a missing one on first use (process 0; others wait)
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256

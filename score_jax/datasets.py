@@ -273,10 +273,13 @@ class MappedSource:
     return self.fn(self.source[i])
 
 
-def tfds_source(name, split, data_dir=None):
-  """`tfds.data_source(name, split)` with errors that say what to do; never downloads.
+def tfds_source(name, split, data_dir=None, download=False):
+  """`tfds.data_source(name, split)` with errors that say what to do.
 
-  `data_dir` None means tfds's default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  With `download` (`data.download`), a data set not yet prepared is prepared first, by TFDS's own
+  download and preparation as ArrayRecord files (`prepare_tfds`: process 0; the other processes wait);
+  without it, the run stops with the command that prepares it. `data_dir` None means tfds's default:
+  $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   """
   import tensorflow_datasets as tfds  # imported here: toy runs do not need it
 
@@ -287,22 +290,65 @@ def tfds_source(name, split, data_dir=None):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as error:  # tfds raises several types for "absent" and "prepared as TFRecord"
-    root = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    raise DataNotPreparedError(
-        f"cannot open TFDS data set {name!r} (split {split!r}) in {builder.data_dir} for random access "
-        f"({type(error).__name__}: {error}). score_jax reads the ArrayRecord format without TensorFlow and never "
-        f"downloads during a run. Prepare it once on a machine with network access: `tfds build {name} "
-        f"--file_format=array_record --data_dir={root}` or `python -c \"import tensorflow_datasets as tfds; "
-        f"tfds.data_source('{name}', download=True)\"`, then point TFDS_DATA_DIR at that folder "
-        f"(now {root}).") from error
+    if not download:
+      raise DataNotPreparedError(_not_prepared(name, split, builder.data_dir, data_dir, error)
+                                 + " (data.download=False: nothing is downloaded during the run)") from error
+  prepare_tfds(name, data_dir)
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as error:  # e.g. a copy already prepared as TFRecord files
+    raise DataNotPreparedError(_not_prepared(name, split, builder.data_dir, data_dir, error)) from error
 
 
-def _tfds_pair(name, train_split, eval_split, preprocess, labelled=False):
+def _not_prepared(name, split, where, data_dir, error):
+  root = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+  return (f"cannot open TFDS data set {name!r} (split {split!r}) in {where} for random access "
+          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). score_jax reads the "
+          f"ArrayRecord format without TensorFlow. Prepare it once on a machine with network access: `tfds build "
+          f"{name} --file_format=array_record --data_dir={root}` or `python -c \"import tensorflow_datasets as tfds; "
+          f"tfds.data_source('{name}', download=True)\"`, then point TFDS_DATA_DIR at that folder (now {root})")
+
+
+def prepare_tfds(name, data_dir=None):
+  """Downloads and prepares the TFDS data set `name` as ArrayRecord files in `data_dir` (TFDS's own
+  `download_and_prepare`, with its progress bars), on process 0 while the other processes wait.
+
+  Raises:
+    DataNotPreparedError: the preparation needs TensorFlow (TFDS encodes most data sets' images with it)
+      and it is not installed, or process 0 could not prepare it.
+  """
+  import tensorflow_datasets as tfds
+
+  failure = None
+  if jax.process_index() == 0:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    logging.info("Preparing TFDS data set %r in %s: downloaded once, then read from there (data.download=True)",
+                 name, builder.data_dir)
+    try:
+      builder.download_and_prepare()
+    except ModuleNotFoundError as error:
+      if error.name != "tensorflow":
+        raise
+      failure = (f"preparing TFDS data set {name!r} needs TensorFlow (TFDS encodes its images with it; reading "
+                 "does not): `pip install tensorflow-cpu` and run again, or prepare it where TensorFlow is "
+                 f"installed: `tfds build {name} --file_format=array_record`")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    prepared = multihost_utils.broadcast_one_to_all(np.int32(failure is None))  # the others wait here
+    if not prepared and failure is None:
+      failure = f"process 0 could not prepare TFDS data set {name!r} (see its log)"
+  if failure:
+    raise DataNotPreparedError(failure)
+
+
+def _tfds_pair(name, train_split, eval_split, preprocess, config, labelled=False):
   if labelled:
     read = lambda example: (preprocess(example["image"]), int(example["label"]))  # noqa: E731
   else:
     read = lambda example: preprocess(example["image"])  # noqa: E731
-  return tuple(MappedSource(tfds_source(name, split), read) for split in (train_split, eval_split))
+  return tuple(MappedSource(tfds_source(name, split, download=config.data.download), read)
+               for split in (train_split, eval_split))
 
 
 def _resize_to(size):
@@ -310,20 +356,21 @@ def _resize_to(size):
 
 
 def cifar10(config, labelled=False):
-  return _tfds_pair("cifar10", "train", "test", _resize_to(config.data.image_size), labelled)
+  return _tfds_pair("cifar10", "train", "test", _resize_to(config.data.image_size), config, labelled)
 
 
 def svhn(config, labelled=False):
-  return _tfds_pair("svhn_cropped", "train", "test", _resize_to(config.data.image_size), labelled)
+  return _tfds_pair("svhn_cropped", "train", "test", _resize_to(config.data.image_size), config, labelled)
 
 
 def mnist(config, labelled=False):
-  return _tfds_pair("mnist", "train", "test", _resize_to(config.data.image_size), labelled)
+  return _tfds_pair("mnist", "train", "test", _resize_to(config.data.image_size), config, labelled)
 
 
 def celeba(config):
   size = config.data.image_size
-  return _tfds_pair("celeb_a", "train", "validation", lambda image: resize_small(central_crop(image, 140), size))
+  return _tfds_pair("celeb_a", "train", "validation", lambda image: resize_small(central_crop(image, 140), size),
+                    config)
 
 
 def lsun(config):
@@ -334,7 +381,7 @@ def lsun(config):
     preprocess = lambda image: central_crop(resize_small(image, size), size)  # noqa: E731
   else:
     preprocess = lambda image: crop_resize(image, size)  # noqa: E731
-  return _tfds_pair(f"lsun/{category}", "train", "validation", preprocess)
+  return _tfds_pair(f"lsun/{category}", "train", "validation", preprocess, config)
 
 
 # FFHQ / CelebA-HQ: TFRecord files of tf.train.Example protos (score_jax.tfrecord).

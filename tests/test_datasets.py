@@ -1,12 +1,16 @@
 """Data pipelines: step-indexed order, exact resume, per-host slices, preprocessing, TFDS, TFRecords, digits."""
 
+import http.server
+import io
 import struct
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from configs import default_cifar10_configs, digits as digits_config
 from score_jax import datasets, tfrecord, toy_data
@@ -199,6 +203,80 @@ def test_tfds_not_prepared_says_what_to_do(tmp_path):
   for hint in ("tfds build cifar10 --file_format=array_record", "download=True", "TFDS_DATA_DIR", str(tmp_path)):
     assert hint in str(error.value)
   assert isinstance(error.value, ValueError)  # main.py prints it as one line
+
+
+class LocalDigits(tfds.core.GeneratorBasedBuilder):
+  """A TFDS data set that "downloads" the test's digits over HTTP from localhost (TFDS's own download
+  manager and ArrayRecord writer; its images are PNG bytes, which TFDS stores without TensorFlow)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  URL = None  # set by the test: where the server is
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)), "label": tfds.features.ClassLabel(num_classes=10)}))
+
+  def _split_generators(self, dl_manager):
+    path = dl_manager.download(self.URL)
+    return {"train": self._generate_examples(path, 0), "test": self._generate_examples(path, 1)}
+
+  def _generate_examples(self, path, part):
+    with open(path, "rb") as f, np.load(f) as data:
+      images, labels = data["images"], data["labels"]
+    for i in range(part, len(images), 2):
+      png = io.BytesIO()
+      Image.fromarray(images[i, ..., 0]).save(png, format="png")
+      yield i, {"image": png.getvalue(), "label": int(labels[i])}
+
+
+@pytest.fixture
+def digits_server(tmp_path):
+  """An HTTP server on localhost with `digits.npz` (the first 40 8x8 digits); counts the GET requests."""
+  images, labels = toy_data.load_digits(8)
+  np.savez(tmp_path / "digits.npz", images=images[:40], labels=labels[:40])
+  requests = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+    def do_GET(self):  # noqa: N802 -- http.server's name
+      requests.append(self.path)
+      super().do_GET()
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  LocalDigits.URL = f"http://127.0.0.1:{server.server_port}/digits.npz"
+  yield images[:40], labels[:40], requests
+  server.shutdown()
+
+
+def test_missing_tfds_data_is_prepared_once_on_first_use(digits_server, tmp_path):
+  images, labels, requests = digits_server
+  data_dir = str(tmp_path / "tfds")
+  with pytest.raises(datasets.DataNotPreparedError) as error:
+    datasets.tfds_source("local_digits", "train", data_dir=data_dir, download=False)
+  assert "data.download=False" in str(error.value) and "\n" not in str(error.value)
+  assert requests == []
+  train = datasets.tfds_source("local_digits", "train", data_dir=data_dir, download=True)
+  test = datasets.tfds_source("local_digits", "test", data_dir=data_dir, download=True)
+  assert requests == ["/digits.npz"]  # downloaded once, for both splits
+  assert (len(train), len(test)) == (20, 20)
+  by_label = sorted((int(example["label"]), example["image"].tobytes()) for example in (train[i] for i in range(20)))
+  expected = sorted((int(labels[i]), images[i].tobytes()) for i in range(0, 40, 2))
+  assert by_label == expected  # TFDS shuffles on write: the same examples, in its own order
+
+
+def test_preparing_without_tensorflow_says_what_to_install(monkeypatch, tmp_path):
+  def needs_tensorflow(self, *args, **kwargs):
+    raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+  monkeypatch.setattr(LocalDigits, "download_and_prepare", needs_tensorflow)
+  with pytest.raises(datasets.DataNotPreparedError, match="needs TensorFlow .*pip install tensorflow-cpu"):
+    datasets.tfds_source("local_digits", "train", data_dir=str(tmp_path), download=True)
 
 
 # FFHQ / CelebA-HQ TFRecords.
