@@ -7,6 +7,7 @@ small image set shipped in `score_jax/assets/`.
 
 import importlib.resources
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -139,3 +140,18 @@ def load_digits(image_size=16):
   x = jnp.asarray(images, jnp.float32)[..., None] / 16.0  # 0..16 "on" pixels per 4x4 block -> [0, 1]
   x = jax.image.resize(x, (x.shape[0], image_size, image_size, 1), "bilinear")
   return np.asarray(jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0)).astype(np.uint8), labels
+
+
+def save_digits_folder(root, image_size=16):
+  """Writes the digits as one's own images would be: `<root>/train/<label>/<index>.png` (the 1500 training
+  digits) and `<root>/held_out/<label>/<index>.png` (the other 297), one folder per class, for trying
+  `data.dataset = "folder"` (configs/folder/digits.py) without a data set of one's own. Returns `root`."""
+  from PIL import Image  # noqa: PLC0415 -- only this helper writes images
+
+  images, labels = load_digits(image_size)
+  for index, (image, label) in enumerate(zip(images, labels)):
+    split = "train" if index < DIGITS_TRAIN_SIZE else "held_out"
+    folder = os.path.join(root, split, str(label))
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(image[..., 0]).save(os.path.join(folder, f"{index:04d}.png"))
+  return root

@@ -175,3 +175,18 @@ def test_read_ahead_reads_the_next_block_in_the_background():
   main = threading.current_thread().name
   assert threads[0] == main and threads[10] == main  # nothing was read ahead for these
   assert threads[2] != main and threads[4] != main and threads[12] != main
+
+
+def test_the_own_data_quickstart_reads_the_digits_written_as_a_folder(tmp_path):
+  from configs.folder import digits as folder_digits
+
+  toy_data.save_digits_folder(str(tmp_path / "digits"))
+  config = folder_digits.get_config()
+  config.data.path, config.data.eval_path = str(tmp_path / "digits/train"), str(tmp_path / "digits/held_out")
+  config.model.num_classes = 10
+  train, held_out = datasets.folder(config, labelled=True)
+  assert (len(train), len(held_out)) == (TRAIN, 1797 - TRAIN)
+  images, labels = toy_data.load_digits(16)
+  image, label = train[0]  # sorted paths: 0/0000.png first
+  np.testing.assert_array_equal(image, images[0])
+  assert label == labels[0] == 0
