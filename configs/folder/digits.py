@@ -5,8 +5,8 @@ per class), then train, sample and measure:
 
   python -c "from score_jax import toy_data; toy_data.save_digits_folder('data/digits')"
   python main.py --config=configs/folder/digits.py --workdir=runs/mine --mode=train
-  python main.py --config=configs/folder/digits.py --workdir=runs/mine --mode=sample --seeds=0-295 --out=runs/mine/samples
-  python main.py --mode=fid --samples=runs/mine/samples --ref=data/digits/held_out --features=digits
+  python main.py --config=configs/folder/digits.py --workdir=runs/mine --mode=sample --seeds=0-295 --out=runs/mine/seeds
+  python main.py --mode=fid --samples=runs/mine/seeds --ref=data/digits/held_out --features=digits
 
 Replace the paths by your own folder or zip (and `data.image_size`, `data.num_channels`) to train on it.
 """

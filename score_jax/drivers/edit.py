@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from score_jax import checkpoint, classifier, controllable, datasets, parallel, sampling, sde as sde_lib
+from score_jax import base_config, checkpoint, classifier, controllable, datasets, parallel, sampling, sde as sde_lib
 from score_jax.config_utils import validate_classifier_config
 from score_jax.models import get_data_shape, get_score_fn
 from score_jax.run_setup import validate_config
@@ -173,8 +173,9 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
   if mode not in MODES:
     raise choice_error("mode", mode, MODES)
   validate_config(config)
+  config = base_config.complete(config)
   size, channels = config.data.image_size, config.data.num_channels
-  guided = mode == "conditional" and config.model.get("num_classes", 0) > 0  # classifier-free guidance
+  guided = mode == "conditional" and config.model.num_classes > 0  # classifier-free guidance
   if mode == "conditional":
     if not guided:
       validate_classifier_config(config)

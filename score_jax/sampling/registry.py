@@ -100,15 +100,23 @@ def _sample_function(config, sde, model, shape, inverse_scaler, eps):
   return sample_fn, num_classes
 
 
-def _checked_labels(class_labels, num_classes, batch_size, default):
-  if class_labels is None:
-    return default
-  if not num_classes:
-    raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
-  class_labels = jnp.asarray(class_labels, jnp.int32)
-  if class_labels.shape != (batch_size,):
-    raise ValueError(f"class_labels of shape {class_labels.shape}; the batch needs ({batch_size},)")
-  return class_labels
+def _taking_class_labels(run_parallel, num_classes, batch_size):
+  """`call(rng_or_keys, variables, class_labels=None)`: `run_parallel` with the labels checked, or the
+  default ones (`default_class_labels`)."""
+  default = default_class_labels(num_classes, batch_size)
+
+  def call(rng, variables, class_labels=None):
+    if class_labels is None:
+      class_labels = default
+    elif not num_classes:
+      raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
+    class_labels = jnp.asarray(class_labels, jnp.int32)
+    if class_labels.shape != (batch_size,):
+      raise ValueError(f"class_labels of shape {class_labels.shape}; the batch needs ({batch_size},)")
+    return run_parallel(rng, variables, class_labels)
+
+  call.jitted = run_parallel.jitted
+  return call
 
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
@@ -148,14 +156,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   run_parallel = parallel.data_parallel(
       lambda rng, variables, class_labels: sample_fn(rng, variables, class_labels, batch_sharding), mesh,
       in_batch=(False, False, True), out_batch=SampleOutput(samples=True, nfe=False))
-  default_labels = default_class_labels(num_classes, shape[0])
-
-  def call(rng, variables, class_labels=None):
-    class_labels = _checked_labels(class_labels, num_classes, shape[0], default_labels)
-    return run_parallel(rng, variables, class_labels)
-
-  call.jitted = run_parallel.jitted
-  return call
+  return _taking_class_labels(run_parallel, num_classes, shape[0])
 
 
 def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
@@ -182,11 +183,4 @@ def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh
 
   run_parallel = parallel.data_parallel(jax.vmap(per_seed, in_axes=(0, None, 0)), mesh,
                                         in_batch=(True, False, True), out_batch=SampleOutput(samples=True, nfe=True))
-  default_labels = default_class_labels(num_classes, shape[0])
-
-  def call(keys, variables, class_labels=None):
-    class_labels = _checked_labels(class_labels, num_classes, shape[0], default_labels)
-    return run_parallel(keys, variables, class_labels)
-
-  call.jitted = run_parallel.jitted
-  return call
+  return _taking_class_labels(run_parallel, num_classes, shape[0])
