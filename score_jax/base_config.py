@@ -18,7 +18,7 @@ def get_config():
   config = ml_collections.ConfigDict()
 
   config.training = training = ml_collections.ConfigDict()
-  training.sde = "vesde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM)
+  training.sde = "vesde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM) | rectified_flow | cosine
   training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
   training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
   training.objective = "dsm"                # dsm | edm | vdm | ssm (score_jax.objectives)
@@ -42,7 +42,7 @@ def get_config():
   training.step_loop = "auto"               # auto | scan | dispatch: how a block of n_jitted_steps runs
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "pc"                    # pc | ode | ddim | dpm_solver | heun | adaptive_sde
+  sampling.method = "pc"                    # pc | ode | ddim | dpm_solver | heun | adaptive_sde | consistency
   sampling.predictor = "reverse_diffusion"  # euler_maruyama | reverse_diffusion | ancestral_sampling | none
   sampling.corrector = "langevin"           # langevin | ald | none
   sampling.n_steps_each = 1                 # corrector steps per predictor step
@@ -101,7 +101,7 @@ def get_config():
   model.beta_max = 20.0
   model.dropout = 0.1                       # dropout inside residual blocks
   model.scale_by_sigma = True               # divide the output by sigma (VE; reference parameterization)
-  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | edm
+  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | flow | edm
   model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
   model.gamma_min = -13.3                   # learned_vpsde: initial gamma(0) = -log SNR(0) (Kingma et al. 2021)
   model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)
@@ -172,7 +172,8 @@ def _merge(base, extra):
 def add_sampler_options(sampling):
   """Adds the fast samplers' options, the Langevin norm and the guidance keys to a `config.sampling` section."""
   # Fast samplers (sampling.method ddim | dpm_solver | heun | adaptive_sde); unset = the method's default.
-  sampling.steps = placeholder(int)         # time steps (ddim 50, dpm_solver 20, heun 18)
+  sampling.steps = placeholder(int)         # time steps (ddim 50, dpm_solver 20, heun 18, consistency 1)
+  sampling.consistency_times = ()           # consistency: the steps - 1 intermediate times; (): a log-SNR grid
   sampling.order = placeholder(int)         # dpm_solver order: 1, 2, 3 (multistep) or 1, 2 (singlestep)
   sampling.solver_type = placeholder(str)   # dpm_solver: multistep | singlestep
   sampling.schedule = placeholder(str)      # time grid: logsnr | time_uniform | time_quadratic

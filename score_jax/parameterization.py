@@ -14,6 +14,8 @@ the score: D = (x + std^2 s) / m, s = (m D - x) / std^2. Conventions (`model.par
   `scale_by_sigma`; uncentered data mapped to 2x - 1 inside).
 * `eps`, `x0`, `v`: the network predicts the noise, the data, or v = alpha z - sigma x0 (Salimans &
   Ho 2022), on inputs scaled to unit-variance-ish x / sqrt(m^2 + std^2), with the reference labels.
+* `flow`: the network predicts the path's velocity dx(t)/dt = m' x(0) + std' z (z - x(0) on the linear
+  path; the conditional flow-matching target, Lipman et al. 2023), on the scaled inputs of `eps`.
 * `edm`: Karras et al. 2022, Table 1: D = c_skip x_hat + c_out F(c_in x_hat; c_noise) on
   x_hat = x / m at noise level sigma = std / m, c_noise = log(sigma) / 4.
 
@@ -25,6 +27,7 @@ import abc
 import dataclasses
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,6 +82,7 @@ REFERENCE_CONVENTIONS = {
     sde_lib.subVPSDE: (_continuous_labels, _noise_prediction_scale),
     sde_lib.VESDE: (_ve_labels, _ve_output_scale),
     sde_lib.GammaVPSDE: (_continuous_labels, _noise_prediction_scale),  # t * 999, the network predicts the noise
+    sde_lib.GaussianPath: (_continuous_labels, _noise_prediction_scale),  # likewise on flow matching's paths
 }
 
 
@@ -104,6 +108,17 @@ def tweedie(sde, x, t, score):
 def tweedie_denoiser(score_fn, sde):
   """`denoiser_fn(x, t)`: Tweedie's formula on `score_fn`."""
   return lambda x, t: tweedie(sde, x, t, score_fn(x, t))
+
+
+def score_of_denoised(sde, x, t, denoised):
+  """Tweedie's formula read the other way: the score (m D - x) / std^2 of the denoised estimate `D`."""
+  mean_scale, std = sde.marginal_coeffs(t)
+  return batch_mul(1.0 / std**2, batch_mul(mean_scale, denoised) - x)
+
+
+def tweedie_score(denoiser_fn, sde):
+  """`score_fn(x, t)`: Tweedie's formula on `denoiser_fn`."""
+  return lambda x, t: score_of_denoised(sde, x, t, denoiser_fn(x, t))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +186,7 @@ class Parameterization(abc.ABC):
 
   def score(self, sde, output, x, t, continuous):
     """The score (m D - x) / std^2 (Tweedie's formula)."""
-    mean_scale, std = sde.marginal_coeffs(t)
-    return batch_mul(1.0 / std**2, batch_mul(mean_scale, self.denoised(sde, output, x, t, continuous)) - x)
+    return score_of_denoised(sde, x, t, self.denoised(sde, output, x, t, continuous))
 
   def call_network(self, network_fn, x_in, labels):
     """`network_fn(x_in, labels)` in the compute dtype, the output back in float32 (the only cast)."""
@@ -228,8 +242,7 @@ class Reference(Parameterization):
     return tweedie(sde, x, t, self.score(sde, output, x, t, continuous))
 
   def output_from_denoised(self, sde, denoised, x, t, continuous):
-    mean_scale, std = sde.marginal_coeffs(t)
-    score = batch_mul(1.0 / std**2, batch_mul(mean_scale, denoised) - x)
+    score = score_of_denoised(sde, x, t, denoised)
     labels = reference_labels(sde, t, continuous)
     output = batch_mul(1.0 / _convention(sde)[1](sde, t, continuous), score)
     return output * (self.scale_output(jnp.ones_like(output), labels) ** -1)
@@ -299,6 +312,30 @@ class Velocity(_Scaled):
 
 
 @dataclasses.dataclass(frozen=True)
+class Flow(_Scaled):
+  """The network predicts the velocity v = m' x(0) + std' z of x(t) = m x(0) + std z along the SDE's
+  path (flow matching; z - x(0) on `rectified_flow`). Solving x = m D + std z, F = m' D + std' z for D:
+  D = (std' x - std F) / (m std' - std m'), the determinant positive on every SDE here."""
+
+  def _rates(self, sde, t):
+    """(m, std, m', std', m std' - std m'), each `(B,)`."""
+    (mean_scale, std), (mean_rate, std_rate) = jax.jvp(sde.marginal_coeffs, (t,), (jnp.ones_like(t),))
+    return mean_scale, std, mean_rate, std_rate, mean_scale * std_rate - std * mean_rate
+
+  def denoised(self, sde, output, x, t, continuous):
+    _, std, _, std_rate, det = self._rates(sde, t)
+    return batch_mul(1.0 / det, batch_mul(std_rate, x) - batch_mul(std, output))
+
+  def target(self, sde, x0, noise, t):
+    _, _, mean_rate, std_rate, _ = self._rates(sde, t)
+    return batch_mul(mean_rate, x0) + batch_mul(std_rate, noise)
+
+  def output_from_denoised(self, sde, denoised, x, t, continuous):
+    _, std, _, std_rate, det = self._rates(sde, t)
+    return batch_mul(1.0 / std, batch_mul(std_rate, x) - batch_mul(det, denoised))
+
+
+@dataclasses.dataclass(frozen=True)
 class EDM(Parameterization):
   """Karras et al. 2022, Table 1 ("Ours"), on x_hat = x / m at sigma = std / m (Sec. 4 for any SDE)."""
 
@@ -335,7 +372,7 @@ class EDM(Parameterization):
     return batch_mul(1.0 / c_out, denoised - batch_mul(c_skip / mean_scale, x))
 
 
-PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "edm": EDM}
+PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow, "edm": EDM}
 DTYPES = ("float32", "bfloat16", "float16")
 
 

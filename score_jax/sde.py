@@ -68,6 +68,10 @@ class SDE(abc.ABC):
     """(m(t), std(t)), each shaped like `t`: the perturbation kernel's mean scale and std."""
     return self.marginal_prob(jnp.ones_like(t), t)
 
+  def marginal_rates(self, t):
+    """(dm/dt, dstd/dt), each shaped like `t`: the perturbation kernel's time derivatives."""
+    return jax.jvp(self.marginal_coeffs, (t,), (jnp.ones_like(t),))[1]
+
   def noise_level(self, t):
     """sigma(t) = std(t) / m(t), the noise level of the scaled variable x / m (Karras et al. 2022)."""
     mean_scale, std = self.marginal_coeffs(t)
@@ -417,13 +421,101 @@ class LearnedVPSDE(GammaVPSDE):
     return dataclasses.replace(self, params=variables["params"]["noise_schedule"], gamma_fn=None)
 
 
-SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE, "learned_vpsde": LearnedVPSDE}
+@dataclasses.dataclass(frozen=True)
+class GaussianPath(SDE):
+  """An interpolation x(t) = m(t) x(0) + std(t) z from the data (m = 1, std = 0 at t = 0) to pure noise
+  (m = 0, std = 1 at t = 1): flow matching's Gaussian probability paths, as the SDE with these marginals,
+  dx = (m'/m) x dt + g dw with g^2 = 2 std^2 (std'/std - m'/m) (the drift and diffusion that keep
+  x(t) ~ m x(0) + std z; Song et al. 2021, Eq. (5), and Kingma et al. 2021, App. A). Its probability-flow
+  ODE is the path's marginal velocity E[m' x(0) + std' z | x(t)], what flow matching learns.
+
+  Drift and diffusion diverge where the signal coefficient m vanishes (t = 1), so the process stops at
+  T = 1 - `end_eps`: there m(T) is of order `end_eps` and the prior N(0, std(T)^2 I) neglects m(T) x(0)
+  (mean 1e-3 x(0) at the default), and every sampler, the probability-flow ODE and its likelihood run on
+  [eps, T] as on the other SDEs. A subclass gives `mean_std(t) -> (m, std)` and its inverse noise level.
+  """
+
+  N: int = 1000
+  end_eps: float = 1e-3
+
+  @property
+  def T(self):  # noqa: N802 -- the SDE's end time, as on every SDE
+    return 1.0 - self.end_eps
+
+  @abc.abstractmethod
+  def mean_std(self, t):
+    """(m(t), std(t)), elementwise in `t`."""
+
+  def sde(self, x, t):
+    (mean_scale, std), (mean_rate, std_rate) = jax.jvp(self.mean_std, (t,), (jnp.ones_like(t),))
+    log_rate = mean_rate / mean_scale
+    return batch_mul(log_rate, x), jnp.sqrt(jnp.maximum(2.0 * std * std_rate - 2.0 * std**2 * log_rate, 0.0))
+
+  def marginal_prob(self, x0, t):
+    mean_scale, std = self.mean_std(t)
+    return batch_mul(mean_scale, x0), std
+
+  def marginal_coeffs(self, t):
+    return self.mean_std(t)
+
+  def discretize(self, x, t):
+    dt = self.T / self.N  # the samplers' grid spans [eps, T]
+    drift, diffusion = self.sde(x, t)
+    return drift * dt, diffusion * jnp.sqrt(dt)
+
+  @property
+  def prior_std(self):
+    """std(T), a Python float (also under jit)."""
+    raise NotImplementedError
+
+  def prior_sampling(self, rng, shape):
+    return self.prior_std * jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, self.prior_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class RectifiedFlow(GaussianPath):
+  """The linear path x(t) = (1 - t) x(0) + t z (rectified flow, Liu et al. 2023; conditional flow matching's
+  optimal-transport path, Lipman et al. 2023): velocity z - x(0), noise level t / (1 - t)."""
+
+  def mean_std(self, t):
+    return 1.0 - t, t
+
+  @property
+  def prior_std(self):
+    return self.T
+
+  def noise_level_to_t(self, sigma):
+    return sigma / (1.0 + sigma)
+
+
+@dataclasses.dataclass(frozen=True)
+class CosinePath(GaussianPath):
+  """The trigonometric path x(t) = cos(pi t / 2) x(0) + sin(pi t / 2) z (TrigFlow, Lu & Song 2025, with
+  its angle pi t / 2): variance preserving for unit-variance data, noise level tan(pi t / 2)."""
+
+  def mean_std(self, t):
+    angle = 0.5 * math.pi * t
+    return jnp.cos(angle), jnp.sin(angle)
+
+  @property
+  def prior_std(self):
+    return math.sin(0.5 * math.pi * self.T)
+
+  def noise_level_to_t(self, sigma):
+    return jnp.arctan(sigma) / (0.5 * math.pi)
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE, "learned_vpsde": LearnedVPSDE,
+        "rectified_flow": RectifiedFlow, "cosine": CosinePath}
 
 
 def get_sde(config):
   """Builds the SDE named by `config.training.sde`; returns `(sde, sampling_eps)`.
 
-  The sampling eps is the reference's: 1e-3 for VP and sub-VP, 1e-5 for VE.
+  The sampling eps is the reference's: 1e-3 for VP and sub-VP, 1e-5 for VE; 1e-3 for the Gaussian paths.
   """
   name = config.training.sde.lower()
   if name not in SDES:
@@ -433,6 +525,8 @@ def get_sde(config):
     raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
   if name == "vesde":
     return VESDE(sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales), 1e-5
+  if name in ("rectified_flow", "cosine"):
+    return SDES[name](N=model.num_scales), 1e-3
   if name == "learned_vpsde":
     if model.gamma_max <= model.gamma_min:
       raise ValueError(f"model.gamma_max={model.gamma_max} must exceed model.gamma_min={model.gamma_min}")

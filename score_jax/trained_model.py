@@ -3,9 +3,11 @@
 It lives above the train state (it builds one); `score_jax.checkpoint.load_model` stays importable.
 """
 
+import json
 import os
 
 import jax
+import ml_collections
 
 from score_jax import base_config, checkpoint, optim, train_state
 from score_jax.models import get_model
@@ -20,6 +22,22 @@ def initial_train_state(config):
 def abstract_train_state(config):
   """`initial_train_state(config)` as shapes, dtypes and replicated shardings, computed without running it."""
   return checkpoint.abstract_state(lambda: initial_train_state(config))
+
+
+def run_config(workdir):
+  """The config a training run wrote as `<workdir>/config.json` (read as data, never executed), completed with
+  the base configuration's defaults for keys it predates.
+
+  Raises:
+    ValueError: `workdir` has no readable config.json.
+  """
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (OSError, ValueError) as error:
+    raise ValueError(f"cannot read the run's config {path} ({error}); is {workdir!r} a training workdir?") from None
+  return base_config.complete(ml_collections.ConfigDict(values))
 
 
 def load_model(config, workdir, *, ema=True, step=None):

@@ -139,3 +139,19 @@ def test_command_line_on_two_devices_writes_the_same_images(workdir, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
   assert bad.returncode != 0 and "Traceback" not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith("main.py: --batch_size=3"), bad.stderr[-500:]
+
+
+def test_run_config_reads_the_config_a_run_wrote(tmp_path):
+  """`trained_model.run_config`: config.json as data, completed with the base's defaults (keys it predates)."""
+  from score_jax import trained_model
+
+  config = tiny_config()
+  values = config.to_dict()
+  del values["sampling"]["guidance_interval"]  # a run older than this key
+  (tmp_path / "config.json").write_text(__import__("json").dumps(values, default=list))
+  loaded = trained_model.run_config(str(tmp_path))
+  assert loaded.model.nf == 8 and tuple(loaded.model.ch_mult) == (1,) and loaded.sampling.corrector == "langevin"
+  assert tuple(loaded.sampling.guidance_interval) == ()
+  get_model(loaded)  # lists where the run had tuples build the same network
+  with pytest.raises(ValueError, match="is .* a training workdir"):
+    trained_model.run_config(str(tmp_path / "nowhere"))

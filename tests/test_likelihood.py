@@ -18,7 +18,9 @@ from tests import test_sampling
 DIM = 16
 MU = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
 SCALE = np.linspace(0.3, 1.5, DIM).astype(np.float32)
-SDES = {"vp": (sde_lib.VPSDE(), 1.0), "subvp": (sde_lib.subVPSDE(), 1.0), "ve": (sde_lib.VESDE(sigma_max=50.0), 50.0)}
+SDES = {"vp": (sde_lib.VPSDE(), 1.0), "subvp": (sde_lib.subVPSDE(), 1.0), "ve": (sde_lib.VESDE(sigma_max=50.0), 50.0),
+        # flow matching's paths: the prior N(0, std(T)^2) at T = 1 - 1e-3 (std(T) = 0.999 and 0.9999988)
+        "rectified_flow": (sde_lib.RectifiedFlow(), 0.999), "cosine": (sde_lib.CosinePath(), math.sin(0.4995 * math.pi))}
 
 
 def coefficients(sde, t, scale):
@@ -43,7 +45,7 @@ def model_logp(sde, prior_std, x, eps, mu=MU, scale=SCALE):
   return stats.norm.logpdf(z, scale=prior_std).sum(-1) + np.log(v_max / v_eps).sum()
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "rectified_flow", "cosine"])
 def test_exact_divergence_gives_closed_form_density(name):
   sde, prior_std = SDES[name]
   x = (MU + SCALE * np.random.default_rng(0).standard_normal((8, DIM))).astype(np.float32)

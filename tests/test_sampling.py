@@ -45,7 +45,8 @@ def mixture_score_fn(sde, weights, means, scales):
 
 
 VP, SUBVP, VE = sde_lib.VPSDE(N=500), sde_lib.subVPSDE(N=500), sde_lib.VESDE(sigma_max=20.0, N=500)
-EPS = {VP: 1e-3, SUBVP: 1e-3, VE: 1e-5}
+RF, COSINE = sde_lib.RectifiedFlow(N=500), sde_lib.CosinePath(N=500)  # flow matching's paths
+EPS = {VP: 1e-3, SUBVP: 1e-3, VE: 1e-5, RF: 1e-3, COSINE: 1e-3}
 NUM_SAMPLES = 8192
 
 
@@ -72,6 +73,8 @@ def assert_matches_gaussian(x, discretisation, mean=MU, std=SCALE):
     (VE, "reverse_diffusion", "langevin", False),
     (VE, "reverse_diffusion", "none", False),
     (VE, "ancestral_sampling", "none", False),
+    (RF, "reverse_diffusion", "langevin", False),
+    (COSINE, "euler_maruyama", "none", True),
 ], ids=lambda v: type(v).__name__ if isinstance(v, sde_lib.SDE) else str(v))
 def test_pc_sample_recovers_gaussian(sde, predictor, corrector, probability_flow):
   out = sampling.pc_sample(jax.random.key(0), gaussian_score_fn(sde), sde, (NUM_SAMPLES, DIM),

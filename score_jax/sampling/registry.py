@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from score_jax import parallel
 from score_jax.models import check_guidance, get_score_fn, num_classes_of
-from score_jax.sampling import adaptive_sde, ddim, dpm_solver, heun, pc, probability_flow
+from score_jax.sampling import adaptive_sde, consistency, ddim, dpm_solver, heun, pc, probability_flow
 from score_jax.sampling.common import SampleOutput, count_network_evaluations, options_of, prior_draw, sample_function
 from score_jax.utils import choice_error
 
@@ -19,6 +19,7 @@ FAMILIES = {
     "dpm_solver": dpm_solver.DPMSolverSampler,
     "heun": heun.HeunSampler,
     "adaptive_sde": adaptive_sde.AdaptiveSDESampler,
+    "consistency": consistency.ConsistencySampler,
 }
 SAMPLERS = {name: sample_function(family, f"{name}_sample") for name, family in FAMILIES.items()}
 
@@ -47,7 +48,7 @@ def default_class_labels(num_classes, batch_size):
 
 
 # Option name -> its `config.sampling` key, where the reference named it otherwise.
-CONFIG_KEYS = {"n_steps": "n_steps_each", "denoise": "noise_removal"}
+CONFIG_KEYS = {"n_steps": "n_steps_each", "denoise": "noise_removal", "times": "consistency_times"}
 
 
 def config_key(option):
