@@ -372,7 +372,38 @@ class EDM(Parameterization):
     return batch_mul(1.0 / c_out, denoised - batch_mul(c_skip / mean_scale, x))
 
 
-PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow, "edm": EDM}
+@dataclasses.dataclass(frozen=True)
+class Consistency(EDM):
+  """A consistency function (Song et al. 2023, Sec. 3 and App. C): EDM's preconditioning with
+  c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2) and c_out = sigma_data (sigma - sigma_min) /
+  sqrt(sigma_data^2 + sigma^2), so that at the last time t_min (noise level sigma_min) D(x, t_min) = x / m(t_min)
+  whatever the network outputs: the boundary condition f(x, t_min) = x in the scaled variable x / m. The
+  consistency objectives train it; `sampling.method = "consistency"` samples it."""
+
+  t_min: float = 1e-3  # the samplers' end time: the SDE's sampling eps (`sde.get_sde`)
+
+  @classmethod
+  def from_config(cls, config, network=None):
+    return cls(dtype=config.model.dtype, sigma_data=config.model.sigma_data,
+               log_embedding=getattr(network, "embedding_type", None) == "fourier",
+               t_min=sde_lib.get_sde(config)[1])
+
+  def _preconditioning(self, sde, t):
+    mean_scale = sde.marginal_coeffs(t)[0]
+    sigma = sde.noise_level(t)
+    sigma_min = sde.noise_level(jnp.full_like(t, self.t_min))
+    above = sigma - sigma_min
+    c_skip = self.sigma_data**2 / (above**2 + self.sigma_data**2)
+    c_out = self.sigma_data * above / jnp.sqrt(self.sigma_data**2 + sigma**2)
+    return mean_scale, sigma, c_skip, c_out, 1.0 / jnp.sqrt(sigma**2 + self.sigma_data**2), 0.25 * jnp.log(sigma)
+
+
+# The objectives that train a parameterization of their own, whatever `model.parameterization` says.
+OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency"}
+
+
+PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow, "edm": EDM,
+                     "consistency": Consistency}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -384,7 +415,15 @@ def get_parameterization(config, network=None):
     raise choice_error("model.parameterization", model.parameterization, PARAMETERIZATIONS)
   if model.dtype not in DTYPES:
     raise choice_error("model.dtype", model.dtype, DTYPES)
-  return PARAMETERIZATIONS[model.parameterization].from_config(config, network)
+  name = model.parameterization
+  own = OBJECTIVE_PARAMETERIZATIONS.get(config.training.objective)
+  if own is not None:
+    # The base's default and EDM's preconditioning (which `consistency` extends) give way to the objective's.
+    if name not in ("reference", "edm", own):
+      raise ValueError(f"training.objective={config.training.objective!r} trains model.parameterization={own!r} "
+                       f"(its boundary condition), not {name!r}: leave the key at its default")
+    name = own
+  return PARAMETERIZATIONS[name].from_config(config, network)
 
 
 def sigma_table(sigma_min, sigma_max, num_scales):

@@ -34,6 +34,20 @@ def exact_denoiser_and_score(sde, x, t):
   return MU + batch_mul(mean_scale * S**2 / variance, residual), batch_mul(-1.0 / variance, residual)
 
 
+def marginal_rates(sde, t):
+  """(m'(t), std'(t)) differentiated by hand, in float64: VP / sub-VP m = exp(-t^2 (b1 - b0) / 4 - t b0 / 2),
+  std = sqrt(1 - m^2) (VP) or 1 - m^2 (sub-VP); VE m = 1, std = s_min (s_max / s_min)^t."""
+  t = np.asarray(t, np.float64)
+  if isinstance(sde, sde_lib.VESDE):
+    std = sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
+    return np.zeros_like(t), std * np.log(sde.sigma_max / sde.sigma_min)
+  b0, b1 = sde.beta_min, sde.beta_max
+  m = np.exp(-0.25 * t**2 * (b1 - b0) - 0.5 * t * b0)
+  m_rate = m * (-0.5 * t * (b1 - b0) - 0.5 * b0)
+  std_rate = -m * m_rate / np.sqrt(1 - m**2) if isinstance(sde, sde_lib.VPSDE) else -2 * m * m_rate
+  return jnp.asarray(m_rate, jnp.float32), jnp.asarray(std_rate, jnp.float32)
+
+
 def optimal_output(name, sde, x, t, denoised):
   """The network output that makes each parameterization's denoiser equal `denoised` (derived by hand)."""
   mean_scale, std = sde.marginal_coeffs(t)
@@ -44,9 +58,17 @@ def optimal_output(name, sde, x, t, denoised):
     return denoised
   if name == "v":  # v = alpha z - sigma x0 with alpha = m / a, sigma = std / a, z = (x - m x0) / std
     return batch_mul(mean_scale / (a * std), x - batch_mul(mean_scale, denoised)) - batch_mul(std / a, denoised)
+  if name == "flow":  # F = m' D + std' z, z = (x - m D) / std
+    m_rate, std_rate = marginal_rates(sde, t)
+    noise = batch_mul(1.0 / std, x - batch_mul(mean_scale, denoised))
+    return batch_mul(m_rate, denoised) + batch_mul(std_rate, noise)
   sigma, sigma_data = std / mean_scale, 0.5  # edm: F = (D - c_skip x_hat) / c_out
-  c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-  c_out = sigma * sigma_data / jnp.sqrt(sigma**2 + sigma_data**2)
+  sigma_min = 0.0
+  if name == "consistency":  # EDM's with sigma - sigma_min in c_skip and c_out, sigma_min that of t = 1e-3
+    m_min, std_min = sde.marginal_coeffs(jnp.full_like(t, 1e-3))
+    sigma_min = std_min / m_min
+  c_skip = sigma_data**2 / ((sigma - sigma_min)**2 + sigma_data**2)
+  c_out = (sigma - sigma_min) * sigma_data / jnp.sqrt(sigma**2 + sigma_data**2)
   return batch_mul(1.0 / c_out, denoised - batch_mul(c_skip / mean_scale, x))
 
 
@@ -164,7 +186,8 @@ def test_compute_dtype_is_applied_at_the_boundary():
 
 
 def test_unknown_parameterization_or_dtype_names_the_key():
-  with pytest.raises(ValueError, match="model.parameterization=.*choose one of: edm, eps, reference, v, x0"):
+  with pytest.raises(ValueError,
+                     match="model.parameterization=.*choose one of: consistency, edm, eps, flow, reference, v, x0"):
     models.get_model(tiny_mlp_config("score"))
   with pytest.raises(ValueError, match="model.dtype"):
     models.get_model(tiny_mlp_config("eps", dtype="int8"))

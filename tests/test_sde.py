@@ -147,8 +147,8 @@ def test_get_sde_names_and_errors():
   config.training.sde = "vpsde"
   sde, eps = sde_lib.get_sde(config)
   assert isinstance(sde, sde_lib.VPSDE) and eps == 1e-3
-  config.training.sde = "cosine"
-  with pytest.raises(ValueError, match="training.sde.*subvpsde, vesde, vpsde"):
+  config.training.sde = "linear"
+  with pytest.raises(ValueError, match="training.sde.*rectified_flow, subvpsde, vesde, vpsde"):
     sde_lib.get_sde(config)
 
 

@@ -201,8 +201,9 @@ def test_posthoc_ema_through_main_reproduces_a_tracked_width(uninterrupted_80):
     (["--config=tests/configs/tiny_checkerboard.py"], "--workdir is required"),
     (["--config=configs/no_such_file.py", "--workdir=/tmp/x"], "cannot read config file"),
     (["--workdir=/tmp/x"], "--config=PATH is required"),
-    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.sde=cosine"],
-     "training.sde='cosine' is not valid; choose one of: learned_vpsde, subvpsde, vesde, vpsde"),
+    (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.sde=linear"],
+     "training.sde='linear' is not valid; choose one of: cosine, learned_vpsde, rectified_flow, subvpsde, vesde, "
+     "vpsde"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.nonexistent=1"],
      "--config.training.nonexistent: config.training has no key 'nonexistent'; choose one of: batch_size,"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir=/proc/x"], "--workdir=/proc/x cannot be created"),
@@ -222,7 +223,8 @@ def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("training.sde", "vp", "training.sde='vp' is not valid; choose one of: learned_vpsde, subvpsde, vesde, vpsde"),
+    ("training.sde", "vp",
+     "training.sde='vp' is not valid; choose one of: cosine, learned_vpsde, rectified_flow, subvpsde, vesde, vpsde"),
     ("model.name", "unet", "model.name='unet' is not valid; choose one of:"),
     ("data.dataset", "cifar100", "data.dataset='cifar100' is not valid"),
     ("sampling.predictor", "heun", "sampling.predictor='heun' is not valid"),
@@ -235,7 +237,7 @@ def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
     ("model.dropout", 1.5, "model.dropout=1.5 must lie in [0, 1)"),
     ("training.eps", 0.0, "training.eps=0.0 must lie in (0, 1)"),
     ("sampling.snr", -0.1, "sampling.snr=-0.1 must be >= 0"),
-    ("model.parameterization", "score", "model.parameterization='score' is not valid; choose one of: edm, eps,"),
+    ("model.parameterization", "score", "model.parameterization='score' is not valid; choose one of: consistency, edm, eps, flow,"),
     ("model.dtype", "int8", "model.dtype='int8' is not valid"),
 ])
 def test_validate_config_names_the_bad_key(key, value, message):

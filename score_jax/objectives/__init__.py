@@ -5,6 +5,7 @@
   edm.py       Karras et al. 2022, Sec. 5
   vdm.py       the continuous-time ELBO of Kingma et al. 2021, fixed or learned schedules
   ssm.py       sliced score matching (Song et al. 2019)
+  consistency.py  improved consistency training (Song & Dhariwal 2024)
   discrete.py  the reference's SMLD and DDPM losses (`training.continuous=False`)
   base.py      the settings (`LossConfig`), the per-purpose keys, `LossOutput`, the `Objective` interface
 
@@ -13,7 +14,7 @@ A new objective is a module with an `Objective` subclass and one line in `OBJECT
 
 import jax.numpy as jnp
 
-from score_jax.objectives import discrete, dsm, edm, ssm, vdm
+from score_jax.objectives import consistency, discrete, dsm, edm, ssm, vdm
 from score_jax.objectives.base import (PURPOSES, LossConfig, LossOutput, ModelCall, Objective, pixel_levels,
                                        purpose_keys, scalar_per_example)
 from score_jax.utils import choice_error
@@ -23,6 +24,7 @@ OBJECTIVES = {
     "edm": edm.EDM,
     "vdm": vdm.VDM,
     "ssm": ssm.SSM,
+    "consistency_training": consistency.ConsistencyTraining,
     "smld": discrete.SMLD,   # training.continuous=False on the VE SDE
     "ddpm": discrete.DDPM,   # training.continuous=False on the VP SDE
 }

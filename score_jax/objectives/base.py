@@ -72,6 +72,9 @@ class LossConfig:
   uniform_dequantization: bool = BASE.data.uniform_dequantization
   num_classes: int = BASE.model.num_classes     # class-conditional model: batches are (x, class labels)
   class_dropout: float = _TRAINING.class_dropout  # probability of the null class in training
+  consistency_schedule: str = _TRAINING.consistency_schedule  # consistency training's discretisation curriculum
+  consistency_loss: str = _TRAINING.consistency_loss          # its distance: pseudo_huber | l2
+  n_iters: int = _TRAINING.n_iters              # the run's length (the curriculum's stages)
 
   @classmethod
   def from_config(cls, config):
@@ -81,7 +84,9 @@ class LossConfig:
                edm_p_mean=training.edm_p_mean, edm_p_std=training.edm_p_std, sigma_data=config.model.sigma_data,
                ssm_projection=training.ssm_projection, pixel_levels=pixel_levels(config),
                uniform_dequantization=config.data.uniform_dequantization,
-               num_classes=config.model.num_classes, class_dropout=training.class_dropout)
+               num_classes=config.model.num_classes, class_dropout=training.class_dropout,
+               consistency_schedule=training.consistency_schedule, consistency_loss=training.consistency_loss,
+               n_iters=training.n_iters)
 
 
 def pixel_levels(config):

@@ -1,13 +1,15 @@
-"""Rectified flow against the VP SDE on the checkerboard at few steps: the fraction of samples on the board.
+"""Few-step generation on the checkerboard: the fraction of samples on the board against the step count.
 
-    python benchmarks/paths.py [--steps 1,2,4,8,16] [--out_dir benchmarks/results/paths] [--train_steps 6000]
+    python benchmarks/fewstep.py [--steps 1,2,4,8,16] [--out_dir benchmarks/results/fewstep] [--train_steps 6000]
 
 Trains (through main.py; a finished run is reused) the toy quickstart (configs/toy/checkerboard.py: VP SDE,
-denoising score matching) and configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
-path x(t) = (1 - t) x(0) + t z, regressing the velocity), then draws 4096 samples of each with DDIM at each
-step count (deterministic; on the linear path DDIM is Euler on the predicted velocity), on equal time steps
-and on the log-SNR grid, and with DPM-Solver++ (3M); for reference the VP model with PC at 1000 steps.
-Prints the table, writes `paths.json` and `paths.png` (the samples at 1, 2, 4 and 8 steps).
+denoising score matching), configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
+path x(t) = (1 - t) x(0) + t z, regressing the velocity) and configs/fewstep/checkerboard_ect.py (the same
+network trained by consistency training), then draws 4096 samples of each: the diffusion and flow models
+with DDIM at each step count (deterministic; on the linear path DDIM is Euler on the predicted velocity), on
+equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consistency model with multistep
+consistency sampling at 1, 2 and 4 steps; for reference the VP model with PC at 1000 steps. Prints the
+table, writes `fewstep.json` and `fewstep.png` (the samples at 1, 2, 4 and 8 steps).
 """
 
 import argparse
@@ -24,7 +26,8 @@ import numpy as np  # noqa: E402
 
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 
-MODELS = {"vp_dsm": "configs/toy/checkerboard.py", "rectified_flow": "configs/fewstep/checkerboard_rf.py"}
+MODELS = {"vp_dsm": "configs/toy/checkerboard.py", "rectified_flow": "configs/fewstep/checkerboard_rf.py",
+          "consistency_training": "configs/fewstep/checkerboard_ect.py"}
 NUM_SAMPLES = 4096
 
 
@@ -51,8 +54,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", default="1,2,4,8,16")
   parser.add_argument("--train_steps", type=int, default=6000)
-  parser.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results" / "paths"))
-  parser.add_argument("--workdir", default=str(ROOT / "runs" / "benchmark_paths"))
+  parser.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results" / "fewstep"))
+  parser.add_argument("--workdir", default=str(ROOT / "runs" / "benchmark_fewstep"))
   args = parser.parse_args()
   steps = [int(s) for s in args.steps.split(",")]
   out_dir = pathlib.Path(args.out_dir)
@@ -63,26 +66,30 @@ def main():
     train(config_path, workdir, args.train_steps)
     config = trained_model.run_config(str(workdir))
     model, variables, step = trained_model.load_model(config, str(workdir))
-    settings = [("ddim", "time_uniform"), ("ddim", "logsnr"), ("dpm_solver", "logsnr")]
-    for method, schedule in settings:
-      for n in steps:
-        fraction, nfe, samples = on_board(config, model, variables, method, steps=n, schedule=schedule)
-        rows.append({"model": name, "sampler": method, "schedule": schedule, "steps": n, "nfe": nfe,
+    if name == "consistency_training":
+      settings = [("consistency", None, [n for n in steps if n <= 4])]
+    else:
+      settings = [("ddim", "time_uniform", steps), ("ddim", "logsnr", steps), ("dpm_solver", "logsnr", steps)]
+    for method, schedule, counts in settings:
+      for n in counts:
+        options = dict(steps=n) if schedule is None else dict(steps=n, schedule=schedule)
+        fraction, nfe, samples = on_board(config, model, variables, method, **options)
+        rows.append({"model": name, "sampler": method, "schedule": schedule or "-", "steps": n, "nfe": nfe,
                      "on_board": fraction, "train_steps": step})
-        if method == "ddim" and schedule == "time_uniform" and n in (1, 2, 4, 8):
+        if method in ("ddim", "consistency") and schedule in ("time_uniform", None) and n in (1, 2, 4, 8):
           pictures[(name, n)] = samples
-        print(f"  {name} {method} {schedule} {n}: {fraction:.4f}", file=sys.stderr, flush=True)
+        print(f"  {name} {method} {schedule or '-'} {n}: {fraction:.4f}", file=sys.stderr, flush=True)
     if name == "vp_dsm":
       fraction, nfe, _ = on_board(config, model, variables, "pc")
       rows.append({"model": name, "sampler": "pc", "schedule": "-", "steps": 1000, "nfe": nfe, "on_board": fraction,
                    "train_steps": step})
-    (out_dir / "paths.json").write_text(json.dumps(rows, indent=1))
-  print(f"{'model':<16}{'sampler':<12}{'schedule':<14}{'steps':>6}{'NFE':>6}{'on board':>10}")
+    (out_dir / "fewstep.json").write_text(json.dumps(rows, indent=1))
+  print(f"{'model':<22}{'sampler':<12}{'schedule':<14}{'steps':>6}{'NFE':>6}{'on board':>10}")
   for row in rows:
-    print(f"{row['model']:<16}{row['sampler']:<12}{row['schedule']:<14}{row['steps']:>6}{row['nfe']:>6}"
+    print(f"{row['model']:<22}{row['sampler']:<12}{row['schedule']:<14}{row['steps']:>6}{row['nfe']:>6}"
           f"{row['on_board']:>10.4f}")
-  plot(pictures, out_dir / "paths.png")
-  print(f"wrote {out_dir / 'paths.json'} and {out_dir / 'paths.png'}")
+  plot(pictures, out_dir / "fewstep.png")
+  print(f"wrote {out_dir / 'fewstep.json'} and {out_dir / 'fewstep.png'}")
 
 
 def plot(pictures, path):
@@ -96,6 +103,9 @@ def plot(pictures, path):
   for i, name in enumerate(names):
     for j, n in enumerate(counts):
       ax = axes[i][j]
+      if (name, n) not in pictures:
+        ax.axis("off")
+        continue
       samples = pictures[(name, n)]
       ax.scatter(samples[:, 0], samples[:, 1], s=0.5, alpha=0.5)
       ax.set_xlim(-4.5, 4.5)

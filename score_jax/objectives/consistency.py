@@ -1,0 +1,114 @@
+"""`consistency_training`: improved consistency training (Song & Dhariwal 2024, "Improved techniques for training
+consistency models"), on any SDE through its noise level.
+
+The noise levels of step k are Karras et al.'s rho = 7 grid of N(k) + 1 levels between sigma_min (the samplers'
+end time) and sigma_max (the SDE's end), N(k) doubling from 10 to 1280 over training (`training.consistency_schedule
+= "ict"`: N(k) = min(10 * 2^floor(k / K'), 1280), K' = floor(K / (log2(1280 / 10) + 1)) for K = `training.n_iters`).
+Each example draws an interval (sigma_i, sigma_i+1) with the discretised log-normal of ln sigma ~ N(-1.1, 2^2)
+and one noise z, and the network's consistency function f (the `consistency` parameterization, whose boundary
+condition makes f the identity at sigma_min) is pulled towards its own value one level lower, held fixed (no EMA
+target): loss lambda d(f(x_i+1, sigma_i+1), sg f(x_i, sigma_i)) with x_i = m (x0 + sigma_i z), lambda = 1 / (sigma_i+1
+- sigma_i) and d the pseudo-Huber distance sqrt(|a - b|^2 + c^2) - c, c = 0.00054 sqrt(dim) (or the squared
+distance, `training.consistency_loss = "l2"`). Both evaluations share the step's dropout key.
+"""
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from score_jax.models import parameterization_of
+from score_jax.objectives.base import Objective, normal_per_example, output, scalar_per_example
+from score_jax.utils import batch_mul
+
+RHO = 7.0
+P_MEAN, P_STD = -1.1, 2.0          # the discretised log-normal of the noise levels
+START_STEPS, END_STEPS = 10, 1280   # the discretisation's N at the start and the end of training
+SCHEDULES = ("ict",)
+LOSSES = ("pseudo_huber", "l2")
+
+
+def discretisation_steps(step, total_steps):
+  """N(k) of the iCT schedule: 10 doubling to 1280 in log2(128) + 1 = 8 equal stages of training."""
+  stages = math.floor(math.log2(END_STEPS / START_STEPS)) + 1
+  stage_length = max(total_steps // stages, 1)
+  return jnp.minimum(START_STEPS * 2 ** (step // stage_length), END_STEPS)
+
+
+def karras_sigmas(index, num_steps, sigma_min, sigma_max):
+  """sigma_i = (sigma_min^(1/rho) + i / N (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0 .. N, ascending."""
+  low, high = sigma_min ** (1 / RHO), sigma_max ** (1 / RHO)
+  return (low + index / num_steps * (high - low)) ** RHO
+
+
+def interval_index(uniform, num_steps, sigma_min, sigma_max):
+  """The interval i in [0, N) with probability proportional to erf((ln sigma_i+1 - P_MEAN) / (sqrt 2 P_STD)) -
+  erf((ln sigma_i - P_MEAN) / (sqrt 2 P_STD)), by inverting the CDF at `uniform` (`(B,)` in [0, 1))."""
+  edges = karras_sigmas(jnp.arange(END_STEPS + 1), num_steps, sigma_min, sigma_max)
+  cdf = jax.scipy.special.erf((jnp.log(edges) - P_MEAN) / (math.sqrt(2.0) * P_STD))
+  weights = jnp.where(jnp.arange(END_STEPS) < num_steps, cdf[1:] - cdf[:-1], 0.0)
+  cumulative = jnp.cumsum(weights)
+  index = jnp.searchsorted(cumulative, uniform * cumulative[-1], side="right")
+  return jnp.minimum(index, num_steps - 1)
+
+
+def pseudo_huber(a, b):
+  """sqrt(|a - b|^2 + c^2) - c per example, c = 0.00054 sqrt(dim) (Song & Dhariwal 2024, Sec. 3.3)."""
+  dim = math.prod(a.shape[1:])
+  c = 0.00054 * math.sqrt(dim)
+  return jnp.sqrt(jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), axis=-1) + c**2) - c
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyTraining(Objective):
+  """iCT on the `consistency` parameterization; its state is the step count, which sets the discretisation."""
+
+  needs: ClassVar[tuple] = ("step",)
+
+  @classmethod
+  def check(cls, settings, sde):
+    if settings.consistency_schedule not in SCHEDULES:
+      raise ValueError(f"training.consistency_schedule={settings.consistency_schedule!r} is not valid; choose one "
+                       f"of: {', '.join(SCHEDULES)}")
+    if settings.consistency_loss not in LOSSES:
+      raise ValueError(f"training.consistency_loss={settings.consistency_loss!r} is not valid; choose one of: "
+                       f"{', '.join(LOSSES)}")
+
+  def init_state(self, params):
+    del params
+    return {"step": jnp.zeros((), jnp.int32)}
+
+  def update_state(self, state, params):
+    del params
+    return {"step": state["step"] + 1}
+
+  def draw(self, keys, x):
+    return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}
+
+  def noise_levels(self, sde):
+    """(sigma_min, sigma_max): the noise levels of the samplers' end time and of the SDE's end T."""
+    t_min = parameterization_of(self.model).t_min
+    return sde.noise_level(jnp.float32(t_min)), sde.noise_level(jnp.float32(sde.T))
+
+  def loss(self, call, x, draws, state=None):
+    sde, settings = call.sde, self.settings
+    num_steps = discretisation_steps(state["step"], settings.n_iters)
+    sigma_min, sigma_max = self.noise_levels(sde)
+    index = interval_index(draws["time"], num_steps, sigma_min, sigma_max)
+    sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
+    consistency_fn = call.denoiser_fn()
+
+    def f(level):
+      t = sde.noise_level_to_t(level)
+      noisy = batch_mul(sde.marginal_coeffs(t)[0], x + batch_mul(level, draws["noise"]))
+      return consistency_fn(noisy, t)
+
+    target = jax.lax.stop_gradient(f(sigma))
+    prediction = f(sigma_next)
+    if settings.consistency_loss == "pseudo_huber":
+      distance = pseudo_huber(prediction, target)
+    else:
+      distance = jnp.mean(jnp.square(prediction - target).reshape(x.shape[0], -1), axis=-1)
+    return output(distance / (sigma_next - sigma))
