@@ -4,8 +4,10 @@
 
 Trains (through main.py; a finished run is reused) the toy quickstart (configs/toy/checkerboard.py: VP SDE,
 denoising score matching), configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
-path x(t) = (1 - t) x(0) + t z, regressing the velocity) and configs/fewstep/checkerboard_ect.py (the same
-network trained by consistency training), then draws 4096 samples of each: the diffusion and flow models
+path x(t) = (1 - t) x(0) + t z, regressing the velocity), configs/fewstep/checkerboard_ect.py (the same
+network trained by consistency training), configs/fewstep/checkerboard_edm.py (EDM's objective) and the
+consistency config again tuned from that EDM model (`training.init_workdir`), then draws 4096 samples of
+each (the EDM model with DPM-Solver++ at 5 / 10 / 20 and Heun at 35 evaluations): the diffusion and flow models
 with DDIM at each step count (deterministic; on the linear path DDIM is Euler on the predicted velocity), on
 equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consistency model with multistep
 consistency sampling at 1, 2 and 4 steps; for reference the VP model with PC at 1000 steps. Prints the
@@ -26,14 +28,20 @@ import numpy as np  # noqa: E402
 
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 
-MODELS = {"vp_dsm": "configs/toy/checkerboard.py", "rectified_flow": "configs/fewstep/checkerboard_rf.py",
-          "consistency_training": "configs/fewstep/checkerboard_ect.py"}
+# name -> (config, overrides: the workdirs of other rows by name); trained in this order.
+MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}),
+          "rectified_flow": ("configs/fewstep/checkerboard_rf.py", {}),
+          "consistency_training": ("configs/fewstep/checkerboard_ect.py", {}),
+          "edm": ("configs/fewstep/checkerboard_edm.py", {}),
+          "ect_tuned": ("configs/fewstep/checkerboard_ect.py", {"training.init_workdir": "edm"})}
+CONSISTENCY_MODELS = ("consistency_training", "ect_tuned")
 NUM_SAMPLES = 4096
 
 
-def train(config_path, workdir, train_steps):
+def train(config_path, workdir, train_steps, overrides):
   command = [sys.executable, str(ROOT / "main.py"), f"--config={ROOT / config_path}", f"--workdir={workdir}",
              "--mode=train", f"--config.training.n_iters={train_steps}"]
+  command += [f"--config.{key}={value}" for key, value in overrides.items()]
   subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -61,13 +69,16 @@ def main():
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   rows, pictures = [], {}
-  for name, config_path in MODELS.items():
+  for name, (config_path, overrides) in MODELS.items():
     workdir = pathlib.Path(args.workdir) / name
-    train(config_path, workdir, args.train_steps)
+    train(config_path, workdir, args.train_steps,
+          {key: pathlib.Path(args.workdir) / value for key, value in overrides.items()})
     config = trained_model.run_config(str(workdir))
     model, variables, step = trained_model.load_model(config, str(workdir))
-    if name == "consistency_training":
+    if name in CONSISTENCY_MODELS:
       settings = [("consistency", None, [n for n in steps if n <= 4])]
+    elif name == "edm":
+      settings = [("dpm_solver", "logsnr", [4, 9, 19]), ("heun", None, [18])]
     else:
       settings = [("ddim", "time_uniform", steps), ("ddim", "logsnr", steps), ("dpm_solver", "logsnr", steps)]
     for method, schedule, counts in settings:
@@ -97,7 +108,7 @@ def plot(pictures, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  names = list(MODELS)
+  names = [name for name in MODELS if any(key[0] == name for key in pictures)]
   counts = sorted({n for _, n in pictures})
   fig, axes = plt.subplots(len(names), len(counts), figsize=(2.6 * len(counts), 2.6 * len(names)))
   for i, name in enumerate(names):

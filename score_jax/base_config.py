@@ -28,6 +28,7 @@ def get_config():
   training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
   training.consistency_schedule = "ict"     # consistency_training: discretisation 10 -> 1280 levels over training
   training.consistency_loss = "pseudo_huber"  # consistency_training distance: pseudo_huber | l2
+  training.init_workdir = ""                # start from the EMA weights of this trained run (ECT's tuning); "": none
   training.class_dropout = 0.0              # class-conditional models: probability of the null class (CFG: 0.1-0.2)
   training.ema_snapshot_freq = 50000               # model.ema_type=power: steps between stored EMA snapshots
   training.reduce_mean = False              # per-sample mean over dims (False: 0.5 * sum, as the reference)

@@ -13,8 +13,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from score_jax import base_config, datasets, ema, objectives, optim, parallel, sampling, sde as sde_lib
+from score_jax import (base_config, datasets, ema, objectives, optim, parallel, sampling, sde as sde_lib,
+                       trained_model)
 from score_jax.config_utils import check_config
 from score_jax.models import get_data_shape, get_model
 from score_jax.train_state import init_train_state
@@ -142,9 +144,35 @@ class RunSetup:
                                     datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh)
 
   def init_state(self):
-    init = jax.jit(lambda rng: init_train_state(rng, self.config, self.optimizer, components=self.components),
+    """The state the run starts from: random weights, or those of `training.init_workdir`."""
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 2)
+    initial = self.initial_params()
+    init = jax.jit(lambda rng, params: init_train_state(rng, self.config, self.optimizer, components=self.components,
+                                                        initial_params=params),
                    out_shardings=parallel.replicated(self.mesh))
-    return init(jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 2))
+    return init(rng, initial)
+
+  def initial_params(self):
+    """The EMA parameters of the newest checkpoint of `training.init_workdir` (ECT's consistency tuning starts
+    from a trained diffusion model), checked against this config's network; None without one.
+
+    Raises:
+      ValueError: the workdir has no config.json or checkpoint, or its network differs from this one.
+    """
+    workdir = self.config.training.init_workdir
+    if not workdir:
+      return None
+    _, variables, step = trained_model.load_model(trained_model.run_config(workdir), workdir)
+    params = variables["params"]
+    expected = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), self.config, self.optimizer,
+                                                       components=self.components).params)
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)  # noqa: E731
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(expected) or \
+        shapes(params) != shapes(expected):
+      raise ValueError(f"training.init_workdir={workdir!r}: its network's parameters differ from this config's "
+                       "(model.name, nf, ch_mult, num_res_blocks, ... and a learned schedule must match)")
+    logging.info("Starting from the EMA parameters of step %d of %s (training.init_workdir)", step, workdir)
+    return params
 
   def scale_batch(self, batch):
     """A batch of the training data in model space (the data scaled, class labels as they are)."""

@@ -59,12 +59,13 @@ def profile_names(sigma_rels):
   return tuple(f"profile_{i}" for i in range(len(sigma_rels)))
 
 
-def init_train_state(rng, config, optimizer, *, components=None):
+def init_train_state(rng, config, optimizer, *, components=None, initial_params=None):
   """The initial state: the model's variables, a learned SDE's parameters (`params["noise_schedule"]`),
   the power EMAs of `model.ema_type='power'` and the objective's own state, if it has one.
 
   `components`: the run's `run_setup.RunComponents` (its model, SDE and objective), built from `config`
-  already; None builds them here.
+  already; None builds them here. `initial_params`: parameters to start from instead of the random
+  initialisation (`training.init_workdir`), of the same structure.
   """
   if components is None:
     sde = sde_lib.get_sde(config)[0]
@@ -75,6 +76,8 @@ def init_train_state(rng, config, optimizer, *, components=None):
   variables = init_model(rng, config, model=model)
   params = variables.pop("params")
   params = {**params, **sde.init_params(jax.random.fold_in(rng, 1))}
+  if initial_params is not None:
+    params = initial_params
   fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=optimizer.init(params),
                 model_state=variables)
   power = config.model.ema_type == "power"

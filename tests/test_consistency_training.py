@@ -108,3 +108,28 @@ def test_bad_settings_are_one_line_errors():
   config.model.parameterization = "flow"
   with pytest.raises(ValueError, match="trains model.parameterization='consistency'"):
     models.get_model(config)
+
+
+def test_init_workdir_starts_from_a_trained_runs_weights(tmp_path):
+  """`training.init_workdir`: the run starts from that run's EMA parameters (ECT's consistency tuning of a
+  diffusion model); a network of another shape, or no run there, is refused in one line."""
+  from score_jax import checkpoint, optim, run_setup, train_state
+
+  source = tiny_toy_config(**{"training.objective": "edm", "model.parameterization": "edm"})
+  state = train_state.init_train_state(jax.random.key(5), source, optim.get_optimizer(source))
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))  # EMA != raw: which is taken
+  checkpoint.save(checkpoint.get_manager(str(tmp_path / "edm" / checkpoint.SNAPSHOT_DIR)), 40, state)
+  (tmp_path / "edm" / "config.json").write_text(source.to_json_best_effort())
+  tuned = tiny_toy_config(**{"training.objective": "consistency_training",
+                             "training.init_workdir": str(tmp_path / "edm")})
+  start = run_setup.RunSetup(tuned).init_state()
+  for got, want in zip(jax.tree.leaves(start.params), jax.tree.leaves(state.ema_params)):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(jax.tree.leaves(start.ema_params)[0], jax.tree.leaves(state.ema_params)[0])
+  wider = tiny_toy_config(**{"training.objective": "consistency_training", "model.nf": 32,
+                             "training.init_workdir": str(tmp_path / "edm")})
+  with pytest.raises(ValueError, match="its network's parameters differ from this config's"):
+    run_setup.RunSetup(wider).init_state()
+  tuned.training.init_workdir = str(tmp_path / "nowhere")
+  with pytest.raises(ValueError, match="cannot read the run's config"):
+    run_setup.RunSetup(tuned).init_state()
