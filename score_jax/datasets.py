@@ -332,6 +332,11 @@ def prepare_tfds(name, data_dir=None):
       failure = (f"preparing TFDS data set {name!r} needs TensorFlow (TFDS encodes its images with it; reading "
                  "does not): `pip install tensorflow-cpu` and run again, or prepare it where TensorFlow is "
                  f"installed: `tfds build {name} --file_format=array_record`")
+    except Exception as error:  # noqa: BLE001 -- no network, a full disk, a failed checksum: one line, then stop
+      cause = str(error).splitlines()[0] if str(error) else ""
+      failure = (f"could not download and prepare TFDS data set {name!r} in {builder.data_dir} "
+                 f"({type(error).__name__}: {cause}); without network, prepare it elsewhere with `tfds build "
+                 f"{name} --file_format=array_record`, point TFDS_DATA_DIR at it and set data.download=False")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 

@@ -270,6 +270,18 @@ def test_missing_tfds_data_is_prepared_once_on_first_use(digits_server, tmp_path
   assert by_label == expected  # TFDS shuffles on write: the same examples, in its own order
 
 
+def test_a_failed_download_is_one_line(monkeypatch, tmp_path):
+  def offline(self, *args, **kwargs):
+    raise OSError("[Errno -3] Temporary failure in name resolution\nmore detail")
+
+  monkeypatch.setattr(LocalDigits, "download_and_prepare", offline)
+  with pytest.raises(datasets.DataNotPreparedError) as error:
+    datasets.tfds_source("local_digits", "train", data_dir=str(tmp_path), download=True)
+  message = str(error.value)
+  assert "could not download and prepare TFDS data set 'local_digits'" in message and "\n" not in message
+  assert "data.download=False" in message and "name resolution" in message
+
+
 def test_preparing_without_tensorflow_says_what_to_install(monkeypatch, tmp_path):
   def needs_tensorflow(self, *args, **kwargs):
     raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
