@@ -6,7 +6,8 @@ Trains (through main.py; a finished run is reused) the toy quickstart (configs/t
 denoising score matching), configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
 path x(t) = (1 - t) x(0) + t z, regressing the velocity), configs/fewstep/checkerboard_ect.py (the same
 network trained by consistency training), configs/fewstep/checkerboard_edm.py (EDM's objective) and the
-consistency config again tuned from that EDM model (`training.init_workdir`), then draws 4096 samples of
+consistency config again tuned from that EDM model (`training.init_workdir`) and configs/fewstep/checkerboard_cd.py
+(distilled from the VP model, `training.teacher_workdir`), then draws 4096 samples of
 each (the EDM model with DPM-Solver++ at 5 / 10 / 20 and Heun at 35 evaluations): the diffusion and flow models
 with DDIM at each step count (deterministic; on the linear path DDIM is Euler on the predicted velocity), on
 equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consistency model with multistep
@@ -33,8 +34,9 @@ MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}),
           "rectified_flow": ("configs/fewstep/checkerboard_rf.py", {}),
           "consistency_training": ("configs/fewstep/checkerboard_ect.py", {}),
           "edm": ("configs/fewstep/checkerboard_edm.py", {}),
-          "ect_tuned": ("configs/fewstep/checkerboard_ect.py", {"training.init_workdir": "edm"})}
-CONSISTENCY_MODELS = ("consistency_training", "ect_tuned")
+          "ect_tuned": ("configs/fewstep/checkerboard_ect.py", {"training.init_workdir": "edm"}),
+          "consistency_distillation": ("configs/fewstep/checkerboard_cd.py", {"training.teacher_workdir": "vp_dsm"})}
+CONSISTENCY_MODELS = ("consistency_training", "ect_tuned", "consistency_distillation")
 NUM_SAMPLES = 4096
 
 

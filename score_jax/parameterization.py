@@ -399,7 +399,7 @@ class Consistency(EDM):
 
 
 # The objectives that train a parameterization of their own, whatever `model.parameterization` says.
-OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency"}
+OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency", "consistency_distillation": "consistency"}
 
 
 PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow, "edm": EDM,

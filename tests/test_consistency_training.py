@@ -133,3 +133,101 @@ def test_init_workdir_starts_from_a_trained_runs_weights(tmp_path):
   tuned.training.init_workdir = str(tmp_path / "nowhere")
   with pytest.raises(ValueError, match="cannot read the run's config"):
     run_setup.RunSetup(tuned).init_state()
+
+
+# ------------------------------------------------------------------------------------ distillation
+
+def gaussian_denoiser(sde, mu=1.5, scale=0.5):
+  """E[x0 | x(t)] for 1-D data N(mu, scale^2)."""
+  def denoise(x, t):
+    m, std = sde.marginal_coeffs(t)
+    m, std = m[:, None], std[:, None]
+    return mu + m * scale**2 * (x - m * mu) / (m**2 * scale**2 + std**2)
+  return denoise
+
+
+def test_teacher_steps_are_ddim_and_heun_steps():
+  """Euler's step in x / m against sigma is DDIM's step, m' D + std' (x - m D) / std; against the exact flow map
+  of Gaussian data ((x / m - mu) / sqrt(c^2 + sigma^2) constant) Euler's error falls ~4x when the step halves
+  (local error h^2) and Heun's ~8x (h^3)."""
+  sde = sde_lib.VPSDE()
+  denoise = gaussian_denoiser(sde)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 1)) * 1.3, jnp.float32)
+  sigma, sigma_next = jnp.full((6,), 2.0), jnp.full((6,), 1.8)
+  t, t_next = sde.noise_level_to_t(sigma), sde.noise_level_to_t(sigma_next)
+  (m, std), (m_next, std_next) = sde.marginal_coeffs(t), sde.marginal_coeffs(t_next)
+  d = denoise(x, t)
+  ddim = m_next[:, None] * d + std_next[:, None] * (x - m[:, None] * d) / std[:, None]
+  euler = consistency.teacher_step(denoise, sde, x, sigma, sigma_next, "euler")
+  np.testing.assert_allclose(euler, ddim, rtol=1e-5, atol=1e-5)
+
+  def error(solver, sigma_next):
+    m_next = sde.marginal_coeffs(sde.noise_level_to_t(sigma_next))[0][:, None]
+    exact = m_next * (1.5 + (x / m[:, None] - 1.5) * jnp.sqrt((0.25 + sigma_next[:, None]**2) / (0.25 + 4.0)))
+    return float(np.abs(consistency.teacher_step(denoise, sde, x, sigma, sigma_next, solver) - exact).max())
+
+  half = jnp.full((6,), 1.9)
+  euler_ratio, heun_ratio = error("euler", sigma_next) / error("euler", half), error("heun", sigma_next) / error("heun", half)
+  assert 3.0 < euler_ratio < 5.5 and 6.0 < heun_ratio < 11.0, (euler_ratio, heun_ratio)
+
+
+def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
+  """A student distilled from the exact Gaussian denoiser (Heun steps) on 1-D N(1.5, 0.5^2): one-step samples
+  have the data's mean and std."""
+  config = tiny_toy_config(**{"training.objective": "consistency_distillation", "training.n_iters": 2000,
+                              "training.teacher_workdir": "unused", "data.dim": 1, "model.nf": 64,
+                              "model.num_res_blocks": 2, "model.embedding_dim": 32})
+  sde, _ = sde_lib.get_sde(config)
+  model = models.get_model(config)
+  settings = objectives.LossConfig.from_config(config)
+  objective = objectives.get_objective(sde, model, settings)
+
+  class ExactTeacher:
+    variables = {}
+
+    def denoiser_fn(self, variables, sde):
+      return gaussian_denoiser(sde)
+
+  objective.__dict__["teacher"] = ExactTeacher()  # the cached teacher: no workdir to load
+  loss_fn = objectives.get_loss_fn(sde, model, settings, train=True, objective=objective)
+  variables = models.init_model(jax.random.key(0), config)
+  optimizer = optax.adam(1e-3)
+  opt_state = optimizer.init(variables["params"])
+  state = objective.init_state(variables["params"])
+
+  @jax.jit
+  def step(params, opt_state, state, rng):
+    data_key, loss_key = jax.random.split(rng)
+    batch = 1.5 + 0.5 * jax.random.normal(data_key, (256, 1))
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(loss_key, {**variables, "params": p}, batch, state).loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, objective.update_state(state, params), loss
+
+  params = variables["params"]
+  for k in range(2000):
+    params, opt_state, state, _ = step(params, opt_state, state, jax.random.fold_in(jax.random.key(1), k))
+  denoiser = models.get_denoiser_fn(sde, model, {**variables, "params": state["target"]})
+  samples = np.asarray(sampling.consistency_sample(jax.random.key(2), denoiser, sde, (4096, 1)).samples)
+  assert abs(samples.mean() - 1.5) < 0.1 and abs(samples.std() / 0.5 - 1) < 0.1, (samples.mean(), samples.std())
+
+
+def test_the_teacher_comes_from_its_workdir_and_must_share_the_path(tmp_path):
+  from score_jax import checkpoint, optim, run_setup, train_state
+
+  teacher = tiny_toy_config(**{"training.objective": "edm", "model.parameterization": "edm"})
+  state = train_state.init_train_state(jax.random.key(3), teacher, optim.get_optimizer(teacher))
+  checkpoint.save(checkpoint.get_manager(str(tmp_path / "teacher" / checkpoint.SNAPSHOT_DIR)), 40, state)
+  (tmp_path / "teacher" / "config.json").write_text(teacher.to_json_best_effort())
+  student = tiny_toy_config(**{"training.objective": "consistency_distillation",
+                               "training.teacher_workdir": str(tmp_path / "teacher")})
+  start = run_setup.RunSetup(student).init_state()
+  for got, want in zip(jax.tree.leaves(start.objective_state["teacher"]["params"]), jax.tree.leaves(state.ema_params)):
+    np.testing.assert_array_equal(got, want)
+  other_path = tiny_toy_config(**{"training.objective": "consistency_distillation", "training.sde": "rectified_flow",
+                                  "training.teacher_workdir": str(tmp_path / "teacher")})
+  with pytest.raises(ValueError, match="was trained on another path"):
+    run_setup.RunSetup(other_path).init_state()
+  student.training.teacher_workdir = ""
+  with pytest.raises(ValueError, match="needs training.teacher_workdir"):
+    run_setup.validate_config(student)

@@ -5,7 +5,7 @@
   edm.py       Karras et al. 2022, Sec. 5
   vdm.py       the continuous-time ELBO of Kingma et al. 2021, fixed or learned schedules
   ssm.py       sliced score matching (Song et al. 2019)
-  consistency.py  improved consistency training (Song & Dhariwal 2024)
+  consistency.py  improved consistency training (Song & Dhariwal 2024) and consistency distillation (Song et al. 2023)
   discrete.py  the reference's SMLD and DDPM losses (`training.continuous=False`)
   base.py      the settings (`LossConfig`), the per-purpose keys, `LossOutput`, the `Objective` interface
 
@@ -25,6 +25,7 @@ OBJECTIVES = {
     "vdm": vdm.VDM,
     "ssm": ssm.SSM,
     "consistency_training": consistency.ConsistencyTraining,
+    "consistency_distillation": consistency.ConsistencyDistillation,
     "smld": discrete.SMLD,   # training.continuous=False on the VE SDE
     "ddpm": discrete.DDPM,   # training.continuous=False on the VP SDE
 }

@@ -75,6 +75,8 @@ class LossConfig:
   consistency_schedule: str = _TRAINING.consistency_schedule  # consistency training's discretisation curriculum
   consistency_loss: str = _TRAINING.consistency_loss          # its distance: pseudo_huber | l2
   n_iters: int = _TRAINING.n_iters              # the run's length (the curriculum's stages)
+  teacher_workdir: str = _TRAINING.teacher_workdir  # consistency distillation's trained teacher
+  teacher_solver: str = _TRAINING.teacher_solver    # its ODE step: euler | heun
 
   @classmethod
   def from_config(cls, config):
@@ -86,7 +88,8 @@ class LossConfig:
                uniform_dequantization=config.data.uniform_dequantization,
                num_classes=config.model.num_classes, class_dropout=training.class_dropout,
                consistency_schedule=training.consistency_schedule, consistency_loss=training.consistency_loss,
-               n_iters=training.n_iters)
+               n_iters=training.n_iters, teacher_workdir=training.teacher_workdir,
+               teacher_solver=training.teacher_solver)
 
 
 def pixel_levels(config):

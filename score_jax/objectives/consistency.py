@@ -13,13 +13,14 @@ distance, `training.consistency_loss = "l2"`). Both evaluations share the step's
 """
 
 import dataclasses
+import functools
 import math
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from score_jax.models import parameterization_of
+from score_jax.models import get_denoiser_fn, parameterization_of
 from score_jax.objectives.base import Objective, normal_per_example, output, scalar_per_example
 from score_jax.utils import batch_mul
 
@@ -112,3 +113,110 @@ class ConsistencyTraining(Objective):
     else:
       distance = jnp.mean(jnp.square(prediction - target).reshape(x.shape[0], -1), axis=-1)
     return output(distance / (sigma_next - sigma))
+
+
+# ------------------------------------------------------------------------------------ distillation
+
+TEACHER_SOLVERS = ("euler", "heun")
+TARGET_EMA = 0.95  # the target network's decay (Song et al. 2023's CIFAR-10 consistency distillation)
+DISTILLATION_LEVELS = 18  # N, the levels of the distillation grid (Song et al. 2023's CIFAR-10 setting)
+
+
+class Teacher:
+  """A trained score_jax model from its workdir (`training.teacher_workdir`): its config (config.json), network
+  with parameterization, SDE and EMA variables, loaded once on the host. Equal teachers are the same workdir."""
+
+  def __init__(self, workdir):
+    # Imported here: trained_model builds a train state, whose module imports the objectives.
+    from score_jax import sde as sde_lib, trained_model
+
+    self.workdir = workdir
+    self.config = trained_model.run_config(workdir)
+    self.sde = sde_lib.get_sde(self.config)[0]
+    self.model, variables, self.step = trained_model.load_model(self.config, workdir)
+    self.variables = jax.device_get(variables)
+
+  def denoiser_fn(self, variables, sde):
+    """D(x, t) of the teacher with `variables` (the copy carried by the train state) under `sde`."""
+    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous)
+
+
+def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
+  """One step of the probability-flow ODE from noise level `sigma` down to `sigma_next` (`(B,)` each), in the
+  scaled variable x / m where dx/dsigma = (x - D) / sigma (Karras et al. 2022, Eq. (3)): Euler's step (which
+  is DDIM's), or Heun's (Algorithm 1's second-order correction). Returns x at the time of `sigma_next`."""
+  t, t_next = sde.noise_level_to_t(sigma), sde.noise_level_to_t(sigma_next)
+  m, m_next = sde.marginal_coeffs(t)[0], sde.marginal_coeffs(t_next)[0]
+  scaled = batch_mul(1.0 / m, x)
+  slope = batch_mul(1.0 / sigma, scaled - denoiser_fn(x, t))
+  euler = scaled + batch_mul(sigma_next - sigma, slope)
+  if solver == "euler":
+    return batch_mul(m_next, euler)
+  x_next = batch_mul(m_next, euler)
+  slope_next = batch_mul(1.0 / sigma_next, euler - denoiser_fn(x_next, t_next))
+  return batch_mul(m_next, scaled + batch_mul(0.5 * (sigma_next - sigma), slope + slope_next))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyDistillation(Objective):
+  """Consistency distillation (Song et al. 2023, Algorithm 2): on Karras's rho = 7 grid of `DISTILLATION_LEVELS`
+  levels between sigma_min and sigma_max, an interval (sigma_n, sigma_n+1) uniformly per example, x at sigma_n+1
+  from the data, the teacher's ODE step (`training.teacher_solver`) down to sigma_n, and the distance
+  (`training.consistency_loss`) between the student's f at sigma_n+1 and its EMA target's f at the teacher's
+  point (decay `TARGET_EMA`). The teacher's variables and the target are the objective's state."""
+
+  needs: ClassVar[tuple] = ("teacher", "target", "step")
+
+  @classmethod
+  def check(cls, settings, sde):
+    ConsistencyTraining.check(settings, sde)
+    if not settings.teacher_workdir:
+      raise ValueError("training.objective='consistency_distillation' needs training.teacher_workdir (a trained "
+                       "run's workdir)")
+    if settings.teacher_solver not in TEACHER_SOLVERS:
+      raise ValueError(f"training.teacher_solver={settings.teacher_solver!r} is not valid; choose one of: "
+                       f"{', '.join(TEACHER_SOLVERS)}")
+
+  @functools.cached_property
+  def teacher(self):
+    """The teacher, loaded on first use (on the host, eagerly even when that use is inside a trace: the train
+    state's initialisation); its path x(t) = m x0 + std z must be the student's."""
+    with jax.ensure_compile_time_eval():
+      teacher = Teacher(self.settings.teacher_workdir)
+      times = jnp.linspace(0.01, 0.99, 9)
+      same_path = type(teacher.sde) is type(self.sde) and all(
+          bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(teacher.sde.marginal_coeffs(times),
+                                                              self.sde.marginal_coeffs(times)))
+    if not same_path:
+      raise ValueError(f"training.teacher_workdir={self.settings.teacher_workdir!r} was trained on another path "
+                       f"({type(teacher.sde).__name__}) than this run's ({type(self.sde).__name__}): the teacher's "
+                       "ODE steps must follow the student's x(t)")
+    return teacher
+
+  def init_state(self, params):
+    return {"teacher": self.teacher.variables, "target": params, "step": jnp.zeros((), jnp.int32)}
+
+  def update_state(self, state, params):
+    target = jax.tree_util.tree_map(lambda a, b: TARGET_EMA * a + (1 - TARGET_EMA) * b, state["target"], params)
+    return {"teacher": state["teacher"], "target": target, "step": state["step"] + 1}
+
+  def draw(self, keys, x):
+    return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}
+
+  def loss(self, call, x, draws, state=None):
+    sde, settings = call.sde, self.settings
+    num_steps = DISTILLATION_LEVELS - 1
+    sigma_min = sde.noise_level(jnp.float32(parameterization_of(self.model).t_min))
+    sigma_max = sde.noise_level(jnp.float32(sde.T))
+    index = jnp.minimum((draws["time"] * num_steps).astype(jnp.int32), num_steps - 1)
+    sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
+    t_next = sde.noise_level_to_t(sigma_next)
+    noisy = batch_mul(sde.marginal_coeffs(t_next)[0], x + batch_mul(sigma_next, draws["noise"]))
+    teacher_fn = self.teacher.denoiser_fn(state["teacher"], sde)
+    stepped = jax.lax.stop_gradient(teacher_step(teacher_fn, sde, noisy, sigma_next, sigma, settings.teacher_solver))
+    target_call = dataclasses.replace(call, variables={**call.variables, "params": state["target"]})
+    target = jax.lax.stop_gradient(target_call.denoiser_fn()(stepped, sde.noise_level_to_t(sigma)))
+    prediction = call.denoiser_fn()(noisy, t_next)
+    if settings.consistency_loss == "pseudo_huber":
+      return output(pseudo_huber(prediction, target))
+    return output(jnp.mean(jnp.square(prediction - target).reshape(x.shape[0], -1), axis=-1))
