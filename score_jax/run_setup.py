@@ -97,6 +97,8 @@ class RunSetup:
 
   def __init__(self, config):
     components = build_components(config)
+    # A distillation's teacher is read from its workdir here, not when a config is only validated.
+    components = dataclasses.replace(components, objective=trained_model.attach_teacher(components.objective))
     self.components = components
     self.config = config = components.config
     self.mesh, self.sde, self.sampling_eps = components.mesh, components.sde, components.sampling_eps

@@ -3,25 +3,77 @@
 It lives above the train state (it builds one); `score_jax.checkpoint.load_model` stays importable.
 """
 
+import dataclasses
 import json
 import os
+import types
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from score_jax import base_config, checkpoint, optim, train_state
-from score_jax.models import get_model
+from score_jax import base_config, checkpoint, objectives, optim, sde as sde_lib, train_state
+from score_jax.models import get_denoiser_fn, get_model
 
 
-def initial_train_state(config):
+def _components(config):
+  """The SDE, model and objective (with its teacher attached) that a run of `config` builds its state from."""
+  config = base_config.complete(config)
+  sde = sde_lib.get_sde(config)[0]
+  model = get_model(config)
+  objective = attach_teacher(objectives.get_objective(sde, model, objectives.LossConfig.from_config(config)))
+  return types.SimpleNamespace(sde=sde, model=model, objective=objective)
+
+
+def initial_train_state(config, components=None):
   """The state a run of `config` starts from (key 0): the structure, dtypes and optimizer state that its
   checkpoints and EMA snapshots are restored into."""
-  return train_state.init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config))
+  components = components or _components(config)
+  return train_state.init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config),
+                                      components=components)
 
 
 def abstract_train_state(config):
   """`initial_train_state(config)` as shapes, dtypes and replicated shardings, computed without running it."""
-  return checkpoint.abstract_state(lambda: initial_train_state(config))
+  components = _components(config)  # outside the trace: a teacher is read from disk
+  return checkpoint.abstract_state(lambda: initial_train_state(config, components))
+
+
+class Teacher:
+  """A trained score_jax model from its workdir (consistency distillation's `training.teacher_workdir`): its
+  config (config.json), network with parameterization, SDE and EMA variables, loaded once on the host."""
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+    self.config = run_config(workdir)
+    self.sde = sde_lib.get_sde(self.config)[0]
+    self.model, variables, self.step = load_model(self.config, workdir)
+    self.variables = jax.device_get(variables)
+
+  def denoiser_fn(self, variables, sde):
+    """D(x, t) of the teacher with `variables` (the copy carried by the train state) under `sde`."""
+    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous)
+
+
+def attach_teacher(objective):
+  """`objective` with the teacher of `training.teacher_workdir` when it needs one (`Objective.needs`).
+
+  Raises:
+    ValueError: the teacher's run cannot be read, or its path x(t) = m x0 + std z is not the student's.
+  """
+  if "teacher" not in objective.needs or objective.teacher is not None:
+    return objective
+  workdir = objective.settings.teacher_workdir
+  teacher = Teacher(workdir)
+  times = jnp.linspace(0.01, 0.99, 9)
+  same_path = type(teacher.sde) is type(objective.sde) and all(
+      bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(teacher.sde.marginal_coeffs(times),
+                                                          objective.sde.marginal_coeffs(times)))
+  if not same_path:
+    raise ValueError(f"training.teacher_workdir={workdir!r} was trained on another path ({type(teacher.sde).__name__}) "
+                     f"than this run's ({type(objective.sde).__name__}): the teacher's ODE steps must follow the "
+                     "student's x(t)")
+  return dataclasses.replace(objective, teacher=teacher)
 
 
 def run_config(workdir):

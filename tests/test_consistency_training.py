@@ -1,5 +1,6 @@
 """Consistency training (`training.objective = "consistency_training"`) and the `consistency` parameterization."""
 
+import dataclasses
 import math
 
 import jax
@@ -188,7 +189,7 @@ def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
     def denoiser_fn(self, variables, sde):
       return gaussian_denoiser(sde)
 
-  objective.__dict__["teacher"] = ExactTeacher()  # the cached teacher: no workdir to load
+  objective = dataclasses.replace(objective, teacher=ExactTeacher())  # no workdir to load
   loss_fn = objectives.get_loss_fn(sde, model, settings, train=True, objective=objective)
   variables = models.init_model(jax.random.key(0), config)
   optimizer = optax.adam(1e-3)

@@ -15,6 +15,7 @@ from score_jax import checkpoint, datasets, optim, sampling, sde as sde_lib
 from score_jax.drivers import generate
 from score_jax.models import get_model
 from score_jax.train_state import init_train_state
+from tests.helpers import tiny_toy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"data.image_size": 8, "model.nf": 8, "model.ch_mult": (1,), "model.attn_resolutions": (),
@@ -112,11 +113,13 @@ def test_class_conditional_seeds_take_their_class(tmp_path):
     (dict(seeds="0-3", labels="1"), "--labels / --class need a class-conditional model"),
     (dict(seeds="0-3", step=7), "has no checkpoint of step 7; its steps: 2"),
     (dict(seeds="0-3", batch_size=0), "--batch_size=0 must be >= 1"),
+    (dict(seeds="0-3", flat=True), "writes images; this model's data are 2-D points"),
 ])
 def test_bad_requests_are_refused_before_sampling(workdir, tmp_path, kwargs, message):
   seeds = kwargs.pop("seeds")
+  config = tiny_toy_config() if kwargs.pop("flat", False) else tiny_config()
   with pytest.raises(ValueError) as error:
-    generate.generate(tiny_config(), workdir, seeds, str(tmp_path / "out"), **kwargs)
+    generate.generate(config, workdir, seeds, str(tmp_path / "out"), **kwargs)
   assert message in str(error.value)
   assert not os.path.exists(tmp_path / "out")
 

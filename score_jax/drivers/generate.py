@@ -105,6 +105,9 @@ def generate(config, workdir, seeds, out, *, step=None, batch_size=64, labels=No
   """
   validate_config(config)
   config = base_config.complete(config)
+  if config.data.dim:
+    raise ValueError(f"--mode=sample writes images; this model's data are {config.data.dim}-D points "
+                     "(data.dim): --mode=eval samples and plots them")
   seeds = parse_seeds(seeds) if isinstance(seeds, str) else list(dict.fromkeys(int(s) for s in seeds))
   mesh = parallel.make_mesh()
   if batch_size < 1:

@@ -13,14 +13,13 @@ distance, `training.consistency_loss = "l2"`). Both evaluations share the step's
 """
 
 import dataclasses
-import functools
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from score_jax.models import get_denoiser_fn, parameterization_of
+from score_jax.models import parameterization_of
 from score_jax.objectives.base import Objective, normal_per_example, output, scalar_per_example
 from score_jax.utils import batch_mul
 
@@ -122,25 +121,6 @@ TARGET_EMA = 0.95  # the target network's decay (Song et al. 2023's CIFAR-10 con
 DISTILLATION_LEVELS = 18  # N, the levels of the distillation grid (Song et al. 2023's CIFAR-10 setting)
 
 
-class Teacher:
-  """A trained score_jax model from its workdir (`training.teacher_workdir`): its config (config.json), network
-  with parameterization, SDE and EMA variables, loaded once on the host. Equal teachers are the same workdir."""
-
-  def __init__(self, workdir):
-    # Imported here: trained_model builds a train state, whose module imports the objectives.
-    from score_jax import sde as sde_lib, trained_model
-
-    self.workdir = workdir
-    self.config = trained_model.run_config(workdir)
-    self.sde = sde_lib.get_sde(self.config)[0]
-    self.model, variables, self.step = trained_model.load_model(self.config, workdir)
-    self.variables = jax.device_get(variables)
-
-  def denoiser_fn(self, variables, sde):
-    """D(x, t) of the teacher with `variables` (the copy carried by the train state) under `sde`."""
-    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous)
-
-
 def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
   """One step of the probability-flow ODE from noise level `sigma` down to `sigma_next` (`(B,)` each), in the
   scaled variable x / m where dx/dsigma = (x - D) / sigma (Karras et al. 2022, Eq. (3)): Euler's step (which
@@ -165,6 +145,8 @@ class ConsistencyDistillation(Objective):
   (`training.consistency_loss`) between the student's f at sigma_n+1 and its EMA target's f at the teacher's
   point (decay `TARGET_EMA`). The teacher's variables and the target are the objective's state."""
 
+  teacher: Any = None  # a `trained_model.Teacher`, attached above the train state (`trained_model.attach_teacher`)
+
   needs: ClassVar[tuple] = ("teacher", "target", "step")
 
   @classmethod
@@ -177,24 +159,14 @@ class ConsistencyDistillation(Objective):
       raise ValueError(f"training.teacher_solver={settings.teacher_solver!r} is not valid; choose one of: "
                        f"{', '.join(TEACHER_SOLVERS)}")
 
-  @functools.cached_property
-  def teacher(self):
-    """The teacher, loaded on first use (on the host, eagerly even when that use is inside a trace: the train
-    state's initialisation); its path x(t) = m x0 + std z must be the student's."""
-    with jax.ensure_compile_time_eval():
-      teacher = Teacher(self.settings.teacher_workdir)
-      times = jnp.linspace(0.01, 0.99, 9)
-      same_path = type(teacher.sde) is type(self.sde) and all(
-          bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(teacher.sde.marginal_coeffs(times),
-                                                              self.sde.marginal_coeffs(times)))
-    if not same_path:
-      raise ValueError(f"training.teacher_workdir={self.settings.teacher_workdir!r} was trained on another path "
-                       f"({type(teacher.sde).__name__}) than this run's ({type(self.sde).__name__}): the teacher's "
-                       "ODE steps must follow the student's x(t)")
-    return teacher
+  def _teacher(self):
+    if self.teacher is None:
+      raise ValueError("consistency_distillation has no teacher attached: runs attach it from "
+                       "training.teacher_workdir (score_jax.trained_model.attach_teacher)")
+    return self.teacher
 
   def init_state(self, params):
-    return {"teacher": self.teacher.variables, "target": params, "step": jnp.zeros((), jnp.int32)}
+    return {"teacher": self._teacher().variables, "target": params, "step": jnp.zeros((), jnp.int32)}
 
   def update_state(self, state, params):
     target = jax.tree_util.tree_map(lambda a, b: TARGET_EMA * a + (1 - TARGET_EMA) * b, state["target"], params)
@@ -212,7 +184,7 @@ class ConsistencyDistillation(Objective):
     sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
     t_next = sde.noise_level_to_t(sigma_next)
     noisy = batch_mul(sde.marginal_coeffs(t_next)[0], x + batch_mul(sigma_next, draws["noise"]))
-    teacher_fn = self.teacher.denoiser_fn(state["teacher"], sde)
+    teacher_fn = self._teacher().denoiser_fn(state["teacher"], sde)
     stepped = jax.lax.stop_gradient(teacher_step(teacher_fn, sde, noisy, sigma_next, sigma, settings.teacher_solver))
     target_call = dataclasses.replace(call, variables={**call.variables, "params": state["target"]})
     target = jax.lax.stop_gradient(target_call.denoiser_fn()(stepped, sde.noise_level_to_t(sigma)))
