@@ -428,16 +428,30 @@ def digits(config, labelled=False):
 HELD_OUT_SEED = 0  # the fixed permutation that sets data.num_eval images of data.path aside, whatever the run's seed
 
 
+def _scanned_files(path, labels_from, what):
+  """`ImageFiles` of `path`, scanned once per process (a run builds its data twice when the model is
+  class-conditional: the images alone and with labels), again when `path` has changed since."""
+  stamp = os.path.getmtime(path) if path and os.path.exists(path) else None
+  return _scan(path, labels_from, what, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(path, labels_from, what, stamp):
+  del stamp  # part of the cache key only
+  files = image_folder.ImageFiles(path, labels_from, what=what)
+  files.scan()
+  return files
+
+
 def folder(config, labelled=False):
   """`data.path`'s images, centre-cropped and resized to `data.image_size`; held out: `data.eval_path`'s
   images, else `data.num_eval` of `data.path` chosen by a fixed permutation (the rest train)."""
   data = config.data
-  files = image_folder.ImageFiles(data.path, data.labels_from)
-  eval_files = image_folder.ImageFiles(data.eval_path, data.labels_from, what="data.eval_path") if data.eval_path else None
+  files = _scanned_files(data.path, data.labels_from, "data.path")
+  eval_files = _scanned_files(data.eval_path, data.labels_from, "data.eval_path") if data.eval_path else None
   for source in (files, eval_files) if eval_files else (files,):
-    channels = source.scan()
-    if channels != data.num_channels:
-      raise ValueError(f"the images of {source.path!r} have {channels} channels, but data.num_channels="
+    if source.channels != data.num_channels:
+      raise ValueError(f"the images of {source.path!r} have {source.channels} channels, but data.num_channels="
                        f"{data.num_channels}")
   if labelled and files.labels is None:
     raise ValueError("class labels of data.dataset='folder' need data.labels_from='dataset_json' or 'subfolders'")

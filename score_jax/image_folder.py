@@ -59,6 +59,7 @@ class ImageFiles:
     if not self.names:
       raise ValueError(f"{what}={path!r} holds no images ({', '.join(EXTENSIONS)}, searched recursively)")
     self.labels, self.label_names = self._labels(labels_from, set(names))
+    self.channels = None  # known once `scan` has read every image
 
   def __len__(self):
     return len(self.names)
@@ -129,7 +130,7 @@ class ImageFiles:
     return labels, tuple(str(i) for i in range(int(labels.max()) + 1))
 
   def scan(self, workers=8):
-    """Decodes every image once; returns the channel count they share. Raises `ValueError` naming an
+    """Decodes every image once; returns the channel count they share (also kept as `channels`). Raises `ValueError` naming an
     unreadable or truncated image (with the count of readable ones), or the mix of channel counts."""
     def channels(name):
       try:
@@ -151,7 +152,8 @@ class ImageFiles:
       examples = {c: next(n for n, k in zip(self.names, counts) if k == c) for c in found}
       raise ValueError(f"{self.what}={self.path!r} mixes images of {' and '.join(map(str, found))} channels (e.g. "
                        + ", ".join(f"{examples[c]!r}: {c}" for c in found) + "); convert them to one mode")
-    return found[0]
+    self.channels = found[0]
+    return self.channels
 
 
 @dataclasses.dataclass(frozen=True)

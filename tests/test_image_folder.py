@@ -1,6 +1,7 @@
 """Folders and zips of one's own images (`data.dataset = "folder"`) against the built-in digits pipeline."""
 
 import json
+import os
 import threading
 import zipfile
 
@@ -190,3 +191,22 @@ def test_the_own_data_quickstart_reads_the_digits_written_as_a_folder(tmp_path):
   image, label = train[0]  # sorted paths: 0/0000.png first
   np.testing.assert_array_equal(image, images[0])
   assert label == labels[0] == 0
+
+
+def test_a_folder_is_scanned_once_per_run(digits, tmp_path, monkeypatch):
+  """A class-conditional run builds its data twice (images alone, and with labels): the images are decoded
+  once; a changed folder is scanned again."""
+  images, labels = digits
+  root = write_folder(tmp_path / "scan", images[:40], labels[:40])
+  scans = []
+  original = image_folder.ImageFiles.scan
+  monkeypatch.setattr(image_folder.ImageFiles, "scan", lambda self: scans.append(self.path) or original(self))
+  config = folder_config(root, **{"data.labels_from": "dataset_json", "model.num_classes": 10, "data.num_eval": 8})
+  datasets.get_dataset(config)
+  datasets.get_dataset(config, labels=True)
+  assert scans == [str(root)]
+  Image.fromarray(images[40, ..., 0]).save(root / "late.png")
+  entries = json.loads((root / image_folder.LABEL_FILE).read_text())["labels"] + [["late.png", int(labels[40])]]
+  (root / image_folder.LABEL_FILE).write_text(json.dumps({"labels": entries}))
+  os.utime(root, (1e9, 2e9))  # the folder's time stamp moves, as on a file system that updates it
+  assert len(datasets.get_dataset(config).train_source) == 41 - 8 and len(scans) == 2
