@@ -21,7 +21,7 @@ def get_config():
   training.sde = "vesde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM) | rectified_flow | cosine
   training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
   training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
-  training.objective = "dsm"                # dsm | edm | vdm | ssm | consistency_training | consistency_distillation
+  training.objective = "dsm"                # dsm | edm | vdm | ssm | consistency_training | consistency_distillation | scm | reflow
   training.importance_sampling = False      # importance-sampled t for likelihood_weighting (Song et al. 2021b)
   training.edm_p_mean = -1.2                # edm objective: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022)
   training.edm_p_std = 1.2
@@ -29,8 +29,11 @@ def get_config():
   training.consistency_schedule = "ict"     # consistency_training: discretisation 10 -> 1280 levels over training
   training.consistency_loss = "pseudo_huber"  # consistency_training distance: pseudo_huber | l2
   training.init_workdir = ""                # start from the EMA weights of this trained run (ECT's tuning); "": none
-  training.teacher_workdir = ""             # consistency_distillation: the trained teacher's workdir
-  training.teacher_solver = "heun"          # consistency_distillation: the teacher's ODE step, euler | heun
+  training.teacher_workdir = ""             # consistency_distillation, reflow, scm (then distillation): the teacher's workdir
+  training.teacher_solver = "heun"          # consistency_distillation, reflow: the teacher's ODE step, euler | heun
+  training.teacher_steps = 18               # the teacher's grid: distillation's levels, reflow's ODE (Karras rho = 7)
+  training.scm_warmup_steps = 10000         # scm: steps over which the tangent's second term ramps up (Lu & Song 2025)
+  training.loss_weighting = "none"          # none | uncertainty: the learned per-noise-level weighting L / exp(u) + u
   training.class_dropout = 0.0              # class-conditional models: probability of the null class (CFG: 0.1-0.2)
   training.ema_snapshot_freq = 50000               # model.ema_type=power: steps between stored EMA snapshots
   training.reduce_mean = False              # per-sample mean over dims (False: 0.5 * sum, as the reference)

@@ -336,6 +336,28 @@ class Flow(_Scaled):
 
 
 @dataclasses.dataclass(frozen=True)
+class TrigFlow(Flow):
+  """`flow`'s velocity with TrigFlow's network inputs (Lu & Song 2025, Sec. 3 and 4.1): x / sqrt(m^2 sigma_data^2 +
+  std^2) (unit variance for data of std sigma_data) and the angle arctan(sigma) itself as the time label (pi t / 2
+  on the cosine path), not 999 t: a smooth time embedding keeps the network's time derivative, which continuous-
+  time consistency training follows (`objectives.scm`), of the order of its other terms."""
+
+  sigma_data: float = 0.5
+  log_embedding: bool = False  # the network embeds log(labels) (NCSN++'s Fourier features): feed exp(angle)
+
+  @classmethod
+  def from_config(cls, config, network=None):
+    return cls(dtype=config.model.dtype, sigma_data=config.model.sigma_data,
+               log_embedding=getattr(network, "embedding_type", None) == "fourier")
+
+  def network_inputs(self, sde, x, t, continuous):
+    mean_scale, std = sde.marginal_coeffs(t)
+    angle = jnp.arctan(sde.noise_level(t))
+    return (batch_mul(1.0 / jnp.sqrt((mean_scale * self.sigma_data) ** 2 + std**2), x),
+            jnp.exp(angle) if self.log_embedding else angle)
+
+
+@dataclasses.dataclass(frozen=True)
 class EDM(Parameterization):
   """Karras et al. 2022, Table 1 ("Ours"), on x_hat = x / m at sigma = std / m (Sec. 4 for any SDE)."""
 
@@ -399,11 +421,12 @@ class Consistency(EDM):
 
 
 # The objectives that train a parameterization of their own, whatever `model.parameterization` says.
-OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency", "consistency_distillation": "consistency"}
+OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency", "consistency_distillation": "consistency",
+                               "scm": "trigflow"}
 
 
-PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow, "edm": EDM,
-                     "consistency": Consistency}
+PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow,
+                     "trigflow": TrigFlow, "edm": EDM, "consistency": Consistency}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -418,8 +441,9 @@ def get_parameterization(config, network=None):
   name = model.parameterization
   own = OBJECTIVE_PARAMETERIZATIONS.get(config.training.objective)
   if own is not None:
-    # The base's default and EDM's preconditioning (which `consistency` extends) give way to the objective's.
-    if name not in ("reference", "edm", own):
+    # The base's default, EDM's preconditioning (which `consistency` extends) and `flow` (which `trigflow`
+    # extends) give way to the objective's.
+    if name not in ("reference", "edm", "flow", own):
       raise ValueError(f"training.objective={config.training.objective!r} trains model.parameterization={own!r} "
                        f"(its boundary condition), not {name!r}: leave the key at its default")
     name = own

@@ -46,13 +46,15 @@ class Teacher:
   def __init__(self, workdir):
     self.workdir = workdir
     self.config = run_config(workdir)
-    self.sde = sde_lib.get_sde(self.config)[0]
+    self.sde, self.sampling_eps = sde_lib.get_sde(self.config)  # its path and its samplers' end time
     self.model, variables, self.step = load_model(self.config, workdir)
     self.variables = jax.device_get(variables)
 
-  def denoiser_fn(self, variables, sde):
-    """D(x, t) of the teacher with `variables` (the copy carried by the train state) under `sde`."""
-    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous)
+  def denoiser_fn(self, variables, sde, class_labels=None):
+    """D(x, t) of the teacher with `variables` (the copy carried by the train state) under `sde`, given the
+    student's `class_labels` when it is class-conditional (an unconditional teacher ignores them)."""
+    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous,
+                           class_labels=class_labels if self.config.model.num_classes else None)
 
 
 def attach_teacher(objective):

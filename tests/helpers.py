@@ -3,9 +3,12 @@
 import pathlib
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import optax
 
 from configs.toy import default as toy_default
+from score_jax import models, objectives
 
 # The reference's numbers (score_sde_pytorch@cb1f359, cross-checked against the JAX original):
 # tests/fixtures/REFCHECK.md says what each file holds.
@@ -51,3 +54,39 @@ class ReferenceToyModel(nn.Module):
 
 def nhwc(a):
   return jnp.asarray(a).transpose(0, 2, 3, 1)
+
+
+def gaussian_denoiser(sde, mu=1.5, scale=0.5):
+  """E[x0 | x(t)] for 1-D data N(mu, scale^2)."""
+  def denoise(x, t):
+    m, std = sde.marginal_coeffs(t)
+    m, std = m[:, None], std[:, None]
+    return mu + m * scale**2 * (x - m * mu) / (m**2 * scale**2 + std**2)
+  return denoise
+
+
+def train_on_gaussian(config, objective, steps, ema_decay=None):
+  """`steps` of Adam (1e-3) on batches of 256 from 1-D N(1.5, 0.5^2) with `objective`, its state advanced after
+  each step as the train step does; returns the variables (raw parameters), their EMA (None without
+  `ema_decay`) and the objective's state."""
+  loss_fn = objectives.get_loss_fn(objective.sde, objective.model, objective.settings, train=True,
+                                   objective=objective)
+  variables = models.init_model(jax.random.key(0), config)
+  optimizer = optax.adam(1e-3)
+
+  @jax.jit
+  def step(params, opt_state, state, ema, rng):
+    data_key, loss_key = jax.random.split(rng)
+    batch = 1.5 + 0.5 * jax.random.normal(data_key, (256, 1))
+    grads = jax.grad(lambda p: loss_fn(loss_key, {**variables, "params": p}, batch, state).loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    params = optax.apply_updates(params, updates)
+    if ema_decay is not None:
+      ema = jax.tree.map(lambda a, b: ema_decay * a + (1 - ema_decay) * b, ema, params)
+    return params, opt_state, objective.update_state(state, params), ema
+
+  params = ema = variables["params"]
+  opt_state, state = optimizer.init(params), objective.init_state(params)
+  for k in range(steps):
+    params, opt_state, state, ema = step(params, opt_state, state, ema, jax.random.fold_in(jax.random.key(1), k))
+  return {**variables, "params": params}, ema if ema_decay is not None else None, state

@@ -13,7 +13,7 @@ from scipy import stats
 from score_jax import models, objectives, parameterization as param_lib, sampling
 from score_jax import sde as sde_lib
 from score_jax.objectives import consistency
-from tests.helpers import tiny_toy_config
+from tests.helpers import gaussian_denoiser, tiny_toy_config, train_on_gaussian
 
 
 @pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.RectifiedFlow(), sde_lib.VESDE(sigma_max=10.0)],
@@ -56,33 +56,6 @@ def test_pseudo_huber_distance():
   a, b = jnp.ones((2, 3, 4)), jnp.zeros((2, 3, 4))
   c = 0.00054 * math.sqrt(12)
   np.testing.assert_allclose(consistency.pseudo_huber(a, b), [math.sqrt(12 + c**2) - c] * 2, rtol=1e-6)
-
-
-def train_on_gaussian(config, objective, steps, ema_decay=None):
-  """`steps` of Adam (1e-3) on batches of 256 from 1-D N(1.5, 0.5^2) with `objective`, its state advanced after
-  each step as the train step does; returns the variables (raw parameters), their EMA (None without
-  `ema_decay`) and the objective's state."""
-  loss_fn = objectives.get_loss_fn(objective.sde, objective.model, objective.settings, train=True,
-                                   objective=objective)
-  variables = models.init_model(jax.random.key(0), config)
-  optimizer = optax.adam(1e-3)
-
-  @jax.jit
-  def step(params, opt_state, state, ema, rng):
-    data_key, loss_key = jax.random.split(rng)
-    batch = 1.5 + 0.5 * jax.random.normal(data_key, (256, 1))
-    grads = jax.grad(lambda p: loss_fn(loss_key, {**variables, "params": p}, batch, state).loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state)
-    params = optax.apply_updates(params, updates)
-    if ema_decay is not None:
-      ema = jax.tree.map(lambda a, b: ema_decay * a + (1 - ema_decay) * b, ema, params)
-    return params, opt_state, objective.update_state(state, params), ema
-
-  params = ema = variables["params"]
-  opt_state, state = optimizer.init(params), objective.init_state(params)
-  for k in range(steps):
-    params, opt_state, state, ema = step(params, opt_state, state, ema, jax.random.fold_in(jax.random.key(1), k))
-  return {**variables, "params": params}, ema if ema_decay is not None else None, state
 
 
 def test_consistency_training_learns_the_flow_map_of_a_gaussian():
@@ -145,15 +118,6 @@ def test_init_workdir_starts_from_a_trained_runs_weights(tmp_path):
 
 # ------------------------------------------------------------------------------------ distillation
 
-def gaussian_denoiser(sde, mu=1.5, scale=0.5):
-  """E[x0 | x(t)] for 1-D data N(mu, scale^2)."""
-  def denoise(x, t):
-    m, std = sde.marginal_coeffs(t)
-    m, std = m[:, None], std[:, None]
-    return mu + m * scale**2 * (x - m * mu) / (m**2 * scale**2 + std**2)
-  return denoise
-
-
 def test_teacher_steps_are_ddim_and_heun_steps():
   """Euler's step in x / m against sigma is DDIM's step, m' D + std' (x - m D) / std; against the exact flow map
   of Gaussian data ((x / m - mu) / sqrt(c^2 + sigma^2) constant) Euler's error falls ~4x when the step halves
@@ -192,7 +156,7 @@ def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
   class ExactTeacher:
     variables = {}
 
-    def denoiser_fn(self, variables, sde):
+    def denoiser_fn(self, variables, sde, class_labels=None):
       return gaussian_denoiser(sde)
 
   objective = dataclasses.replace(objective, teacher=ExactTeacher())  # no workdir to load
@@ -202,22 +166,27 @@ def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
   assert abs(samples.mean() - 1.5) < 0.1 and abs(samples.std() / 0.5 - 1) < 0.1, (samples.mean(), samples.std())
 
 
-def test_the_teacher_comes_from_its_workdir_and_must_share_the_path(tmp_path):
+@pytest.mark.parametrize("objective,path,other_path", [("consistency_distillation", "vesde", "rectified_flow"),
+                                                         ("reflow", "rectified_flow", "vesde"),
+                                                         ("scm", "cosine", "vesde")])
+def test_the_teacher_comes_from_its_workdir_and_must_share_the_path(tmp_path, objective, path, other_path):
+  """Every objective with a teacher (`training.teacher_workdir`) reads its run: config, EMA variables, path."""
   from score_jax import checkpoint, optim, run_setup, train_state
 
-  teacher = tiny_toy_config(**{"training.objective": "edm", "model.parameterization": "edm"})
+  teacher = tiny_toy_config(**{"training.objective": "edm", "model.parameterization": "edm", "training.sde": path})
   state = train_state.init_train_state(jax.random.key(3), teacher, optim.get_optimizer(teacher))
   checkpoint.save(checkpoint.get_manager(str(tmp_path / "teacher" / checkpoint.SNAPSHOT_DIR)), 40, state)
   (tmp_path / "teacher" / "config.json").write_text(teacher.to_json_best_effort())
-  student = tiny_toy_config(**{"training.objective": "consistency_distillation",
+  student = tiny_toy_config(**{"training.objective": objective, "training.sde": path,
                                "training.teacher_workdir": str(tmp_path / "teacher")})
   start = run_setup.RunSetup(student).init_state()
   for got, want in zip(jax.tree.leaves(start.objective_state["teacher"]["params"]), jax.tree.leaves(state.ema_params)):
     np.testing.assert_array_equal(got, want)
-  other_path = tiny_toy_config(**{"training.objective": "consistency_distillation", "training.sde": "rectified_flow",
-                                  "training.teacher_workdir": str(tmp_path / "teacher")})
+  teacher.training.sde = other_path  # the same weights, another path
+  (tmp_path / "teacher" / "config.json").write_text(teacher.to_json_best_effort())
   with pytest.raises(ValueError, match="was trained on another path"):
-    run_setup.RunSetup(other_path).init_state()
-  student.training.teacher_workdir = ""
-  with pytest.raises(ValueError, match="needs training.teacher_workdir"):
-    run_setup.validate_config(student)
+    run_setup.RunSetup(student).init_state()
+  if objective != "scm":  # without a teacher, scm is consistency training
+    student.training.teacher_workdir = ""
+    with pytest.raises(ValueError, match="needs training.teacher_workdir"):
+      run_setup.validate_config(student)

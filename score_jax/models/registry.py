@@ -10,4 +10,5 @@ def get_model(config):
   lacks (e.g. the reference's own config) take the base configuration's defaults."""
   config = base_config.complete(config)
   network = get_network(config)
-  return ScoreModel(network=network, parameterization=parameterization.get_parameterization(config, network))
+  return ScoreModel(network=network, parameterization=parameterization.get_parameterization(config, network),
+                    learned_weighting=config.training.loss_weighting == "uncertainty")

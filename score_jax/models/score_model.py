@@ -5,30 +5,62 @@ the model's parameterization (`score_jax.parameterization`) for the network's in
 meaning of its output.
 """
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from score_jax import parameterization as parameterization_lib
 from score_jax.utils import batch_mul
+
+
+class LogVariance(nn.Module):
+  """u(sigma): the learned log-variance of the loss at noise level sigma (`training.loss_weighting =
+  "uncertainty"`; EDM2's Sec. 5): fixed random Fourier features of c_noise = ln(sigma) / 4 (frequencies
+  N(0, 1), phases U[0, 1), EDM2's choice) and one dense layer, initialised to zero (u = 0: the unweighted loss)."""
+
+  features: int = 128
+
+  @nn.compact
+  def __call__(self, noise_levels):
+    draws = np.random.default_rng(0)  # constants of the architecture, the same in every run
+    frequencies = jnp.asarray(draws.standard_normal(self.features), jnp.float32)
+    phases = jnp.asarray(draws.uniform(size=self.features), jnp.float32)
+    c_noise = jnp.log(noise_levels.astype(jnp.float32)) / 4.0
+    embedding = math.sqrt(2.0) * jnp.cos(2 * math.pi * (c_noise[:, None] * frequencies + phases))
+    return nn.Dense(1, kernel_init=nn.initializers.zeros)(embedding)[:, 0]
 
 
 class ScoreModel(nn.Module):
   """`network` with its `parameterization`; `apply(variables, x, labels, train, class_labels)` is the raw network.
 
   The network shares this module's scope, so the variables are the network's own (the reference's
-  parameter names, unchanged by the wrapper).
+  parameter names, unchanged by the wrapper). A model trained with the learned loss weighting also has its
+  `LogVariance` head (`params["log_variance"]`, `apply(variables, sigma, method="log_variance")`).
   """
 
   network: nn.Module
   parameterization: parameterization_lib.Parameterization
+  learned_weighting: bool = False
 
   def setup(self):
     nn.share_scope(self, self.network)
+    if self.learned_weighting:
+      self.log_variance_head = LogVariance(name="log_variance")
 
   def __call__(self, x, labels, train=False, class_labels=None):
+    if self.learned_weighting and self.is_initializing():  # its parameters are created with the network's
+      self.log_variance(jnp.ones(x.shape[:1], jnp.float32))
     if class_labels is None:  # every network, class-conditional ones given the null class
       return self.network(x, labels, train=train)
     return self.network(x, labels, train=train, class_labels=class_labels)
+
+  def log_variance(self, noise_levels):
+    """u(sigma), `(B,)`, of the learned loss weighting."""
+    if not self.learned_weighting:
+      raise ValueError("this model has no learned loss weighting (training.loss_weighting='uncertainty')")
+    return self.log_variance_head(noise_levels)
 
 
 def parameterization_of(model):

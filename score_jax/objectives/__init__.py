@@ -6,6 +6,9 @@
   vdm.py       the continuous-time ELBO of Kingma et al. 2021, fixed or learned schedules
   ssm.py       sliced score matching (Song et al. 2019)
   consistency.py  improved consistency training (Song & Dhariwal 2024) and consistency distillation (Song et al. 2023)
+  scm.py       continuous-time consistency training and distillation on TrigFlow's path (Lu & Song 2025)
+  reflow.py    rectified flow's reflow: flow matching on a teacher's (noise, sample) pairs (Liu et al. 2023)
+  uncertainty.py  the learned per-noise-level loss weighting (`training.loss_weighting`, Karras et al. 2024)
   discrete.py  the reference's SMLD and DDPM losses (`training.continuous=False`)
   base.py      the settings (`LossConfig`), the per-purpose keys, `LossOutput`, the `Objective` interface
 
@@ -14,7 +17,7 @@ A new objective is a module with an `Objective` subclass and one line in `OBJECT
 
 import jax.numpy as jnp
 
-from score_jax.objectives import consistency, discrete, dsm, edm, ssm, vdm
+from score_jax.objectives import consistency, discrete, dsm, edm, reflow, scm, ssm, uncertainty, vdm
 from score_jax.objectives.base import (PURPOSES, LossConfig, LossOutput, ModelCall, Objective, pixel_levels,
                                        purpose_keys, scalar_per_example)
 from score_jax.utils import choice_error
@@ -26,6 +29,8 @@ OBJECTIVES = {
     "ssm": ssm.SSM,
     "consistency_training": consistency.ConsistencyTraining,
     "consistency_distillation": consistency.ConsistencyDistillation,
+    "scm": scm.SCM,
+    "reflow": reflow.Reflow,
     "smld": discrete.SMLD,   # training.continuous=False on the VE SDE
     "ddpm": discrete.DDPM,   # training.continuous=False on the VP SDE
 }
@@ -57,6 +62,12 @@ def check_loss_config(settings, sde):
     raise ValueError("training.importance_sampling=True samples t for training.likelihood_weighting=True "
                      "with training.objective='dsm'")
   objective.check(settings, sde)
+  if settings.loss_weighting not in uncertainty.WEIGHTINGS:
+    raise choice_error("training.loss_weighting", settings.loss_weighting, uncertainty.WEIGHTINGS)
+  if settings.loss_weighting == "uncertainty" and not objective.reports_noise_levels:
+    raise ValueError(f"training.loss_weighting='uncertainty' weighs losses by noise level: defined for the "
+                     f"objectives {', '.join(n for n, o in OBJECTIVES.items() if o.reports_noise_levels)}, not "
+                     f"{settings.objective!r}")
   if not 0.0 <= settings.class_dropout < 1.0:
     raise ValueError(f"training.class_dropout={settings.class_dropout} must lie in [0, 1)")
   if settings.class_dropout and not settings.num_classes:
@@ -106,7 +117,10 @@ def get_loss_fn(sde, model, settings, *, train, objective=None):
     if train and settings.class_dropout:
       class_labels = drop_labels(keys["labels"], class_labels, settings.num_classes, settings.class_dropout)
     call = ModelCall(model, sde.bind(variables), variables, train, keys["dropout"], class_labels)
-    return objective.loss(call, x, objective.draw(keys, x), objective_state)
+    loss = objective.loss(call, x, objective.draw(keys, x), objective_state)
+    if settings.loss_weighting == "uncertainty":
+      loss = uncertainty.weigh_by_uncertainty(loss, call)
+    return loss
 
   return loss_fn
 

@@ -26,6 +26,7 @@ class LossOutput:
   loss: jax.Array          # scalar, the batch mean
   per_example: jax.Array   # (B,)
   terms: Any = None        # objectives with named parts (the `vdm` bound's prior, reconstruction, diffusion)
+  noise_levels: Any = None  # (B,) each example's noise level sigma = std / m, where a learned weighting may read it
 
 
 def reduce_per_example(x, reduce_mean):
@@ -34,8 +35,8 @@ def reduce_per_example(x, reduce_mean):
   return jnp.mean(x, axis=-1) if reduce_mean else 0.5 * jnp.sum(x, axis=-1)
 
 
-def output(per_example_losses, terms=None):
-  return LossOutput(jnp.mean(per_example_losses), per_example_losses, terms)
+def output(per_example_losses, terms=None, noise_levels=None):
+  return LossOutput(jnp.mean(per_example_losses), per_example_losses, terms, noise_levels)
 
 
 def normal_per_example(key, x):
@@ -77,6 +78,9 @@ class LossConfig:
   n_iters: int = _TRAINING.n_iters              # the run's length (the curriculum's stages)
   teacher_workdir: str = _TRAINING.teacher_workdir  # consistency distillation's trained teacher
   teacher_solver: str = _TRAINING.teacher_solver    # its ODE step: euler | heun
+  teacher_steps: int = _TRAINING.teacher_steps      # the levels of its grid
+  scm_warmup_steps: int = _TRAINING.scm_warmup_steps  # scm's tangent warm-up
+  loss_weighting: str = _TRAINING.loss_weighting    # none | uncertainty (`weigh_by_uncertainty`)
 
   @classmethod
   def from_config(cls, config):
@@ -89,7 +93,8 @@ class LossConfig:
                num_classes=config.model.num_classes, class_dropout=training.class_dropout,
                consistency_schedule=training.consistency_schedule, consistency_loss=training.consistency_loss,
                n_iters=training.n_iters, teacher_workdir=training.teacher_workdir,
-               teacher_solver=training.teacher_solver)
+               teacher_solver=training.teacher_solver, teacher_steps=training.teacher_steps,
+               scm_warmup_steps=training.scm_warmup_steps, loss_weighting=training.loss_weighting)
 
 
 def pixel_levels(config):
@@ -124,9 +129,23 @@ class ModelCall:
   def output_fn(self):
     return get_output_fn(self.sde, self.model, self.variables, **self._options())
 
+  def log_variance(self, noise_levels):
+    """u(sigma), `(B,)`: the model's learned log-variance of the loss at `noise_levels` (`training.loss_weighting
+    = "uncertainty"`)."""
+    return self.model.apply(self.variables, noise_levels, method="log_variance")
+
   def model_fn(self):
     return get_model_fn(self.model, self.variables, train=self.train, rng=self.rng,
                         class_labels=self.class_labels)
+
+
+def attached_teacher(objective):
+  """The teacher attached to `objective` (its `teacher` field, a `trained_model.Teacher`); a `ValueError` when
+  none is: runs attach it from `training.teacher_workdir`."""
+  if getattr(objective, "teacher", None) is None:
+    raise ValueError(f"training.objective={objective.settings.objective!r} has no teacher attached: runs attach it "
+                     "from training.teacher_workdir (score_jax.trained_model.attach_teacher)")
+  return objective.teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +164,7 @@ class Objective:
 
   needs: ClassVar[tuple] = ()
   discrete_time: ClassVar[bool] = False  # trained with integer labels (`training.continuous=False`)
+  reports_noise_levels: ClassVar[bool] = False  # its `LossOutput.noise_levels` are set: a learned weighting applies
 
   @classmethod
   def check(cls, settings, sde):

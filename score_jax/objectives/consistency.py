@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.models import parameterization_of
-from score_jax.objectives.base import Objective, normal_per_example, output, scalar_per_example
+from score_jax.objectives.base import Objective, attached_teacher, normal_per_example, output, scalar_per_example
 from score_jax.utils import batch_mul
 
 RHO = 7.0
@@ -118,7 +118,18 @@ class ConsistencyTraining(Objective):
 
 TEACHER_SOLVERS = ("euler", "heun")
 TARGET_EMA = 0.95  # the target network's decay (Song et al. 2023's CIFAR-10 consistency distillation)
-DISTILLATION_LEVELS = 18  # N, the levels of the distillation grid (Song et al. 2023's CIFAR-10 setting)
+
+
+def check_teacher_settings(settings):
+  """Raises a `ValueError` for the teacher keys of an objective that learns from a teacher's ODE steps."""
+  if not settings.teacher_workdir:
+    raise ValueError(f"training.objective={settings.objective!r} needs training.teacher_workdir (a trained run's "
+                     "workdir)")
+  if settings.teacher_solver not in TEACHER_SOLVERS:
+    raise ValueError(f"training.teacher_solver={settings.teacher_solver!r} is not valid; choose one of: "
+                     f"{', '.join(TEACHER_SOLVERS)}")
+  if settings.teacher_steps < 2:
+    raise ValueError(f"training.teacher_steps={settings.teacher_steps} must be at least 2 (the levels of its grid)")
 
 
 def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
@@ -139,8 +150,8 @@ def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencyDistillation(Objective):
-  """Consistency distillation (Song et al. 2023, Algorithm 2): on Karras's rho = 7 grid of `DISTILLATION_LEVELS`
-  levels between sigma_min and sigma_max, an interval (sigma_n, sigma_n+1) uniformly per example, x at sigma_n+1
+  """Consistency distillation (Song et al. 2023, Algorithm 2): on Karras's rho = 7 grid of `training.teacher_steps`
+  levels (18, the paper's CIFAR-10 setting) between sigma_min and sigma_max, an interval (sigma_n, sigma_n+1) uniformly per example, x at sigma_n+1
   from the data, the teacher's ODE step (`training.teacher_solver`) down to sigma_n, and the distance
   (`training.consistency_loss`) between the student's f at sigma_n+1 and its EMA target's f at the teacher's
   point (decay `TARGET_EMA`). The teacher's variables and the target are the objective's state."""
@@ -152,21 +163,10 @@ class ConsistencyDistillation(Objective):
   @classmethod
   def check(cls, settings, sde):
     ConsistencyTraining.check(settings, sde)
-    if not settings.teacher_workdir:
-      raise ValueError("training.objective='consistency_distillation' needs training.teacher_workdir (a trained "
-                       "run's workdir)")
-    if settings.teacher_solver not in TEACHER_SOLVERS:
-      raise ValueError(f"training.teacher_solver={settings.teacher_solver!r} is not valid; choose one of: "
-                       f"{', '.join(TEACHER_SOLVERS)}")
-
-  def _teacher(self):
-    if self.teacher is None:
-      raise ValueError("consistency_distillation has no teacher attached: runs attach it from "
-                       "training.teacher_workdir (score_jax.trained_model.attach_teacher)")
-    return self.teacher
+    check_teacher_settings(settings)
 
   def init_state(self, params):
-    return {"teacher": self._teacher().variables, "target": params, "step": jnp.zeros((), jnp.int32)}
+    return {"teacher": attached_teacher(self).variables, "target": params, "step": jnp.zeros((), jnp.int32)}
 
   def update_state(self, state, params):
     target = jax.tree_util.tree_map(lambda a, b: TARGET_EMA * a + (1 - TARGET_EMA) * b, state["target"], params)
@@ -177,14 +177,14 @@ class ConsistencyDistillation(Objective):
 
   def loss(self, call, x, draws, state=None):
     sde, settings = call.sde, self.settings
-    num_steps = DISTILLATION_LEVELS - 1
+    num_steps = settings.teacher_steps - 1
     sigma_min = sde.noise_level(jnp.float32(parameterization_of(self.model).t_min))
     sigma_max = sde.noise_level(jnp.float32(sde.T))
     index = jnp.minimum((draws["time"] * num_steps).astype(jnp.int32), num_steps - 1)
     sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
     t_next = sde.noise_level_to_t(sigma_next)
     noisy = batch_mul(sde.marginal_coeffs(t_next)[0], x + batch_mul(sigma_next, draws["noise"]))
-    teacher_fn = self._teacher().denoiser_fn(state["teacher"], sde)
+    teacher_fn = attached_teacher(self).denoiser_fn(state["teacher"], sde, class_labels=call.class_labels)
     stepped = jax.lax.stop_gradient(teacher_step(teacher_fn, sde, noisy, sigma_next, sigma, settings.teacher_solver))
     target_call = dataclasses.replace(call, variables={**call.variables, "params": state["target"]})
     target = jax.lax.stop_gradient(target_call.denoiser_fn()(stepped, sde.noise_level_to_t(sigma)))

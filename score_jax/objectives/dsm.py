@@ -6,6 +6,7 @@ parameterization regresses its own target instead (`regression_loss`: noise, dat
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 
@@ -37,19 +38,22 @@ def dsm_loss(score_fn, sde, x0, t, z, *, reduce_mean=True, likelihood_weighting=
     losses = reduce_per_example(jnp.square(batch_mul(std, score) + z), reduce_mean)
   if time_weight is not None:
     losses = losses * time_weight
-  return output(losses)
+  return output(losses, noise_levels=sde.noise_level(t))
 
 
 def regression_loss(output_fn, parameterization, sde, x0, t, z, *, reduce_mean=True):
   """|F(x_t, t) - target|^2: the network output against its parameterization's target (noise, data, v, ...)."""
   perturbed, _ = perturb(sde, x0, t, z)
   target = parameterization.target(sde, x0, z, t)
-  return output(reduce_per_example(jnp.square(output_fn(perturbed, t) - target), reduce_mean))
+  return output(reduce_per_example(jnp.square(output_fn(perturbed, t) - target), reduce_mean),
+                noise_levels=sde.noise_level(t))
 
 
 @dataclasses.dataclass(frozen=True)
 class DSM(Objective):
   """Score matching at t ~ U[eps, T] (or importance-sampled for the likelihood weighting)."""
+
+  reports_noise_levels: ClassVar[bool] = True
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}

@@ -2,6 +2,7 @@
 (sigma sigma_data)^2 on the denoiser, for any SDE through its noise level."""
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +24,15 @@ def edm_loss(denoiser_fn, sde, x0, sigma, z, *, sigma_data=0.5, reduce_mean=True
   t = sde.noise_level_to_t(sigma)
   mean_scale = sde.marginal_coeffs(t)[0]
   x = batch_mul(mean_scale, x0 + batch_mul(sigma, z))
-  return output(reduce_per_example(jnp.square(denoiser_fn(x, t) - x0), reduce_mean) * edm_weight(sigma, sigma_data))
+  return output(reduce_per_example(jnp.square(denoiser_fn(x, t) - x0), reduce_mean) * edm_weight(sigma, sigma_data),
+                noise_levels=sigma)
 
 
 @dataclasses.dataclass(frozen=True)
 class EDM(Objective):
   """ln sigma ~ N(P_mean, P_std^2) (`training.edm_p_mean`, `training.edm_p_std`)."""
+
+  reports_noise_levels: ClassVar[bool] = True
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x),
