@@ -4,13 +4,16 @@
 
 Trains (through main.py; a finished run is reused) the toy quickstart (configs/toy/checkerboard.py: VP SDE,
 denoising score matching), configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
-path x(t) = (1 - t) x(0) + t z, regressing the velocity), configs/fewstep/checkerboard_ect.py (the same
+path x(t) = (1 - t) x(0) + t z, regressing the velocity) and its reflow (configs/fewstep/checkerboard_reflow.py,
+1500 steps from the flow model's weights on its ODE's pairs), configs/fewstep/checkerboard_ect.py (the same
 network trained by consistency training), configs/fewstep/checkerboard_edm.py (EDM's objective) and the
-consistency config again tuned from that EDM model (`training.init_workdir`) and configs/fewstep/checkerboard_cd.py
-(distilled from the VP model, `training.teacher_workdir`), then draws 4096 samples of
-each (the EDM model with DPM-Solver++ at 5 / 10 / 20 and Heun at 35 evaluations): the diffusion and flow models
+consistency config again tuned from that EDM model (`training.init_workdir`), configs/fewstep/checkerboard_cd.py
+(distilled from the VP model, `training.teacher_workdir`), configs/fewstep/checkerboard_scm.py (continuous-time
+consistency training, in float32 and in bfloat16) and the same distilled (sCD) from
+configs/fewstep/checkerboard_trigflow.py, then draws 4096 samples of each (the EDM and TrigFlow teachers with
+DPM-Solver++ at 5 / 10 / 20 and Heun at 35 evaluations): the diffusion and flow models
 with DDIM at each step count (deterministic; on the linear path DDIM is Euler on the predicted velocity), on
-equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consistency model with multistep
+equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consistency models with multistep
 consistency sampling at 1, 2 and 4 steps; for reference the VP model with PC at 1000 steps. Prints the
 table, writes `fewstep.json` and `fewstep.png` (the samples at 1, 2, 4 and 8 steps).
 """
@@ -29,20 +32,27 @@ import numpy as np  # noqa: E402
 
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 
-# name -> (config, overrides: the workdirs of other rows by name); trained in this order.
-MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}),
-          "rectified_flow": ("configs/fewstep/checkerboard_rf.py", {}),
-          "consistency_training": ("configs/fewstep/checkerboard_ect.py", {}),
-          "edm": ("configs/fewstep/checkerboard_edm.py", {}),
-          "ect_tuned": ("configs/fewstep/checkerboard_ect.py", {"training.init_workdir": "edm"}),
-          "consistency_distillation": ("configs/fewstep/checkerboard_cd.py", {"training.teacher_workdir": "vp_dsm"})}
-CONSISTENCY_MODELS = ("consistency_training", "ect_tuned", "consistency_distillation")
+# name -> (config, the workdirs of other rows by key, other config values); trained in this order.
+MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}, {}),
+          "rectified_flow": ("configs/fewstep/checkerboard_rf.py", {}, {}),
+          "reflow": ("configs/fewstep/checkerboard_reflow.py",
+                     {"training.teacher_workdir": "rectified_flow", "training.init_workdir": "rectified_flow"},
+                     {"training.n_iters": 1500}),
+          "consistency_training": ("configs/fewstep/checkerboard_ect.py", {}, {}),
+          "edm": ("configs/fewstep/checkerboard_edm.py", {}, {}),
+          "ect_tuned": ("configs/fewstep/checkerboard_ect.py", {"training.init_workdir": "edm"}, {}),
+          "consistency_distillation": ("configs/fewstep/checkerboard_cd.py", {"training.teacher_workdir": "vp_dsm"}, {}),
+          "scm": ("configs/fewstep/checkerboard_scm.py", {}, {}),
+          "scm_bf16": ("configs/fewstep/checkerboard_scm.py", {}, {"model.dtype": "bfloat16"}),
+          "trigflow": ("configs/fewstep/checkerboard_trigflow.py", {}, {}),
+          "scd": ("configs/fewstep/checkerboard_scm.py", {"training.teacher_workdir": "trigflow"}, {})}
+CONSISTENCY_MODELS = ("consistency_training", "ect_tuned", "consistency_distillation", "scm", "scm_bf16", "scd")
 NUM_SAMPLES = 4096
 
 
-def train(config_path, workdir, train_steps, overrides):
+def train(config_path, workdir, overrides):
   command = [sys.executable, str(ROOT / "main.py"), f"--config={ROOT / config_path}", f"--workdir={workdir}",
-             "--mode=train", f"--config.training.n_iters={train_steps}"]
+             "--mode=train"]
   command += [f"--config.{key}={value}" for key, value in overrides.items()]
   subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -71,16 +81,18 @@ def main():
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   rows, pictures = [], {}
-  for name, (config_path, overrides) in MODELS.items():
+  for name, (config_path, workdirs, values) in MODELS.items():
     workdir = pathlib.Path(args.workdir) / name
-    train(config_path, workdir, args.train_steps,
-          {key: pathlib.Path(args.workdir) / value for key, value in overrides.items()})
+    train(config_path, workdir, {"training.n_iters": args.train_steps, **values,
+                                 **{key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()}})
     config = trained_model.run_config(str(workdir))
     model, variables, step = trained_model.load_model(config, str(workdir))
     if name in CONSISTENCY_MODELS:
       settings = [("consistency", None, [n for n in steps if n <= 4])]
-    elif name == "edm":
+    elif name in ("edm", "trigflow"):
       settings = [("dpm_solver", "logsnr", [4, 9, 19]), ("heun", None, [18])]
+    elif name == "reflow":
+      settings = [("ddim", "time_uniform", steps)]
     else:
       settings = [("ddim", "time_uniform", steps), ("ddim", "logsnr", steps), ("dpm_solver", "logsnr", steps)]
     for method, schedule, counts in settings:

@@ -25,6 +25,10 @@ with `--count_flops`, where the backend gives none), achieved TFLOP/s and that a
 chip's dense peak for the precision (H100 / H200: TF32 494.7, bf16 989.4, fp32 67 TFLOP/s), and the
 peak device memory.
 
+The `ddpmpp_scm` row trains the same network by continuous-time consistency training
+(configs/fewstep/cifar10_scm.py: `training.objective = "scm"`, whose step adds a `jax.jvp` through the
+network and a second forward pass): its ms per step against the `ddpmpp` row's is the tangent's cost.
+
 Sampling rows (DDPM++, batch `--sample_batch` 1024): images/s of the 1000-step PC sampler (Euler-
 Maruyama, no corrector) and of 20-NFE DPM-Solver++, in float32 (TF32) and bf16. The PC sampler is
 timed over `--pc_steps` of its 1000 steps (the steps are identical programs in one loop) and scaled to
@@ -41,13 +45,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODELS = {"ddpmpp": "configs.vp.cifar10_ddpmpp_continuous", "ncsnpp": "configs.ve.cifar10_ncsnpp_continuous"}
+MODELS = {"ddpmpp": "configs.vp.cifar10_ddpmpp_continuous", "ncsnpp": "configs.ve.cifar10_ncsnpp_continuous",
+          "ddpmpp_scm": "configs.fewstep.cifar10_scm"}
 # Dense peak TFLOP/s (NVIDIA's datasheets, without sparsity); the H200 has the H100 SXM's compute.
 PEAK_TFLOPS = {"float32": 67.0, "tf32": 494.7, "bf16": 989.4}
 PEAK_DEVICES = ("H100", "H200")
 # The rows, most valuable first: (kind, model, precision).
 ROWS = [("train", "ddpmpp", "bf16"), ("train", "ddpmpp", "tf32"), ("sample_dpm_solver", "ddpmpp", "bf16"),
-        ("train", "ncsnpp", "bf16"), ("train", "ncsnpp", "tf32"), ("sample_pc", "ddpmpp", "bf16"),
+        ("train", "ddpmpp_scm", "bf16"), ("train", "ncsnpp", "bf16"), ("train", "ncsnpp", "tf32"), ("sample_pc", "ddpmpp", "bf16"),
         ("sample_dpm_solver", "ddpmpp", "tf32"), ("sample_pc", "ddpmpp", "tf32"), ("train", "ddpmpp", "float32"),
         ("train", "ncsnpp", "float32")]
 FLOPS_FILE = os.path.join(ROOT, "benchmarks", "results", "train_flops.json")

@@ -145,11 +145,13 @@ def get_config():
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "Adam"                  # Adam (the only optimizer of the reference)
   optim.lr = 2e-4                           # peak learning rate
-  optim.beta1 = 0.9                         # Adam beta1 (beta2 = 0.999)
+  optim.beta1 = 0.9                         # Adam beta1
+  optim.beta2 = 0.999                       # Adam beta2 (EDM2 and sCM: 0.99)
   optim.eps = 1e-8                          # Adam epsilon
   optim.weight_decay = 0.0                  # decoupled weight decay
   optim.warmup = 5000                       # linear warm-up steps (the first update has lr 0, as the reference)
-  optim.schedule = "constant"               # after warm-up: constant (the reference) | cosine (decay to 0 at n_iters)
+  optim.schedule = "constant"               # after warm-up: constant (the reference) | cosine (decay to 0 at n_iters) | inverse_sqrt (EDM2)
+  optim.ref_steps = 70000                   # inverse_sqrt: lr / sqrt(max(step / ref_steps, 1)) (EDM2's t_ref)
   optim.grad_clip = 1.0                     # global-norm clipping (< 0 disables)
 
   config.seed = 42
@@ -200,9 +202,12 @@ def add_sampler_options(sampling):
   sampling.step_size = placeholder(str)     # adaptive_sde: batch | sample
   sampling.max_steps = placeholder(int)     # ode / adaptive_sde step limit
   sampling.langevin_norm = "batch"          # Langevin norms: batch (reference) | sample
-  # Classifier-free guidance of a class-conditional model (model.num_classes > 0), every sampler.
-  sampling.guidance_scale = 0.0             # w: (1 + w) D(x, c) - w D(x, null); 0 samples p(x | c)
+  # Guidance, every sampler: classifier-free (a class-conditional model, model.num_classes > 0, guided by its own
+  # null class) or autoguidance (any model guided by a second trained run, sampling.guidance_workdir).
+  sampling.guidance_scale = 0.0             # w: (1 + w) D(x, c) - w D_guide; D_guide = D(x, null) without a workdir
   sampling.guidance_interval = ()           # (low, high): guide only at noise levels sigma in (low, high]; (): all
+  sampling.guidance_workdir = ""            # autoguidance: the guiding run's workdir (smaller / shorter trained)
+  sampling.guidance_step = 0                # its checkpoint (0: the newest)
 
 
 BASE = get_config()  # read only: the defaults of the typed settings

@@ -88,8 +88,9 @@ def _check_class_conditioning(config):
   interval = tuple(config.sampling.guidance_interval) or None
   if scale < 0:
     raise ValueError(f"sampling.guidance_scale={scale} must be >= 0")
-  if scale and not num_classes:
-    raise ValueError(f"sampling.guidance_scale={scale} needs a class-conditional model (model.num_classes > 0)")
+  if scale and not num_classes and not config.sampling.guidance_workdir:
+    raise ValueError(f"sampling.guidance_scale={scale} needs a class-conditional model (model.num_classes > 0) "
+                     "or a guiding model (sampling.guidance_workdir)")
   if interval is not None and (len(interval) != 2 or not 0.0 <= interval[0] < interval[1]):
     raise ValueError(f"sampling.guidance_interval={interval} must be noise levels (low, high) with "
                      "0 <= low < high, or () for every level")
@@ -104,6 +105,11 @@ NUMERIC_RULES = (
     ("optim.lr", lambda v: v > 0, "must be > 0"),
     ("optim.warmup", lambda v: v >= 0, "must be >= 0"),
     ("optim.beta1", _between(0.0, 1.0), "must lie in [0, 1)"),
+    ("optim.beta2", _between(0.0, 1.0), "must lie in [0, 1)"),
+    ("optim.ref_steps", lambda v: v > 0, "must be > 0"),
+    ("training.teacher_steps", lambda v: v >= 2, "must be >= 2"),
+    ("training.scm_warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("sampling.guidance_step", lambda v: v >= 0, "must be >= 0 (0: the newest checkpoint)"),
     ("optim.eps", lambda v: v > 0, "must be > 0"),
     ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("training.eps", lambda v: 0 < v < 1, "must lie in (0, 1)"),

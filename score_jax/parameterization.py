@@ -423,6 +423,7 @@ class Consistency(EDM):
 # The objectives that train a parameterization of their own, whatever `model.parameterization` says.
 OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency", "consistency_distillation": "consistency",
                                "scm": "trigflow"}
+EXTENDS = {"consistency": "edm", "trigflow": "flow"}  # an objective's own parameterization: the one it refines
 
 
 PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow,
@@ -441,9 +442,8 @@ def get_parameterization(config, network=None):
   name = model.parameterization
   own = OBJECTIVE_PARAMETERIZATIONS.get(config.training.objective)
   if own is not None:
-    # The base's default, EDM's preconditioning (which `consistency` extends) and `flow` (which `trigflow`
-    # extends) give way to the objective's.
-    if name not in ("reference", "edm", "flow", own):
+    # The base's default and the parameterization the objective's extends give way to the objective's.
+    if name not in ("reference", EXTENDS[own], own):
       raise ValueError(f"training.objective={config.training.objective!r} trains model.parameterization={own!r} "
                        f"(its boundary condition), not {name!r}: leave the key at its default")
     name = own

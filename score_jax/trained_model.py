@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from score_jax import base_config, checkpoint, objectives, optim, sde as sde_lib, train_state
-from score_jax.models import get_denoiser_fn, get_model
+from score_jax.models import GuidingModel, get_data_shape, get_denoiser_fn, get_model, parameterization_of
 
 
 def _components(config):
@@ -39,22 +39,40 @@ def abstract_train_state(config):
   return checkpoint.abstract_state(lambda: initial_train_state(config, components))
 
 
-class Teacher:
-  """A trained score_jax model from its workdir (consistency distillation's `training.teacher_workdir`): its
-  config (config.json), network with parameterization, SDE and EMA variables, loaded once on the host."""
+class TrainedRun:
+  """A trained score_jax model from its workdir: its config (config.json), network with parameterization, SDE and
+  EMA variables (of checkpoint `step`, default the newest), loaded once on the host. A distillation teacher
+  (`training.teacher_workdir`) and an autoguidance guide (`sampling.guidance_workdir`) are such runs."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, step=None):
     self.workdir = workdir
     self.config = run_config(workdir)
     self.sde, self.sampling_eps = sde_lib.get_sde(self.config)  # its path and its samplers' end time
-    self.model, variables, self.step = load_model(self.config, workdir)
+    self.model, variables, self.step = load_model(self.config, workdir, step=step)
     self.variables = jax.device_get(variables)
 
   def denoiser_fn(self, variables, sde, class_labels=None):
-    """D(x, t) of the teacher with `variables` (the copy carried by the train state) under `sde`, given the
-    student's `class_labels` when it is class-conditional (an unconditional teacher ignores them)."""
+    """D(x, t) of the run's model with `variables` (e.g. the copy carried by a train state) under `sde`, given
+    the `class_labels` when it is class-conditional (an unconditional model ignores them)."""
     return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous,
                            class_labels=class_labels if self.config.model.num_classes else None)
+
+  def check_same_path(self, sde, key):
+    """Raises a `ValueError` (naming `key`) when this run's path x(t) = m x0 + std z is not `sde`'s."""
+    check_same_path(self.sde, sde, key, self.workdir)
+
+
+def check_same_path(run_sde, sde, key, workdir):
+  """Raises a `ValueError` naming `key`=`workdir` when the path x(t) = m x0 + std z of `run_sde` is not `sde`'s."""
+  times = jnp.linspace(0.01, 0.99, 9)
+  same_path = type(run_sde) is type(sde) and all(
+      bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(run_sde.marginal_coeffs(times), sde.marginal_coeffs(times)))
+  if not same_path:
+    raise ValueError(f"{key}={workdir!r} was trained on another path ({type(run_sde).__name__}) than this run's "
+                     f"({type(sde).__name__}): both models must follow the same x(t)")
+
+
+Teacher = TrainedRun  # consistency distillation's, reflow's and sCD's name for it
 
 
 def attach_teacher(objective):
@@ -65,17 +83,35 @@ def attach_teacher(objective):
   """
   if "teacher" not in objective.needs or objective.teacher is not None:
     return objective
-  workdir = objective.settings.teacher_workdir
-  teacher = Teacher(workdir)
-  times = jnp.linspace(0.01, 0.99, 9)
-  same_path = type(teacher.sde) is type(objective.sde) and all(
-      bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(teacher.sde.marginal_coeffs(times),
-                                                          objective.sde.marginal_coeffs(times)))
-  if not same_path:
-    raise ValueError(f"training.teacher_workdir={workdir!r} was trained on another path ({type(teacher.sde).__name__}) "
-                     f"than this run's ({type(objective.sde).__name__}): the teacher's ODE steps must follow the "
-                     "student's x(t)")
+  teacher = TrainedRun(objective.settings.teacher_workdir)
+  teacher.check_same_path(objective.sde, "training.teacher_workdir")
   return dataclasses.replace(objective, teacher=teacher)
+
+
+def guiding_model(config, sde, model):
+  """The autoguidance guide of `config.sampling.guidance_workdir` (checkpoint `sampling.guidance_step`, 0 the
+  newest) for `model` under `sde`, as a `models.GuidingModel`; None when the key is empty.
+
+  The guide may differ in width, depth and training length, but not in the data, the path or the
+  parameterization.
+
+  Raises:
+    ValueError: the run cannot be read, or its data shape, path or parameterization differs (one line).
+  """
+  workdir = config.sampling.get("guidance_workdir", "")  # a partial config (the reference's own) has none
+  if not workdir:
+    return None
+  guide_config = run_config(workdir)  # checked before its weights are read
+  check_same_path(sde_lib.get_sde(guide_config)[0], sde, "sampling.guidance_workdir", workdir)
+  if get_data_shape(guide_config) != get_data_shape(config):
+    raise ValueError(f"sampling.guidance_workdir={workdir!r} models data of shape {get_data_shape(guide_config)}, "
+                     f"this model {get_data_shape(config)}: the guide must share the data")
+  own, theirs = (type(parameterization_of(m)).__name__ for m in (model, get_model(guide_config)))
+  if own != theirs:
+    raise ValueError(f"sampling.guidance_workdir={workdir!r} has the {theirs} parameterization, this model {own}: "
+                     "the guide must share the parameterization")
+  guide = TrainedRun(workdir, step=config.sampling.get("guidance_step", 0) or None)
+  return GuidingModel(guide.model, guide.variables, continuous=guide.config.training.continuous)
 
 
 def run_config(workdir):

@@ -33,12 +33,12 @@ def coeffs(t):
   return np.asarray(mean_scale, np.float64), np.asarray(std, np.float64)
 
 
-def exact_denoisers(x, t):
+def exact_denoisers(x, t, spread=SPREAD):
   """(D_k(x, t) for each class k (K, B, 2), D_null(x, t) (B, 2)) of the mixture, in float64 numpy."""
   m, std = coeffs(t)
   m, std = m[:, None], std[:, None]
-  variance = m**2 * SPREAD**2 + std**2                                   # of x(t) given the class
-  per_class = np.stack([mu + m * SPREAD**2 / variance * (x - m * mu) for mu in MEANS])
+  variance = m**2 * spread**2 + std**2                                   # of x(t) given the class
+  per_class = np.stack([mu + m * spread**2 / variance * (x - m * mu) for mu in MEANS])
   log_density = np.stack([np.log(w) - np.sum((x - m * mu) ** 2, -1) / (2 * variance[:, 0])
                           for w, mu in zip(WEIGHTS, MEANS)])
   responsibilities = np.exp(log_density - log_density.max(0))
@@ -56,15 +56,16 @@ class ExactMixture(nn.Module):
   """F(x_in, labels, class_labels) = D(x, t, c) of the mixture, for the x0 parameterization on the VP SDE."""
 
   num_classes: int = 3
+  spread: float = SPREAD  # the components' standard deviation
 
   def __call__(self, x_in, labels, train=False, class_labels=None):
     t = labels / (SDE.N - 1)                                 # VP continuous labels are 999 t
     mean_scale, std, scale = parameterization.coefficients(SDE, t)
     x = x_in * scale[:, None]
     m, std = mean_scale[:, None], std[:, None]
-    variance = m**2 * SPREAD**2 + std**2
+    variance = m**2 * self.spread**2 + std**2
     means, weights = jnp.asarray(MEANS, jnp.float32), jnp.asarray(WEIGHTS, jnp.float32)
-    per_class = means[:, None] + (m * SPREAD**2 / variance) * (x[None] - m * means[:, None])
+    per_class = means[:, None] + (m * self.spread**2 / variance) * (x[None] - m * means[:, None])
     log_density = jnp.log(weights)[:, None] - jnp.sum((x[None] - m * means[:, None]) ** 2, -1) / (2 * variance[:, 0])
     null = jnp.einsum("kb,kbd->bd", jax.nn.softmax(log_density, axis=0), per_class)
     if class_labels is None:

@@ -25,6 +25,19 @@ def test_cosine_schedule_decays_to_zero_at_n_iters():
     np.testing.assert_allclose(float(rate(count)), expected, rtol=1e-5, atol=1e-8)
 
 
+def test_inverse_sqrt_schedule_is_edm2s_decay():
+  """EDM2's Eq. (15) after the warm-up: lr / sqrt(max(count / ref_steps, 1)); Adam's beta2 from the config."""
+  config = tiny_toy_config(**{"optim.lr": 0.1, "optim.warmup": 10, "optim.schedule": "inverse_sqrt",
+                              "optim.ref_steps": 100})
+  rate = optim.get_learning_rate_fn(config)
+  for count in (0, 5, 10, 100, 400, 10_000):
+    expected = 0.1 * min(count / 10, 1.0) / math.sqrt(max(count / 100, 1.0))
+    np.testing.assert_allclose(float(rate(count)), expected, rtol=1e-5, atol=1e-8)
+  config.optim.ref_steps = 0
+  with pytest.raises(ValueError, match="optim.ref_steps=0"):
+    optim.get_learning_rate_fn(config)
+
+
 def test_unknown_schedule_names_the_key():
   with pytest.raises(ValueError, match="optim.schedule='linear' is not valid; choose one of: constant, cosine"):
     optim.get_learning_rate_fn(tiny_toy_config(**{"optim.schedule": "linear"}))

@@ -5,7 +5,9 @@ the model's parameterization (`score_jax.parameterization`) for the network's in
 meaning of its output.
 """
 
+import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -123,14 +125,24 @@ def get_model_fn(model, variables, *, train=False, rng=None, class_labels=None):
   return lambda x, labels: parameterization.reference_output(network_fn, x, labels)
 
 
-def check_guidance(model, class_labels, guidance_scale, guidance_interval=None):
+@dataclasses.dataclass(frozen=True)
+class GuidingModel:
+  """A second model that guides the first (autoguidance, Karras et al. 2024b): its model, its variables, and
+  whether it was trained with continuous time labels. The guided denoiser is (1 + w) D_main - w D_guide."""
+
+  model: Any
+  variables: Any
+  continuous: bool = True
+
+
+def check_guidance(model, class_labels, guidance_scale, guidance_interval=None, guide=None):
   """Raises a `ValueError` for class labels or guidance a model cannot take (before any compile)."""
   num_classes = num_classes_of(model)
   if class_labels is not None and not num_classes:
     raise ValueError("class_labels need a class-conditional model (model.num_classes > 0)")
-  if guidance_scale and class_labels is None:
+  if guidance_scale and class_labels is None and guide is None:
     raise ValueError(f"guidance_scale={guidance_scale} needs class_labels (classifier-free guidance of a "
-                     "class-conditional model)")
+                     "class-conditional model) or a guiding model (autoguidance: sampling.guidance_workdir)")
   if guidance_interval is not None:
     low, high = guidance_interval
     if not 0.0 <= low < high:
@@ -147,10 +159,23 @@ def _in_interval(sde, t, guidance_interval):
 
 
 def _get_output_fn(sde, model, variables, train, continuous, rng, convert, class_labels=None, guidance_scale=0.0,
-                   guidance_interval=None):
-  check_guidance(model, class_labels, guidance_scale, guidance_interval)
+                   guidance_interval=None, guide=None):
+  check_guidance(model, class_labels, guidance_scale, guidance_interval, guide)
   sde = sde.bind(variables)  # a learned schedule takes its parameters from the model's
   parameterization = parameterization_of(model)
+  if guidance_scale and guide is not None:
+    # Autoguidance: D and the score are affine in each model's output at fixed (x, t), so mixing the converted
+    # outputs mixes both alike, whatever each model's parameterization.
+    main_fn = _get_output_fn(sde, model, variables, train, continuous, rng, convert, class_labels)
+    guide_labels = class_labels if num_classes_of(guide.model) else None
+    guide_fn = _get_output_fn(sde, guide.model, guide.variables, train, guide.continuous, rng, convert, guide_labels)
+
+    def output_fn(x, t):
+      main = main_fn(x, t)
+      weight = jnp.where(_in_interval(sde, t, guidance_interval), guidance_scale, 0.0).astype(main.dtype)
+      return main + batch_mul(weight, main - guide_fn(x, t))
+
+    return output_fn
   if guidance_scale:
     guided_fn = guided_network_fn(model, variables, class_labels, guidance_scale, train=train, rng=rng)
 
@@ -172,7 +197,7 @@ def _get_output_fn(sde, model, variables, train, continuous, rng, convert, class
 
 
 def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None,
-                 guidance_scale=0.0, guidance_interval=None):
+                 guidance_scale=0.0, guidance_interval=None, guide=None):
   """Returns `score_fn(x, t) -> score shaped like x` of `model` under `sde`: a `ScoreFunction` that also
   carries the model's own denoiser (`get_denoiser_fn`, which the data-prediction samplers use) and its
   network evaluations per call.
@@ -189,8 +214,12 @@ def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=Non
       (`score_fn.network_evaluations == 2`), made as one call on twice the batch.
     guidance_interval: `(low, high)`: guide only where the noise level sigma(t) = std / m lies in
       (low, high] (Kynkaanniemi et al. 2024); None: everywhere.
+    guide: a `GuidingModel`: autoguidance (Karras et al. 2024b) instead of classifier-free guidance, the
+      score of (1 + w) D_main(x, c) - w D_guide(x, c) (the guide given the classes when it has them), for
+      unconditional and class-conditional models alike; also two network evaluations per call.
   """
-  guidance = dict(class_labels=class_labels, guidance_scale=guidance_scale, guidance_interval=guidance_interval)
+  guidance = dict(class_labels=class_labels, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                  guide=guide)
   score = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.score(*args), **guidance)
   denoiser = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng, **guidance)
   # A guided evaluation is one network call on twice the batch: two network evaluations per sample.
@@ -205,13 +234,14 @@ def get_output_fn(sde, model, variables, *, train=False, continuous=True, rng=No
 
 
 def get_denoiser_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None,
-                    guidance_scale=0.0, guidance_interval=None):
+                    guidance_scale=0.0, guidance_interval=None, guide=None):
   """Returns `denoiser_fn(x, t) -> x0_hat`, D(x, t) = E[x(0) | x(t)] under the model.
 
   Same arguments as `get_score_fn`; for score-predicting parameterizations D is Tweedie's
-  (x + std^2 s) / m. With `guidance_scale` w: (1 + w) D(x, t, c) - w D(x, t, null).
+  (x + std^2 s) / m. With `guidance_scale` w: (1 + w) D(x, t, c) - w D(x, t, null), or with a `guide`
+  (autoguidance) (1 + w) D(x, t, c) - w D_guide(x, t, c).
   """
   denoiser_fn = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.denoised(*args),
                                class_labels=class_labels, guidance_scale=guidance_scale,
-                               guidance_interval=guidance_interval)
+                               guidance_interval=guidance_interval, guide=guide)
   return denoiser_fn

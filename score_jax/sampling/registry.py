@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import parallel
+from score_jax import trained_model
 from score_jax.models import check_guidance, get_score_fn, num_classes_of
 from score_jax.sampling import adaptive_sde, consistency, ddim, dpm_solver, heun, pc, probability_flow
 from score_jax.sampling.common import SampleOutput, count_network_evaluations, options_of, prior_draw, sample_function
@@ -77,21 +78,24 @@ def config_options(method, sampling_config, eps):
   return sampler
 
 
-def _sample_function(config, sde, model, shape, inverse_scaler, eps):
+def _sample_function(config, sde, model, shape, inverse_scaler, eps, guide=None):
   """`sample_fn(rng, variables, class_labels) -> SampleOutput` of `config.sampling` for a batch of `shape`,
-  not jitted, and the model's class count; checked before anything compiles."""
+  not jitted, and the model's class count; checked before anything compiles. `guide`: the autoguidance
+  guide (`models.GuidingModel`), by default that of `sampling.guidance_workdir`."""
   sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
   continuous = config.training.continuous
   shape = tuple(shape)
   num_classes = num_classes_of(model)
   guidance_scale, guidance_interval = guidance_options(config)
-  check_guidance(model, 0 if num_classes else None, guidance_scale, guidance_interval)
+  if guide is None:
+    guide = trained_model.guiding_model(config, sde, model)
+  check_guidance(model, 0 if num_classes else None, guidance_scale, guidance_interval, guide)
 
   def sample_fn(rng, variables, class_labels, z_sharding=None):
     bound_sde = sde.bind(variables)  # a learned schedule's parameters are the model's
     score_fn = get_score_fn(bound_sde, model, variables, train=False, continuous=continuous,
                             class_labels=class_labels if num_classes else None, guidance_scale=guidance_scale,
-                            guidance_interval=guidance_interval)
+                            guidance_interval=guidance_interval, guide=guide)
     z = prior_draw(rng, bound_sde, shape)  # the draw of z=None, placed where the batch is split
     if z_sharding is not None:
       z = jax.lax.with_sharding_constraint(z, z_sharding)
@@ -120,7 +124,7 @@ def _taking_class_labels(run_parallel, num_classes, batch_size):
   return call
 
 
-def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
+def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None, guide=None):
   """Builds the sampler of `config.sampling` for `model`.
 
   `config.sampling.method` is "pc" (predictor, corrector, snr, n_steps_each, probability_flow,
@@ -139,7 +143,9 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
 
   A class-conditional model (`model.num_classes`) samples the classes `class_labels` (default: sample i
   of class i mod num_classes), with classifier-free guidance `sampling.guidance_scale` on the noise
-  levels `sampling.guidance_interval` (`models.get_score_fn`).
+  levels `sampling.guidance_interval` (`models.get_score_fn`). With `sampling.guidance_workdir` (or `guide`, a
+  `models.GuidingModel`) the guidance is autoguidance instead: (1 + w) D_main - w D_guide with the second
+  model, for unconditional models too (Karras et al. 2024b).
 
   Returns:
     `sample_fn(rng, variables, class_labels=None) -> SampleOutput`, jitted; samples pass through
@@ -152,7 +158,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
-  sample_fn, num_classes = _sample_function(config, sde, model, shape, inverse_scaler, eps)
+  sample_fn, num_classes = _sample_function(config, sde, model, shape, inverse_scaler, eps, guide)
   batch_sharding = parallel.data_sharded(mesh)
   run_parallel = parallel.data_parallel(
       lambda rng, variables, class_labels: sample_fn(rng, variables, class_labels, batch_sharding), mesh,
@@ -160,7 +166,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   return _taking_class_labels(run_parallel, num_classes, shape[0])
 
 
-def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None):
+def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None, guide=None):
   """The sampler of `config.sampling` with one key per sample: sample i is what a batch of one gives from
   `keys[i]` (its noise, and any batch-wide quantity such as the Langevin step size or the adaptive ODE
   solver's error norm, are its own), so it depends on its key and class alone, whatever the batch size,
@@ -176,7 +182,7 @@ def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
   one = (1,) + tuple(shape[1:])
-  sample_fn, num_classes = _sample_function(config, sde, model, one, inverse_scaler, eps)
+  sample_fn, num_classes = _sample_function(config, sde, model, one, inverse_scaler, eps, guide)
 
   def per_seed(key, variables, label):
     output = sample_fn(key, variables, label[None])

@@ -1,0 +1,17 @@
+"""Consistency training on the embedded digits (CPU): the EDM digits model's network and preconditioning
+(configs/edm/digits.py) trained by improved consistency training, sampled in 1 step (2: `sampling.steps=2`).
+ECT proper tunes a trained EDM run: add `--config.training.init_workdir=runs/edm_digits`.
+
+  python main.py --config=configs/fewstep/digits_ect.py --workdir=runs/ect_digits --mode=train
+"""
+
+from configs.edm.digits import get_config as edm_digits
+
+
+def get_config():
+  config = edm_digits()
+  config.training.objective = "consistency_training"   # implies model.parameterization = "consistency"
+  sampling = config.sampling
+  sampling.method = "consistency"
+  sampling.steps = 1
+  return config
