@@ -21,7 +21,6 @@ table, writes `fewstep.json` and `fewstep.png` (the samples at 1, 2, 4 and 8 ste
 import argparse
 import json
 import pathlib
-import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
+from benchmarks.trained_runs import train  # noqa: E402
 
 # name -> (config, the workdirs of other rows by key, other config values); trained in this order.
 MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}, {}),
@@ -48,13 +48,6 @@ MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}, {}),
           "scd": ("configs/fewstep/checkerboard_scm.py", {"training.teacher_workdir": "trigflow"}, {})}
 CONSISTENCY_MODELS = ("consistency_training", "ect_tuned", "consistency_distillation", "scm", "scm_bf16", "scd")
 NUM_SAMPLES = 4096
-
-
-def train(config_path, workdir, overrides):
-  command = [sys.executable, str(ROOT / "main.py"), f"--config={ROOT / config_path}", f"--workdir={workdir}",
-             "--mode=train"]
-  command += [f"--config.{key}={value}" for key, value in overrides.items()]
-  subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def on_board(config, model, variables, method, **options):

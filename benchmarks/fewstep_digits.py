@@ -17,7 +17,6 @@ models at 1 and 2 steps) and measures the Fréchet distance in the digits classi
 import argparse
 import json
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -30,26 +29,13 @@ import numpy as np  # noqa: E402
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 from score_jax.metrics import digits as digits_metrics  # noqa: E402
 from score_jax.models import get_data_shape  # noqa: E402
+from benchmarks.trained_runs import train  # noqa: E402
 
 # name -> (config, the workdirs of other rows by key, is it the teacher); trained in this order.
 MODELS = {"edm_teacher": ("configs/edm/digits.py", {}, True),
           "consistency_distillation": ("configs/fewstep/digits_cd.py", {"training.teacher_workdir": "edm_teacher"}, False),
           "ect_tuned": ("configs/fewstep/digits_ect.py", {"training.init_workdir": "edm_teacher"}, False),
           "scm": ("configs/fewstep/digits_scm.py", {}, False)}
-
-
-def train(config_path, workdir, overrides):
-  """Trains through main.py; returns the seconds the first (complete) training took."""
-  record = workdir / "benchmark_seconds.json"
-  if record.exists():
-    return json.loads(record.read_text())["seconds"]
-  command = [sys.executable, str(ROOT / "main.py"), f"--config={ROOT / config_path}", f"--workdir={workdir}",
-             "--mode=train"] + [f"--config.{key}={value}" for key, value in overrides.items()]
-  start = time.time()
-  subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  seconds = time.time() - start
-  record.write_text(json.dumps({"seconds": seconds}))
-  return seconds
 
 
 def draw(config, model, variables, num_samples, **options):

@@ -4,6 +4,7 @@ import jax
 import optax
 
 from score_jax import ema, objectives
+from score_jax.models import project_parameters
 from score_jax.train_state import objective_state
 
 
@@ -26,7 +27,7 @@ def get_train_step(sde, model, optimizer, loss_config, *, ema_rate, rng, ema_gam
 
     loss, grads = jax.value_and_grad(loss_of)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = project_parameters(model, optax.apply_updates(state.params, updates))  # EDM2's weight normalisation
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     if extra is not None:
       state = state.replace(objective_state=objective.update_state(extra, params))

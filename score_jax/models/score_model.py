@@ -70,6 +70,13 @@ def parameterization_of(model):
   return getattr(model, "parameterization", None) or parameterization_lib.Reference()
 
 
+def project_parameters(model, params):
+  """`params` after the network's own constraint, applied by the training step after each optimiser step (EDM2's
+  forced weight normalisation: `models.edm2.project_parameters`); unchanged for networks without one."""
+  project = getattr(type(getattr(model, "network", model)), "project_parameters", None)
+  return project(params) if project is not None else params
+
+
 def num_classes_of(model):
   """The class count of a class-conditional model (`model.num_classes`), 0 for an unconditional one."""
   return getattr(getattr(model, "network", model), "num_classes", 0)
