@@ -79,9 +79,10 @@ def test_the_consistency_tangent_vanishes_at_the_exact_consistency_function():
 
 @pytest.mark.parametrize("distillation", [False, True], ids=["sct", "scd"])
 def test_scm_learns_the_flow_map_of_a_gaussian(distillation):
-  """1-D N(1.5, 0.5^2): after 1500 steps of sCT (the path's own velocity) or sCD (the exact denoiser's ODE
-  velocity) with the adaptive weighting, one- and two-step samples have the data's mean and std."""
-  config = scm_config(**{"training.scm_warmup_steps": 300, "training.edm_p_mean": -0.4, "training.edm_p_std": 1.4,
+  """1-D N(1.5, 0.5^2): after 800 steps of sCT (the path's own velocity) or sCD (the exact denoiser's ODE
+  velocity) with the adaptive weighting, one- and two-step samples have the data's mean and std (measured,
+  mean / std at 1 and 2 steps: sCT 1.472 / 0.538, 1.483 / 0.539; sCD 1.499 / 0.473, 1.508 / 0.480)."""
+  config = scm_config(**{"training.scm_warmup_steps": 200, "training.edm_p_mean": -0.4, "training.edm_p_std": 1.4,
                          "training.teacher_workdir": "unused" if distillation else "", "data.dim": 1,
                          "model.nf": 64, "model.num_res_blocks": 2, "model.embedding_dim": 32})
   sde, _ = sde_lib.get_sde(config)
@@ -95,8 +96,8 @@ def test_scm_learns_the_flow_map_of_a_gaussian(distillation):
         return gaussian_denoiser(sde)
 
     objective = dataclasses.replace(objective, teacher=ExactTeacher())
-  variables, ema, state = train_on_gaussian(config, objective, 1500, ema_decay=0.995)
-  assert int(state["step"]) == 1500
+  variables, ema, state = train_on_gaussian(config, objective, 800, ema_decay=0.99)
+  assert int(state["step"]) == 800
   denoiser = models.get_denoiser_fn(sde, model, {**variables, "params": ema})
   for steps in (1, 2):
     samples = np.asarray(sampling.consistency_sample(jax.random.key(2), denoiser, sde, (4096, 1), steps=steps).samples)
