@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.plots import scatter_panel  # noqa: E402
 from benchmarks.trained_runs import train  # noqa: E402
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 
@@ -101,13 +102,7 @@ def plot(pictures, weights, path):
   fig, axes = plt.subplots(len(keys), len(weights), figsize=(2.6 * len(weights), 2.6 * len(keys)))
   for i, key in enumerate(keys):
     for j, w in enumerate(weights):
-      ax, samples = axes[i][j], pictures[key + (w,)]
-      ax.scatter(samples[:, 0], samples[:, 1], s=0.3, alpha=0.4)
-      ax.set_xlim(-3, 3)
-      ax.set_ylim(-3, 3)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(f"{key[0]}, {key[1]}, w={w:g}", fontsize=7)
+      scatter_panel(axes[i][j], pictures[key + (w,)], f"{key[0]}, {key[1]}, w={w:g}", 3.0, size=0.3, fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 

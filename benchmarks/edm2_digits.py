@@ -29,6 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.plots import image_grid  # noqa: E402
 from benchmarks.trained_runs import train  # noqa: E402
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 from score_jax.metrics import digits as digits_metrics  # noqa: E402
@@ -122,8 +123,7 @@ def plot(pictures, rows, path):
   fig, axes = plt.subplots(1, len(best), figsize=(2.6 * len(best), 3.0))
   for ax, ((name, guidance), row) in zip(np.atleast_1d(axes), best.items()):
     samples = pictures[(name, guidance, row["w"])]
-    grid = samples[..., 0].reshape(8, 8, *samples.shape[1:3]).transpose(0, 2, 1, 3)
-    ax.imshow(grid.reshape(8 * samples.shape[1], 8 * samples.shape[2]), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(samples), cmap="gray", vmin=0, vmax=1)
     ax.set_title(f"{name}\n{guidance} w={row['w']:g}: FD {row['digits_fd']:.1f}", fontsize=7)
     ax.axis("off")
   fig.tight_layout()

@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
+from benchmarks.plots import scatter_panel  # noqa: E402
 from benchmarks.trained_runs import train  # noqa: E402
 
 # name -> (config, the workdirs of other rows by key, other config values); trained in this order.
@@ -124,13 +125,7 @@ def plot(pictures, path):
       if (name, n) not in pictures:
         ax.axis("off")
         continue
-      samples = pictures[(name, n)]
-      ax.scatter(samples[:, 0], samples[:, 1], s=0.5, alpha=0.5)
-      ax.set_xlim(-4.5, 4.5)
-      ax.set_ylim(-4.5, 4.5)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(f"{name}, {n} step{'s' if n > 1 else ''}", fontsize=9)
+      scatter_panel(ax, pictures[(name, n)], f"{name}, {n} step{'s' if n > 1 else ''}", 4.5)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 from score_jax.metrics import digits as digits_metrics  # noqa: E402
 from score_jax.models import get_data_shape  # noqa: E402
+from benchmarks.plots import image_grid  # noqa: E402
 from benchmarks.trained_runs import train  # noqa: E402
 
 # name -> (config, the workdirs of other rows by key, is it the teacher); trained in this order.
@@ -104,8 +105,7 @@ def plot(pictures, path):
 
   fig, axes = plt.subplots(1, len(pictures), figsize=(3 * len(pictures), 3.3))
   for ax, (name, samples) in zip(np.atleast_1d(axes), pictures.items()):
-    grid = samples[:64, ..., 0].reshape(8, 8, *samples.shape[1:3]).transpose(0, 2, 1, 3)
-    ax.imshow(grid.reshape(8 * samples.shape[1], 8 * samples.shape[2]), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(samples), cmap="gray", vmin=0, vmax=1)
     ax.set_title(name if name == "edm_teacher" else f"{name}, 1 step", fontsize=9)
     ax.axis("off")
   fig.tight_layout()

@@ -335,6 +335,13 @@ class Flow(_Scaled):
     return batch_mul(1.0 / std, batch_mul(std_rate, x) - batch_mul(det, denoised))
 
 
+def _scaled_input_options(config, network):
+  """What EDM's and TrigFlow's input scaling read: the dtype, `model.sigma_data`, and whether the network embeds
+  the log of its noise label (NCSN++'s Fourier features)."""
+  return dict(dtype=config.model.dtype, sigma_data=config.model.sigma_data,
+              log_embedding=getattr(network, "embedding_type", None) == "fourier")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrigFlow(Flow):
   """`flow`'s velocity with TrigFlow's network inputs (Lu & Song 2025, Sec. 3 and 4.1): x / sqrt(m^2 sigma_data^2 +
@@ -347,8 +354,7 @@ class TrigFlow(Flow):
 
   @classmethod
   def from_config(cls, config, network=None):
-    return cls(dtype=config.model.dtype, sigma_data=config.model.sigma_data,
-               log_embedding=getattr(network, "embedding_type", None) == "fourier")
+    return cls(**_scaled_input_options(config, network))
 
   def network_inputs(self, sde, x, t, continuous):
     mean_scale, std = sde.marginal_coeffs(t)
@@ -366,8 +372,7 @@ class EDM(Parameterization):
 
   @classmethod
   def from_config(cls, config, network=None):
-    return cls(dtype=config.model.dtype, sigma_data=config.model.sigma_data,
-               log_embedding=getattr(network, "embedding_type", None) == "fourier")
+    return cls(**_scaled_input_options(config, network))
 
   def _preconditioning(self, sde, t):
     """(m, sigma, c_skip, c_out, c_in, c_noise), each `(B,)`."""
