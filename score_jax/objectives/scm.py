@@ -103,7 +103,7 @@ class SCM(Objective):
     z = draws["noise"]
     x_t = batch_mul(mean_scale, x) + batch_mul(std, z)
     if "teacher" in self.needs:
-      teacher_fn = self.teacher.denoiser_fn(state["teacher"], sde, class_labels=call.class_labels)
+      teacher_fn = attached_teacher(self).denoiser_fn(state["teacher"], sde, class_labels=call.class_labels)
       denoised = teacher_fn(x_t, t)
       noise = batch_mul(1.0 / std, x_t - batch_mul(mean_scale, denoised))
       dx_dt = ANGLE_RATE * (batch_mul(mean_scale, noise) - batch_mul(std, denoised))
