@@ -66,7 +66,8 @@ def main():
   out_dir.mkdir(parents=True, exist_ok=True)
   steps, guide_steps = args.steps, args.steps // 4
   plan = {"ddpmpp": ("configs/edm/digits.py", pathlib.Path(args.ddpmpp_workdir), {}),
-          "edm2": ("configs/edm2/digits.py", runs / "edm2", {"training.snapshot_freq": 250}),
+          "edm2": ("configs/edm2/digits.py", runs / "edm2", {"training.snapshot_freq": 250,
+                                                               "training.keep_checkpoints": 0}),
           "edm2_guide": ("configs/edm2/digits_guide.py", runs / "edm2_guide", {"training.n_iters": guide_steps}),
           "edm2_conditional": ("configs/edm2/digits.py", runs / "edm2_conditional", CONDITIONAL),
           "edm2_conditional_guide": ("configs/edm2/digits_guide.py", runs / "edm2_conditional_guide",
@@ -94,8 +95,11 @@ def main():
   add("edm2", "none", 0.0)
   per_step = seconds["edm2"] / steps
   equal_time = min(steps, max(250, int(seconds["ddpmpp"] / per_step) // 250 * 250))
-  if equal_time != steps:
+  kept = trained_model.checkpoint_steps(str(plan["edm2"][1]))
+  if equal_time != steps and equal_time in kept:
     add("edm2", "none", 0.0, step=equal_time)
+  elif equal_time != steps:
+    print(f"  edm2 at DDPM++'s training time: step {equal_time} is not kept (steps {kept})", file=sys.stderr)
   for w in weights:
     add("edm2", "autoguidance", w, guide=plan["edm2_guide"][1])
   add("edm2_conditional", "none", 0.0)

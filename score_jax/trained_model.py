@@ -130,6 +130,16 @@ def run_config(workdir):
   return base_config.complete(ml_collections.ConfigDict(values))
 
 
+def _managers(workdir):
+  return [checkpoint.get_manager(os.path.join(workdir, directory))
+          for directory in (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
+
+
+def checkpoint_steps(workdir):
+  """The sorted steps of a training workdir's checkpoints (snapshots and preemption checkpoints)."""
+  return sorted({step for manager in _managers(workdir) for step in manager.all_steps()})
+
+
 def load_model(config, workdir, *, ema=True, step=None):
   """The model of a training workdir: `(model, variables, step)` of its newest readable checkpoint
   (snapshot or preemption), or of checkpoint `step`, with the EMA parameters by default (`ema=False`:
@@ -141,12 +151,11 @@ def load_model(config, workdir, *, ema=True, step=None):
     ValueError: `workdir` holds no readable checkpoint of this config's model, or none of `step`.
   """
   config = base_config.complete(config)  # e.g. the config.json of a run older than some keys
-  managers = [checkpoint.get_manager(os.path.join(workdir, directory))
-              for directory in (checkpoint.PREEMPTION_DIR, checkpoint.SNAPSHOT_DIR)]
+  managers = _managers(workdir)
   if step is not None:
     holding = [m for m in managers if step in m.all_steps()]
     if not holding:
-      steps = sorted({s for m in managers for s in m.all_steps()})
+      steps = checkpoint_steps(workdir)
       raise ValueError(f"{workdir} has no checkpoint of step {step}; its steps: {', '.join(map(str, steps)) or 'none'}")
     state = checkpoint.restore(holding[0], step, abstract_train_state(config))
     return get_model(config), state.variables(ema=ema), step
