@@ -8,7 +8,8 @@ autoguidance against classifier-free guidance, by the Fréchet distance in the d
 Trains through main.py (finished runs are reused; training times kept in each run's `benchmark_seconds.json`):
 DDPM++ with EDM's objective (configs/edm/digits.py, 317k parameters; the few-step benchmark's teacher run is
 reused when present), EDM2 (configs/edm2/digits.py, 324k parameters, snapshots every 250 steps) and its guide
-(configs/edm2/digits_guide.py: 45k parameters, a quarter of the steps), and the same EDM2 pair
+(configs/edm2/digits_guide.py: 45k parameters, a quarter of the steps), a guide of EDM2's own size trained a
+quarter of the steps, and the same EDM2 pair
 class-conditional (`model.num_classes = 10`, `training.class_dropout = 0.1`). Samples `--num_samples` digits of
 each with Heun (35 evaluations, 70 when guided; classes in turn for the conditional model) and measures the FD
 to the 297 held-out digits (`score_jax.metrics.digits`, not FID): DDPM++ and EDM2 at equal steps and EDM2 at the
@@ -69,6 +70,7 @@ def main():
           "edm2": ("configs/edm2/digits.py", runs / "edm2", {"training.snapshot_freq": 250,
                                                                "training.keep_checkpoints": 0}),
           "edm2_guide": ("configs/edm2/digits_guide.py", runs / "edm2_guide", {"training.n_iters": guide_steps}),
+          "edm2_guide_same": ("configs/edm2/digits.py", runs / "edm2_guide_same", {"training.n_iters": guide_steps}),
           "edm2_conditional": ("configs/edm2/digits.py", runs / "edm2_conditional", CONDITIONAL),
           "edm2_conditional_guide": ("configs/edm2/digits_guide.py", runs / "edm2_conditional_guide",
                                      {**CONDITIONAL, "training.n_iters": guide_steps})}
@@ -102,6 +104,8 @@ def main():
     print(f"  edm2 at DDPM++'s training time: step {equal_time} is not kept (steps {kept})", file=sys.stderr)
   for w in weights:
     add("edm2", "autoguidance", w, guide=plan["edm2_guide"][1])
+  for w in (0.1, 0.2, 0.3, *weights):  # a guide of the main model's own size, a quarter of its steps
+    add("edm2", "autoguidance_same_size_guide", w, guide=plan["edm2_guide_same"][1])
   add("edm2_conditional", "none", 0.0)
   for w in weights:
     add("edm2_conditional", "autoguidance", w, guide=plan["edm2_conditional_guide"][1])

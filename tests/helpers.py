@@ -90,3 +90,14 @@ def train_on_gaussian(config, objective, steps, ema_decay=None):
   for k in range(steps):
     params, opt_state, state, ema = step(params, opt_state, state, ema, jax.random.fold_in(jax.random.key(1), k))
   return {**variables, "params": params}, ema if ema_decay is not None else None, state
+
+
+def assert_samples_the_gaussian(denoiser, sde, mean_tolerance, steps=(1, 2)):
+  """Multistep consistency samples (4096, from key 2) of `denoiser` at each step count have the helpers' data
+  mean 1.5 within `mean_tolerance` and std 0.5 within 15%."""
+  import numpy as np
+  from score_jax import sampling
+  for n in steps:
+    samples = np.asarray(sampling.consistency_sample(jax.random.key(2), denoiser, sde, (4096, 1), steps=n).samples)
+    assert abs(samples.mean() - 1.5) < mean_tolerance and abs(samples.std() / 0.5 - 1) < 0.15, (
+        n, samples.mean(), samples.std())
