@@ -57,10 +57,6 @@ class TrainedRun:
     return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous,
                            class_labels=class_labels if self.config.model.num_classes else None)
 
-  def check_same_path(self, sde, key):
-    """Raises a `ValueError` (naming `key`) when this run's path x(t) = m x0 + std z is not `sde`'s."""
-    check_same_path(self.sde, sde, key, self.workdir)
-
 
 def check_same_path(run_sde, sde, key, workdir):
   """Raises a `ValueError` naming `key`=`workdir` when the path x(t) = m x0 + std z of `run_sde` is not `sde`'s."""
@@ -84,7 +80,7 @@ def attach_teacher(objective):
   if "teacher" not in objective.needs or objective.teacher is not None:
     return objective
   teacher = TrainedRun(objective.settings.teacher_workdir)
-  teacher.check_same_path(objective.sde, "training.teacher_workdir")
+  check_same_path(teacher.sde, objective.sde, "training.teacher_workdir", teacher.workdir)
   return dataclasses.replace(objective, teacher=teacher)
 
 

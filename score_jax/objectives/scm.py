@@ -112,7 +112,7 @@ class SCM(Objective):
     dx_dt = jax.lax.stop_gradient(dx_dt)
     held = dataclasses.replace(call, variables=jax.lax.stop_gradient(call.variables)).output_fn()
     velocity, velocity_rate = velocity_tangent(lambda y, s: held(y, s).astype(jnp.float32), x_t, t, dx_dt)
-    warmup = jnp.minimum(1.0, state["step"] / max(settings.scm_warmup_steps, 1)) if settings.scm_warmup_steps else 1.0
+    warmup = jnp.minimum(1.0, state["step"] / settings.scm_warmup_steps) if settings.scm_warmup_steps else 1.0
     g = jax.lax.stop_gradient(normalised(consistency_tangent(velocity, velocity_rate, x_t, t, dx_dt, warmup)))
     prediction = call.output_fn()(x_t, t).astype(jnp.float32) / ANGLE_RATE
     held_prediction = jax.lax.stop_gradient(velocity) / ANGLE_RATE
