@@ -428,17 +428,17 @@ def digits(config, labelled=False):
 HELD_OUT_SEED = 0  # the fixed permutation that sets data.num_eval images of data.path aside, whatever the run's seed
 
 
-def _scanned_files(path, labels_from, what):
+def _scanned_files(path, labels_from, what, label_names=None):
   """`ImageFiles` of `path`, scanned once per process (a run builds its data twice when the model is
   class-conditional: the images alone and with labels), again when `path` has changed since."""
   stamp = os.path.getmtime(path) if path and os.path.exists(path) else None
-  return _scan(path, labels_from, what, stamp)
+  return _scan(path, labels_from, what, label_names, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(path, labels_from, what, stamp):
+def _scan(path, labels_from, what, label_names, stamp):
   del stamp  # part of the cache key only
-  files = image_folder.ImageFiles(path, labels_from, what=what)
+  files = image_folder.ImageFiles(path, labels_from, what=what, label_names=label_names)
   files.scan()
   return files
 
@@ -448,7 +448,9 @@ def folder(config, labelled=False):
   images, else `data.num_eval` of `data.path` chosen by a fixed permutation (the rest train)."""
   data = config.data
   files = _scanned_files(data.path, data.labels_from, "data.path")
-  eval_files = _scanned_files(data.eval_path, data.labels_from, "data.eval_path") if data.eval_path else None
+  eval_files = None  # labelled in the training set's numbering: an eval folder missing a class shifts no label
+  if data.eval_path:
+    eval_files = _scanned_files(data.eval_path, data.labels_from, "data.eval_path", files.label_names or None)
   for source in (files, eval_files) if eval_files else (files,):
     if source.channels != data.num_channels:
       raise ValueError(f"the images of {source.path!r} have {source.channels} channels, but data.num_channels="

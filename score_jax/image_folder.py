@@ -5,7 +5,9 @@
 decode in parallel). `scan()` decodes every image once up front, so that a truncated or unreadable
 file, or a mix of channel counts, stops a run before anything compiles. Labels come from a
 `dataset.json` in EDM's format (`{"labels": [["relative/path.png", 3], ...]}`) or from the first-level
-folder names (sorted; `label_names` keeps them).
+folder names (sorted; `label_names` keeps them). A held-out set takes its labels in the training set's
+numbering: `ImageFiles(eval_path, labels_from, label_names=train.label_names)`. 16-bit greyscale keeps
+its high byte (v >> 8), as Pillow itself reads 16-bit RGB(A) PNGs.
 """
 
 import concurrent.futures
@@ -29,20 +31,39 @@ def _is_image(name):
   return name.lower().endswith(EXTENSIONS) and not os.path.basename(name).startswith(".")
 
 
-def _as_array(image):
-  """A decoded PIL image as uint8 HWC: palette and 16-bit images become RGB / L; alpha is kept (4 channels)."""
+def as_array(image):
+  """A decoded PIL image as uint8 HWC: palette images become RGB(A), 16-bit greyscale its high byte; alpha is
+  kept (4 channels)."""
   if image.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
     image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-  elif image.mode in ("I", "I;16", "F", "1"):
+  elif image.mode == "1":
     image = image.convert("L")
+  elif image.mode.startswith("I") or image.mode == "F":
+    return _high_byte(image)[:, :, None]
   array = np.asarray(image, np.uint8)
   return array[:, :, None] if array.ndim == 2 else array
 
 
-class ImageFiles:
-  """The images of a folder or a zip, `len` and `[i]` -> uint8 `(H, W, C)`, with optional int labels."""
+def _high_byte(image):
+  """v >> 8 of 16-bit greyscale: modes I;16, I;16B, I;16L, and I within 0..65535 (a 16-bit PNG in older Pillow).
+  `convert("L")` would clip every value above 255 to white."""
+  if image.mode == "F":
+    raise ValueError("mode 'F' (floating-point greyscale) images are not read; convert them to 8 or 16 bits")
+  array = np.asarray(image)
+  if array.min() < 0 or array.max() > 65535:
+    raise ValueError(f"mode {image.mode!r} with values {array.min()}..{array.max()} does not fit 16 bits; "
+                     "convert it to 8 or 16 bits")
+  return (array.astype(np.uint32) >> 8).astype(np.uint8)
 
-  def __init__(self, path, labels_from="none", what="data.path"):
+
+class ImageFiles:
+  """The images of a folder or a zip, `len` and `[i]` -> uint8 `(H, W, C)`, with optional int labels.
+
+  `label_names`, when given, are the training set's classes: subfolder labels are indices into them (a
+  subfolder they lack is refused), dataset.json labels must be below their count.
+  """
+
+  def __init__(self, path, labels_from="none", what="data.path", label_names=None):
     if labels_from not in LABELS_FROM:
       raise ValueError(f"data.labels_from={labels_from!r} is not valid; choose one of: {', '.join(LABELS_FROM)}")
     if not path:
@@ -58,7 +79,7 @@ class ImageFiles:
     self.names = sorted(name for name in names if _is_image(name))
     if not self.names:
       raise ValueError(f"{what}={path!r} holds no images ({', '.join(EXTENSIONS)}, searched recursively)")
-    self.labels, self.label_names = self._labels(labels_from, set(names))
+    self.labels, self.label_names = self._labels(labels_from, set(names), label_names)
     self.channels = None  # known once `scan` has read every image
 
   def __len__(self):
@@ -69,11 +90,11 @@ class ImageFiles:
 
   @property
   def num_classes(self):
-    return 0 if self.labels is None else int(self.labels.max()) + 1
+    return len(self.label_names)
 
   def decode(self, name):
     with Image.open(io.BytesIO(self.read_bytes(name))) as image:
-      return _as_array(image)
+      return as_array(image)
 
   def read_bytes(self, name):
     if not self._is_zip:
@@ -95,7 +116,7 @@ class ImageFiles:
         found.append(os.path.relpath(os.path.join(root, file), self.path).replace(os.sep, "/"))
     return found
 
-  def _labels(self, labels_from, files):
+  def _labels(self, labels_from, files, train_names):
     if labels_from == "none":
       return None, ()
     if labels_from == "subfolders":
@@ -105,6 +126,12 @@ class ImageFiles:
         raise ValueError(f"data.labels_from='subfolders', but {len(loose)} images of {self.what}={self.path!r} lie "
                          f"outside any subfolder (e.g. {loose[0]!r}); put each class in its own folder")
       label_names = tuple(sorted(set(folders)))
+      if train_names is not None:
+        unknown = [name for name in label_names if name not in train_names]
+        if unknown:
+          raise ValueError(f"{self.what}={self.path!r} has class subfolders that the training set lacks: "
+                           f"{', '.join(map(repr, unknown))} (its classes: {', '.join(train_names)})")
+        label_names = tuple(train_names)
       index = {folder: i for i, folder in enumerate(label_names)}
       return np.array([index[folder] for folder in folders], np.int32), label_names
     if LABEL_FILE not in files:
@@ -127,6 +154,11 @@ class ImageFiles:
     labels = np.array([table[name] for name in self.names], np.int32)
     if labels.min() < 0:
       raise ValueError(f"{LABEL_FILE} of {self.what}={self.path!r} has a negative label ({labels.min()})")
+    if train_names is not None:
+      if labels.max() >= len(train_names):
+        raise ValueError(f"{LABEL_FILE} of {self.what}={self.path!r} has labels up to {labels.max()}, but the "
+                         f"training set has {len(train_names)} classes")
+      return labels, tuple(train_names)
     return labels, tuple(str(i) for i in range(int(labels.max()) + 1))
 
   def scan(self, workers=8):
@@ -134,9 +166,7 @@ class ImageFiles:
     unreadable or truncated image (with the count of readable ones), or the mix of channel counts."""
     def channels(name):
       try:
-        with Image.open(io.BytesIO(self.read_bytes(name))) as image:
-          image.load()  # a truncated file fails here, not in `Image.open`
-          return _as_array(image).shape[-1]
+        return self.decode(name).shape[-1]  # a truncated file fails here, not in `Image.open`
       except (OSError, ValueError, Image.DecompressionBombError) as error:
         return error
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import struct
 import threading
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -210,3 +212,95 @@ def test_a_folder_is_scanned_once_per_run(digits, tmp_path, monkeypatch):
   (root / image_folder.LABEL_FILE).write_text(json.dumps({"labels": entries}))
   os.utime(root, (1e9, 2e9))  # the folder's time stamp moves, as on a file system that updates it
   assert len(datasets.get_dataset(config).train_source) == 41 - 8 and len(scans) == 2
+
+
+def _write_classes(root, names):
+  """A subfolder per name, each holding one 16x16 greyscale PNG."""
+  for k, name in enumerate(names):
+    (root / name).mkdir(parents=True)
+    Image.fromarray(np.full((16, 16), k + 1, np.uint8)).save(root / name / "0.png")
+  return root
+
+
+def test_eval_subfolder_labels_are_the_training_set_indices_of_their_names(tmp_path):
+  """An eval folder missing class b keeps c at 2, the index of c among the training set's classes."""
+  train = _write_classes(tmp_path / "train", ["a", "b", "c"])
+  held_out = _write_classes(tmp_path / "held_out", ["a", "c"])
+  config = folder_config(train, **{"data.eval_path": str(held_out), "data.labels_from": "subfolders",
+                                   "model.num_classes": 3})
+  _, eval_pairs = datasets.folder(config, labelled=True)
+  assert [label for _, label in eval_pairs] == [0, 2]
+  refused = _write_classes(tmp_path / "refused", ["a", "d"])
+  config.data.eval_path = str(refused)
+  with pytest.raises(ValueError) as error:
+    datasets.folder(config, labelled=True)
+  message = str(error.value)
+  assert "data.eval_path" in message and "'d'" in message and "a, b, c" in message and "\n" not in message, message
+
+
+def test_eval_dataset_json_labels_beyond_the_training_classes_are_refused(digits, tmp_path):
+  images, labels = digits
+  train = write_folder(tmp_path / "train", images[:30], labels[:30] % 3)
+  held_out = write_folder(tmp_path / "held_out", images[30:40], labels[30:40] % 5)
+  config = folder_config(train, **{"data.eval_path": str(held_out), "data.labels_from": "dataset_json",
+                                   "model.num_classes": 3})
+  with pytest.raises(ValueError, match=r"data.eval_path=.* has labels up to 4, but the training set has 3 classes"):
+    datasets.folder(config, labelled=True)
+
+
+def _png16(path, array):
+  """`array` (uint16 HW, HW3 or HW4) as a 16-bit PNG, written by hand: Pillow writes 16-bit greyscale only."""
+  height, width = array.shape[:2]
+  colour_type = {2: 0, 3: 2, 4: 6}[array.ndim if array.ndim == 2 else array.shape[-1]]
+  rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in array)
+  chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                              + struct.pack(">I", zlib.crc32(kind + data)))
+  header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                   + chunk(b"IEND", b""))
+
+
+def _levels16(shape):
+  """uint16 levels, most of which a clip to 8 bits turns to 255; the edges 0, 255, 256 and 65535 among them."""
+  return np.resize(np.array([0, 255, 256, 257 * 100, 32767, 32768, 40000, 65535], np.uint16), shape)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_16_bit_pngs_read_as_their_high_byte(tmp_path, channels):
+  """16-bit greyscale (Pillow's own writer, mode I;16) and 16-bit RGB / RGBA (Pillow reads these as 8-bit
+  itself) alike: each pixel v is v >> 8, not clipped to 255."""
+  array = _levels16((16, 16) if channels == 1 else (16, 16, channels))
+  (tmp_path / "x").mkdir()
+  if channels == 1:
+    Image.fromarray(array).save(tmp_path / "x" / "a.png")
+  else:
+    _png16(tmp_path / "x" / "a.png", array)
+  files = image_folder.ImageFiles(str(tmp_path / "x"))
+  assert files.scan() == channels
+  np.testing.assert_array_equal(files[0], (array >> 8).astype(np.uint8).reshape(16, 16, channels))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I"])
+def test_16_bit_greyscale_modes_are_scaled_to_8_bits(mode):
+  array = _levels16((4, 6))
+  dtype = {"I;16": "<u2", "I;16B": ">u2", "I;16L": "<u2", "I": "<i4"}[mode]
+  image = Image.frombytes(mode, (6, 4), array.astype(dtype).tobytes())
+  np.testing.assert_array_equal(image_folder.as_array(image), (array >> 8).astype(np.uint8)[:, :, None])
+
+
+@pytest.mark.parametrize("values,message", [
+    (np.array([[0, 70000]], np.int32), "mode 'I' with values 0..70000"),
+    (np.array([[0.5, 1.0]], np.float32), "mode 'F'"),
+])
+def test_greyscale_beyond_16_bits_is_refused(values, message):
+  with pytest.raises(ValueError) as error:
+    image_folder.as_array(Image.fromarray(values))
+  assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_the_folder_pipeline_reads_16_bit_greyscale_as_8_bits(tmp_path):
+  array = _levels16((16, 16))
+  (tmp_path / "x").mkdir()
+  Image.fromarray(array).save(tmp_path / "x" / "a.png")
+  train, _ = datasets.folder(folder_config(tmp_path / "x", **{"data.eval_path": str(tmp_path / "x")}))
+  np.testing.assert_array_equal(train[0], (array >> 8).astype(np.uint8)[:, :, None])
