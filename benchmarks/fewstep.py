@@ -15,7 +15,9 @@ DPM-Solver++ at 5 / 10 / 20 and Heun at 35 evaluations): the diffusion and flow 
 with DDIM at each step count (deterministic; on the linear path DDIM is Euler on the predicted velocity), on
 equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consistency models with multistep
 consistency sampling at 1, 2 and 4 steps; for reference the VP model with PC at 1000 steps. Prints the
-table, writes `fewstep.json` and `fewstep.png` (the samples at 1, 2, 4 and 8 steps).
+table, writes `fewstep.json` (with each model's training wall time, `train_seconds`, from the run's
+`benchmark_seconds.json`: the first complete training, through main.py) and `fewstep.png` (the samples at 1,
+2, 4 and 8 steps).
 """
 
 import argparse
@@ -77,8 +79,8 @@ def main():
   rows, pictures = [], {}
   for name, (config_path, workdirs, values) in MODELS.items():
     workdir = pathlib.Path(args.workdir) / name
-    train(config_path, workdir, {"training.n_iters": args.train_steps, **values,
-                                 **{key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()}})
+    others = {key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()}
+    seconds = train(config_path, workdir, {"training.n_iters": args.train_steps, **values, **others})
     config = trained_model.run_config(str(workdir))
     model, variables, step = trained_model.load_model(config, str(workdir))
     if name in CONSISTENCY_MODELS:
@@ -94,14 +96,14 @@ def main():
         options = dict(steps=n) if schedule is None else dict(steps=n, schedule=schedule)
         fraction, nfe, samples = on_board(config, model, variables, method, **options)
         rows.append({"model": name, "sampler": method, "schedule": schedule or "-", "steps": n, "nfe": nfe,
-                     "on_board": fraction, "train_steps": step})
+                     "on_board": fraction, "train_steps": step, "train_seconds": seconds})
         if method in ("ddim", "consistency") and schedule in ("time_uniform", None) and n in (1, 2, 4, 8):
           pictures[(name, n)] = samples
         print(f"  {name} {method} {schedule or '-'} {n}: {fraction:.4f}", file=sys.stderr, flush=True)
     if name == "vp_dsm":
       fraction, nfe, _ = on_board(config, model, variables, "pc")
       rows.append({"model": name, "sampler": "pc", "schedule": "-", "steps": 1000, "nfe": nfe, "on_board": fraction,
-                   "train_steps": step})
+                   "train_steps": step, "train_seconds": seconds})
     (out_dir / "fewstep.json").write_text(json.dumps(rows, indent=1))
   print(f"{'model':<22}{'sampler':<12}{'schedule':<14}{'steps':>6}{'NFE':>6}{'on board':>10}")
   for row in rows:
