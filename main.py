@@ -67,6 +67,17 @@ def _images_only():
   return FLAGS.mode == "fid" or (FLAGS.mode == "fid_stats" and FLAGS.samples is not None)
 
 
+def _missing_workdir():
+  """None, or the one-line refusal of a --workdir that is no directory where the mode does not start a run:
+  the others read a trained one (the image-only modes only write their log there), so they never create it."""
+  if os.path.isdir(FLAGS.workdir) or (FLAGS.mode in ("train", "train_classifier", "fid_stats") and not _images_only()):
+    return None
+  where = f"--workdir={FLAGS.workdir} " + ("is not a directory" if os.path.exists(FLAGS.workdir) else "does not exist")
+  if _images_only():
+    return f"main.py: {where}; --mode={FLAGS.mode} needs no workdir: leave --workdir out or name an existing one"
+  return f"main.py: {where}; --mode={FLAGS.mode} needs a training workdir (the --workdir of --mode=train)"
+
+
 def _measure_images():
   from score_jax.drivers import sample_quality
 
@@ -94,6 +105,8 @@ def main(argv):
     return
   if FLAGS.workdir is None:
     sys.exit("main.py: --workdir is required (the directory for checkpoints, logs and samples).")
+  if _missing_workdir():
+    sys.exit(_missing_workdir())
   try:
     os.makedirs(FLAGS.workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=FLAGS.workdir):
@@ -109,7 +122,7 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info("Process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
-  from score_jax import ema
+  from score_jax import posthoc_ema
   from score_jax.drivers import edit, evaluate, generate, train, train_classifier  # after flag parsing: fails fast
 
   try:
@@ -132,7 +145,8 @@ def main(argv):
     elif FLAGS.mode == "reconstruct_ema":
       if FLAGS.sigma_rel is None:
         raise ValueError("--mode=reconstruct_ema needs --sigma_rel, e.g. --sigma_rel=0.08")
-      directory, step = ema.write_reconstruction(FLAGS.config, FLAGS.workdir, FLAGS.sigma_rel, step=FLAGS.ema_step)
+      directory, step = posthoc_ema.write_reconstruction(FLAGS.config, FLAGS.workdir, FLAGS.sigma_rel,
+                                                         step=FLAGS.ema_step)
       print(directory)
       logging.info("Post-hoc EMA of step %d in %s: evaluate it with --mode=eval --workdir=%s", step, directory,
                    directory)

@@ -4,11 +4,13 @@ Two directories live in a workdir: `checkpoints/` (snapshots every
 `snapshot_freq`, the ones evaluation reads) and `checkpoints-meta/` (frequent
 preemption checkpoints, keep 2). Orbax writes each step to a temporary
 directory and renames it when complete, so a killed save leaves no half step.
-Loading a trained model (`load_model`) is in `score_jax.trained_model`, above
-the train state.
+A state that names its parts (`checkpoint_items()`, e.g. the train state's model, optimizer and
+objective) is stored as one orbax item per part, so that a part can be read alone (`restore_item`: a
+trained model is its `model` item); anything else is stored as one item, `default` (the layout of every
+checkpoint before the parts, which still restores). Loading a trained model (`load_model`) is in
+`score_jax.trained_model`.
 """
 
-import importlib
 import os
 
 import jax
@@ -29,11 +31,26 @@ def get_manager(directory, max_to_keep=None):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class LayoutError(ValueError):
+  """A checkpoint that is readable but holds other items than the state restored into (never skipped)."""
+
+
+LEGACY_ITEM = "default"  # the one item of a state that names no parts (and of every checkpoint before the parts)
+
+
+def _items(state):
+  return state.checkpoint_items() if hasattr(state, "checkpoint_items") else {LEGACY_ITEM: state}
+
+
 def save(manager, step, state):
   """Saves `state` at `step` (a no-op if that step exists) and waits until it is on disk."""
   if step in manager.all_steps():
     return
-  manager.save(step, args=ocp.args.StandardSave(state))
+  items = _items(state)
+  if list(items) == [LEGACY_ITEM]:  # orbax's one unnamed item
+    manager.save(step, args=ocp.args.StandardSave(items[LEGACY_ITEM]))
+  else:
+    manager.save(step, args=ocp.args.Composite(**{name: ocp.args.StandardSave(item) for name, item in items.items()}))
   manager.wait_until_finished()
   logging.info("Saved checkpoint %s/%d", manager.directory, step)
 
@@ -42,10 +59,32 @@ def latest_step(manager):
   return manager.latest_step()
 
 
+def item_names(manager, step):
+  """The orbax items stored at `step` (e.g. `model`, `optimizer`; `default` for a one-item checkpoint)."""
+  directory = os.path.join(str(manager.directory), str(step))
+  return sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name))
+                and not name.startswith(("_", ".")))
+
+
 def restore(manager, step, target):
   """Restores `step` into the structure, dtypes and shardings of `target`."""
-  abstract = jax.tree_util.tree_map(_abstract, target)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  items = _items(target)
+  stored = item_names(manager, step)
+  if set(items) - set(stored):
+    raise LayoutError(f"checkpoint {manager.directory}/{step} holds the items {stored}, not {sorted(items)}: it was "
+                     "written by another kind of run or another version of score_jax (an older one can resume it)")
+  restored = restore_item(manager, step, items)
+  return target.from_checkpoint_items(restored) if hasattr(target, "checkpoint_items") else restored[LEGACY_ITEM]
+
+
+def restore_item(manager, step, targets):
+  """Restores only the items named in `targets` (`{item name: pytree of arrays or abstract arrays, or None
+  for the stored structure as numpy}`) of `step`; returns `{item name: pytree}`."""
+  args = {name: ocp.args.StandardRestore(None if target is None else jax.tree_util.tree_map(_abstract, target))
+          for name, target in targets.items()}
+  if list(args) == [LEGACY_ITEM]:  # orbax's one unnamed item
+    return {LEGACY_ITEM: manager.restore(step, args=args[LEGACY_ITEM])}
+  return dict(manager.restore(step, args=ocp.args.Composite(**args)))
 
 
 def _abstract(x):
@@ -61,27 +100,22 @@ def abstract_state(init_fn, mesh=None):
                                 jax.eval_shape(init_fn))
 
 
-def restore_latest(managers, target):
-  """Restores the newest readable step over `managers`; returns `(state, step)` or `(target, None)`.
+def restore_latest(managers, target, restore_fn=None):
+  """Restores the newest readable step over `managers` (by `restore_fn(manager, step, target)`, default
+  `restore`); returns `(state, step)` or `(target, None)`.
 
-  A step that fails to restore (corrupt or half-copied files) is skipped with a
-  warning and the next older one is tried.
+  A step that fails to restore (corrupt or half-copied files) is skipped with a warning and the next older
+  one is tried; one of another layout (`LayoutError`) stops the search.
   """
+  restore_fn = restore_fn or restore
   candidates = sorted(((step, manager) for manager in managers for step in manager.all_steps()),
                       key=lambda item: item[0], reverse=True)
   for step, manager in candidates:
     try:
-      return restore(manager, step, target), step
+      return restore_fn(manager, step, target), step
+    except LayoutError:
+      raise
     except Exception as error:  # noqa: BLE001 -- any unreadable checkpoint is skipped
       logging.warning("Checkpoint step %d in %s is unreadable (%s: %s); trying an older one.",
                       step, manager.directory, type(error).__name__, str(error).splitlines()[0][:200])
   return target, None
-
-
-# `load_model` moved above the train state, to `score_jax.trained_model`, which imports this module; it
-# stays importable here through a lazy look-up on first use (importlib: a deliberate back-reference for
-# compatibility, which tests/test_imports.py's static cycle check does not count as a dependency).
-def __getattr__(name):
-  if name == "load_model":
-    return importlib.import_module("score_jax.trained_model").load_model
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

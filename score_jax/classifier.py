@@ -1,7 +1,7 @@
 """The noise-conditional classifier of class-conditional sampling (Section 5 and Appendix I.1 of Song et al. 2021).
 
 Class-conditional sampling adds grad_x log p(y | x(t)) to the score (Eq. (14)); p(y | x(t)) is a
-classifier of *perturbed* data. Here it is the WideResNet of `score_jax.models.wideresnet`, trained by
+classifier of *perturbed* data. Here it is the WideResNet of `score_jax.networks.wideresnet`, trained by
 cross-entropy on `x(t) = m(t) x(0) + std(t) z` with `t ~ U(eps, T)` per example and `(m, std)` the
 config's SDE marginal (`sde.marginal_prob`), in the score model's data space (`datasets.get_data_scaler`).
 
@@ -30,7 +30,7 @@ from absl import logging
 from score_jax import base_config, checkpoint, controllable, optim, sde as sde_lib
 from score_jax.rng import per_example
 from score_jax.config_utils import validate_classifier_config
-from score_jax.models.wideresnet import WideResnet
+from score_jax.networks.wideresnet import WideResnet
 from score_jax.utils import choice_error
 
 CLASSIFIER_DIR = "classifier"  # under the workdir

@@ -14,8 +14,8 @@ Imports (each also a command line that writes an orbax snapshot `main.py --mode=
 
 Exports of a training workdir's newest checkpoint:
 
-      python -m score_jax.convert --config=... --workdir=runs/x --export=safetensors --out=x.safetensors
-      python -m score_jax.convert --config=... --workdir=runs/x --export=diffusers --out=x_diffusers/
+      python -m score_jax.convert --workdir=runs/x --export=safetensors --out=x.safetensors
+      python -m score_jax.convert --workdir=runs/x --export=diffusers --out=x_diffusers/
 
 The PyTorch `ncsnpp` / `ddpm` networks keep their layers in a flat `all_modules`
 list whose order is the creation order of the Flax modules, and whose sub-module
@@ -261,7 +261,7 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   Returns:
     `(config, ckpt, orbax_step)`.
   """
-  from score_jax import checkpoint as checkpoint_lib, train_state  # noqa: I001 -- heavy, CLI only
+  from score_jax import checkpoint as checkpoint_lib, train_state, trained_model  # noqa: I001 -- heavy, CLI only
 
   config, variables, ema_variables, step, named_ckpt = read_released_checkpoint(path, config)
   variables = dict(variables)
@@ -276,23 +276,22 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   if orbax_step in manager.all_steps():
     raise ValueError(f"{manager.directory}/{orbax_step} exists already; choose another --workdir or --ckpt")
   checkpoint_lib.save(manager, orbax_step, state)
+  trained_model.save_run_config(config, workdir)  # what `trained_model.load_model` builds the model from
   if os.path.isdir(path):  # the derived config, for main.py --config= and for people
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
     with open(os.path.join(workdir, "config.py"), "w") as f:
       f.write(diffusers_format.config_file(config, os.path.abspath(path)))
   return config, ckpt, orbax_step
 
 
-def export_checkpoint(config, workdir, export, out):
+def export_checkpoint(workdir, export, out):
   """Writes the newest checkpoint of `workdir` as `export` ("safetensors": every parameter, the EMA and the
   config; "diffusers": the EMA parameters as a diffusers folder) to `out`."""
   if export == "safetensors":
-    return export_safetensors(config, workdir, out)
+    return export_safetensors(workdir, out)
   if export == "diffusers":
-    from score_jax import checkpoint as checkpoint_lib  # noqa: I001 -- heavy, CLI only
-    _, variables, _ = checkpoint_lib.load_model(config, workdir, ema=True)
-    return save_diffusers_checkpoint(out, config, variables)
+    from score_jax import trained_model  # noqa: I001 -- heavy, CLI only
+    _, variables, _ = trained_model.load_model(workdir, ema=True)
+    return save_diffusers_checkpoint(out, trained_model.run_config(workdir), variables)
   raise ValueError(f"export={export!r} is not valid; choose one of: diffusers, safetensors")
 
 
@@ -318,9 +317,9 @@ def _main():
     del argv
     try:
       if flags_.export:
-        if flags_.config is None or not flags_.out:
-          raise ValueError("--export needs --config and --out")
-        print(export_checkpoint(flags_.config, flags_.workdir, flags_.export, flags_.out))
+        if not flags_.out:
+          raise ValueError("--export needs --out (the workdir's config.json defines the model)")
+        print(export_checkpoint(flags_.workdir, flags_.export, flags_.out))
         return
       if not flags_.checkpoint:
         raise ValueError("--checkpoint is required (or --export)")

@@ -14,12 +14,11 @@ of the stored averages whose profile is nearest in L2 to the wanted one, normali
 (`solve_reconstruction`, EDM2's Algorithm 3).
 
 The snapshots, `reconstruct` and `write_reconstruction` (the `--mode=reconstruct_ema` command) are in
-`score_jax.posthoc_ema`; their names stay importable from here. The training state of a power-EMA run
-carries the tracked averages (`train_state.PowerEMATrainState`); its `ema_params` is the first profile's.
+`score_jax.posthoc_ema`. The training state of a power-EMA run carries the tracked averages
+(`train_state.TrainState.power_ema`); its `ema_params` is the first profile's.
 """
 
 import dataclasses
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -130,23 +129,5 @@ def update(state, *, ema_rate, gammas=None):
   return state.replace(power_ema=averages, ema_params=averages[profile_names(gammas)[0]])
 
 
-# Moved to `score_jax.posthoc_ema`, kept importable here. That module imports this one, so the names are
-# looked up on first use, through importlib: a deliberate lazy back-reference for compatibility, which
-# tests/test_imports.py's static cycle check (it reads import statements) does not count as a dependency.
-POSTHOC_NAMES = ("POSTHOC_DIR", "SNAPSHOT_DIR", "reconstruct", "save_snapshot", "snapshot_manager",
-                 "write_reconstruction")
-
-
-def __getattr__(name):
-  if name in POSTHOC_NAMES:
-    return getattr(importlib.import_module("score_jax.posthoc_ema"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(set(globals()) | set(POSTHOC_NAMES))
-
-
 __all__ = ["EMA_TYPES", "Reconstruction", "check_ema_config", "gamma_to_sigma_rel", "power_gammas",
-           "profile_inner", "profile_names", "reconstruct", "save_snapshot", "sigma_rel_to_gamma",
-           "snapshot_manager", "solve_reconstruction", "update", "write_reconstruction"]
+           "profile_inner", "profile_names", "sigma_rel_to_gamma", "solve_reconstruction", "update"]

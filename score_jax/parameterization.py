@@ -425,12 +425,6 @@ class Consistency(EDM):
     return mean_scale, sigma, c_skip, c_out, 1.0 / jnp.sqrt(sigma**2 + self.sigma_data**2), 0.25 * jnp.log(sigma)
 
 
-# The objectives that train a parameterization of their own, whatever `model.parameterization` says.
-OBJECTIVE_PARAMETERIZATIONS = {"consistency_training": "consistency", "consistency_distillation": "consistency",
-                               "scm": "trigflow"}
-EXTENDS = {"consistency": "edm", "trigflow": "flow"}  # an objective's own parameterization: the one it refines
-
-
 PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow,
                      "trigflow": TrigFlow, "edm": EDM, "consistency": Consistency}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -438,21 +432,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def get_parameterization(config, network=None):
   """The parameterization of `config.model` (`parameterization`, `dtype`, and what each one reads of the
-  config and the network: `Parameterization.from_config`)."""
+  config and the network: `Parameterization.from_config`). An objective that trains its own has set it at
+  the entry (`run_setup.prepare_config`)."""
   model = config.model
   if model.parameterization not in PARAMETERIZATIONS:
     raise choice_error("model.parameterization", model.parameterization, PARAMETERIZATIONS)
   if model.dtype not in DTYPES:
     raise choice_error("model.dtype", model.dtype, DTYPES)
-  name = model.parameterization
-  own = OBJECTIVE_PARAMETERIZATIONS.get(config.training.objective)
-  if own is not None:
-    # The base's default and the parameterization the objective's extends give way to the objective's.
-    if name not in ("reference", EXTENDS[own], own):
-      raise ValueError(f"training.objective={config.training.objective!r} trains model.parameterization={own!r} "
-                       f"(its boundary condition), not {name!r}: leave the key at its default")
-    name = own
-  return PARAMETERIZATIONS[name].from_config(config, network)
+  return PARAMETERIZATIONS[model.parameterization].from_config(config, network)
 
 
 def sigma_table(sigma_min, sigma_max, num_scales):

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from score_jax import base_config, checkpoint, ema, parallel, trained_model
+from score_jax import checkpoint, ema, parallel
+from score_jax.run_setup import RunSetup, trained_run_config
 from score_jax.train_state import profile_names
 
 SNAPSHOT_DIR = "ema_snapshots"
@@ -51,7 +52,7 @@ def reconstruct(config, workdir, sigma_rel, *, step=None, return_info=False):
   Raises:
     ValueError: not a power-EMA config, no snapshot, or `step` not stored.
   """
-  config = base_config.complete(config)
+  config = trained_run_config(workdir, config)  # the run's own config.json
   ema.check_ema_config(config)
   if config.model.ema_type != "power":
     raise ValueError("post-hoc EMA needs a run trained with model.ema_type='power'")
@@ -66,7 +67,9 @@ def reconstruct(config, workdir, sigma_rel, *, step=None, return_info=False):
     raise ValueError(f"step={step} has no EMA snapshot; stored: {steps}")
   steps = [s for s in steps if s <= step]
   sigma_rels = tuple(config.model.ema_sigma_rels)
-  target = snapshot_target(trained_model.abstract_train_state(config).params, len(sigma_rels))
+  run = RunSetup(config, companions=())
+  params_shapes = checkpoint.abstract_state(lambda: run.initial_state(jax.random.PRNGKey(0)).params, run.mesh)
+  target = snapshot_target(params_shapes, len(sigma_rels))
   solution = ema.solve_reconstruction(steps, [ema.sigma_rel_to_gamma(s) for s in sigma_rels], step, gamma)
   logging.info("Post-hoc EMA sigma_rel=%g at step %d from %d snapshots x %d profiles: profile error %.2e "
                "(least-squares weights summed to %.4f before normalisation)", sigma_rel, step, len(steps),
@@ -90,12 +93,13 @@ def write_reconstruction(config, workdir, sigma_rel, *, step=None, output_dir=No
   averages are all that EMA, at the snapshot's step, in `output_dir` (default
   `<workdir>/posthoc_ema/sigma_rel_<sigma_rel>`; its `checkpoints/` are what `--mode=eval --workdir=<dir>`
   and `trained_model.load_model` read); the run's `config.json` goes along. Returns `(output_dir, step)`."""
-  config = base_config.complete(config)
+  config = trained_run_config(workdir, config)  # the run's own config.json
   params, solution = reconstruct(config, workdir, sigma_rel, step=step, return_info=True)
   step = max(snapshot_manager(workdir).all_steps()) if step is None else int(step)
   output_dir = output_dir or os.path.join(workdir, POSTHOC_DIR, f"sigma_rel_{sigma_rel:g}")
-  state = jax.jit(lambda: trained_model.initial_train_state(config),  # one compiled init (the optimizer state)
-                  out_shardings=parallel.replicated(parallel.make_mesh()))()
+  run = RunSetup(config, companions=())
+  state = jax.jit(run.initial_state,  # one compiled init (the optimizer state)
+                  out_shardings=parallel.replicated(run.mesh))(jax.random.PRNGKey(0))
   params = jax.tree_util.tree_map(lambda x, like: jax.device_put(jnp.asarray(x), like.sharding), params,
                                   state.params)
   state = state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=params,

@@ -1,17 +1,17 @@
-"""`RunSetup`: everything static about a training run, built once from its config.
+"""`RunSetup`: everything static about a run, built once from its config.
 
-Training (`drivers.train.train_and_evaluate`), evaluation, the benchmarks and the tests share it: the SDE,
-the model, the optimizer, the objective, the sampler, the data, and the jitted train / eval steps over
-the device mesh. The config is read here, once: `build_components` turns it into the objects that run
-it, each checking its own keys as it is built, after the checks that span keys (`config_utils`).
+Training, evaluation, sampling, editing, post-hoc EMA, the benchmarks and the tests share it: the SDE, the
+model, the optimizer, the objective (with its teacher), the guide, the samplers, the data, and the jitted train /
+eval steps over the device mesh. The config is prepared here, once (`prepare_config`: completed and checked
+across keys), and each part checks its own keys as it is built.
 """
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -44,115 +44,141 @@ def step_loop(config):
   return "dispatch" if images and jax.default_backend() == "cpu" else "scan"
 
 
-def _dispatch_steps(single_step, state, batches):
+def _dispatch_steps(single_step, state, batches, frozen):
   block_losses = []
   for i in range(jax.tree_util.tree_leaves(batches)[0].shape[0]):
-    state, loss = single_step(state, jax.tree_util.tree_map(lambda x: x[i], batches))
+    state, loss = single_step(state, jax.tree_util.tree_map(lambda x: x[i], batches), frozen)
     block_losses.append(loss)
   return state, jnp.stack(block_losses)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunComponents:
-  """The objects a run's config describes, each built once (no data loaded, nothing compiled)."""
+def prepare_config(config):
+  """The config of a run, completed with the base's defaults, with the parameterization its objective trains
+  (`objectives.resolve_parameterization`) and checked across keys (`config_utils.check_config`): what every
+  entry point (main.py's modes, the drivers' Python functions) does once before building anything.
 
-  config: Any             # the config, completed with the base's defaults (`base_config.complete`)
-  mesh: Any
-  sde: Any
-  sampling_eps: float
-  model: Any
-  optimizer: Any
-  loss_config: objectives.LossConfig
-  objective: objectives.Objective
-  ema_gammas: Any         # the power EMA's exponents, or None for the fixed EMA
-  sampler: Any            # `sample_fn(rng, variables, class_labels=None)` for `sampling.batch_size` samples
-
-
-def build_components(config):
-  """`RunComponents` of `config`; raises one `ValueError` naming the first bad key (before any compile)."""
+  Raises:
+    ValueError: one line naming the first bad key.
+  """
   config = base_config.complete(config)
+  objectives.resolve_parameterization(config)
   check_config(config)
-  mesh = parallel.make_mesh()
-  sde, sampling_eps = sde_lib.get_sde(config)
-  model = get_model(config)
-  optimizer = optim.get_optimizer(config)
-  loss_config = objectives.LossConfig.from_config(config)
-  objective = objectives.get_objective(sde, model, loss_config)
-  ema.check_ema_config(config)
-  shape = (config.sampling.batch_size,) + get_data_shape(config)
-  sampler = sampling.get_sampling_fn(config, sde, model, shape, datasets.get_data_inverse_scaler(config),
-                                     sampling_eps, mesh=mesh)
-  return RunComponents(config, mesh, sde, sampling_eps, model, optimizer, loss_config, objective,
-                       ema.power_gammas(config), sampler)
-
-
-def validate_config(config):
-  """Raises one `ValueError` naming the first bad key and its valid values: the config's own checks and
-  those of every component of a run, built (once) without data or compiling."""
-  build_components(config)
+  return config
 
 
 class RunSetup:
-  """Everything static about a run, built once from the config."""
+  """Everything static about a run, each part built once from its prepared config: the SDE, the model, the
+  optimizer, the objective with its frozen teacher, the autoguidance guide and the samplers (built here, nothing
+  compiled); the data and the jitted train / eval steps (built on first use, so that sampling, editing and
+  post-hoc EMA load no data).
 
-  def __init__(self, config):
-    components = build_components(config)
-    # A distillation's teacher is read from its workdir here, not when a config is only validated.
-    components = dataclasses.replace(components, objective=trained_model.attach_teacher(components.objective))
-    self.components = components
-    self.config = config = components.config
-    self.mesh, self.sde, self.sampling_eps = components.mesh, components.sde, components.sampling_eps
-    self.model, self.optimizer = components.model, components.optimizer
-    self.dataset = datasets.get_dataset(config)  # the data alone (evaluation's statistics and likelihoods)
+  `companions`: the frozen companions it reads (`trained_model.load_companion`): "teacher" (the objective's,
+  when it learns from one) and "guide" (`sampling.guidance_workdir`); () reads none and checks the config alone
+  (`validate_config`). Sampling a trained run needs its guide, never its teacher.
+  """
+
+  def __init__(self, config, *, companions=("teacher", "guide")):
+    self.config = config = prepare_config(config)
+    self.mesh = parallel.make_mesh()
+    self.sde, self.sampling_eps = sde_lib.get_sde(config)
+    self.model = get_model(config)
+    self.optimizer = optim.get_optimizer(config)
+    self.objective = objectives.get_objective(config, self.sde, self.model)
+    ema.check_ema_config(config)
+    self.ema_gammas = ema.power_gammas(config)  # the power EMA's exponents, or None for the fixed EMA
     self.class_conditional = config.model.num_classes > 0
-    # What the loss trains on: `(data, labels)` batches for a class-conditional model.
-    self.train_dataset = datasets.get_dataset(config, labels=True) if self.class_conditional else self.dataset
-    self.scaler = datasets.get_data_scaler(config)
-    read = functools.partial(self.train_dataset.train_batches, n=config.training.n_jitted_steps)
-    if isinstance(self.train_dataset, datasets.ImageDataset):  # decoded on the host: read the next block ahead
-      read = datasets.ReadAhead(read, config.training.n_jitted_steps)
-    self._read_train_batches = read
-    base_rng = jax.random.PRNGKey(config.seed)
-    train_step = get_train_step(self.sde, self.model, self.optimizer, components.loss_config,
-                                ema_rate=config.model.ema_rate, rng=jax.random.fold_in(base_rng, 0),
-                                ema_gammas=components.ema_gammas, objective=components.objective)
-    replicated = parallel.replicated(self.mesh)
-    self.step_loop = step_loop(config)
-    if self.step_loop == "scan":
-      self.multi_step = jax.jit(get_multi_step(train_step), donate_argnums=0,
-                                in_shardings=(replicated, parallel.data_sharded(self.mesh, 1)),
-                                out_shardings=(replicated, replicated))
+    if "teacher" in companions and "teacher" in self.objective.__dataclass_fields__:
+      teacher = trained_model.load_teacher(config)
+      if teacher is not None:
+        self.objective = dataclasses.replace(self.objective, teacher=teacher)
+    self.guide = trained_model.guiding_model(config) if "guide" in companions else None
+    if self.guide is not None or not config.sampling.guidance_workdir:
+      self.sampler(config.sampling.batch_size)  # the sampler's options are checked before anything compiles
     else:
-      single_step = jax.jit(train_step, donate_argnums=0,
-                            in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
-                            out_shardings=(replicated, replicated))
-      self.multi_step = functools.partial(_dispatch_steps, single_step)
-    self.eval_step = jax.jit(get_eval_step(self.sde, self.model, components.loss_config,
-                                           rng=jax.random.fold_in(base_rng, 1), objective=components.objective),
-                             in_shardings=(replicated, parallel.data_sharded(self.mesh, 0)),
-                             out_shardings=replicated)
+      sampling.config_options(config.sampling.method.lower(), config.sampling, self.sampling_eps)
 
   @functools.cache
   def sampler(self, batch_size):
-    """The configured sampler for `batch_size` samples: `sample_fn(rng, variables) -> SampleOutput`.
+    """The configured sampler for `batch_size` samples: `sample_fn(rng, variables, class_labels=None) ->
+    SampleOutput` (with the run's guide, if any).
 
     The batch is split over every device of every process (the samples come back as a global
     array: `parallel.gather` fetches them); sample i is the same whatever the device count.
     """
-    if batch_size == self.config.sampling.batch_size:
-      return self.components.sampler
     shape = (batch_size,) + get_data_shape(self.config)
     return sampling.get_sampling_fn(self.config, self.sde, self.model, shape,
-                                    datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh)
+                                    datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh,
+                                    guide=self.guide)
+
+  @functools.cached_property
+  def dataset(self):
+    """The data alone (evaluation's statistics and likelihoods)."""
+    return datasets.get_dataset(self.config)
+
+  @functools.cached_property
+  def train_dataset(self):
+    """What the loss trains on: `(data, labels)` batches for a class-conditional model."""
+    return datasets.get_dataset(self.config, labels=True) if self.class_conditional else self.dataset
+
+  @functools.cached_property
+  def scaler(self):
+    return datasets.get_data_scaler(self.config)
+
+  @functools.cached_property
+  def _read_train_batches(self):
+    read = functools.partial(self.train_dataset.train_batches, n=self.config.training.n_jitted_steps)
+    if isinstance(self.train_dataset, datasets.ImageDataset):  # decoded on the host: read the next block ahead
+      read = datasets.ReadAhead(read, self.config.training.n_jitted_steps)
+    return read
+
+  @functools.cached_property
+  def _frozen(self):
+    """The frozen companions' variables that the steps receive (a teacher's), on every device once."""
+    return jax.device_put(self.objective.frozen_variables(), parallel.replicated(self.mesh))
+
+  @functools.cached_property
+  def _jitted_steps(self):
+    base_rng = jax.random.PRNGKey(self.config.seed)
+    train_step = get_train_step(self.objective, self.optimizer, ema_rate=self.config.model.ema_rate,
+                                rng=jax.random.fold_in(base_rng, 0), ema_gammas=self.ema_gammas)
+    replicated = parallel.replicated(self.mesh)
+    if step_loop(self.config) == "scan":
+      multi_step = jax.jit(get_multi_step(train_step), donate_argnums=0,
+                           in_shardings=(replicated, parallel.data_sharded(self.mesh, 1), replicated),
+                           out_shardings=(replicated, replicated))
+    else:
+      single_step = jax.jit(train_step, donate_argnums=0,
+                            in_shardings=(replicated, parallel.data_sharded(self.mesh, 0), replicated),
+                            out_shardings=(replicated, replicated))
+      multi_step = functools.partial(_dispatch_steps, single_step)
+    eval_step = jax.jit(get_eval_step(self.objective, rng=jax.random.fold_in(base_rng, 1)),
+                        in_shardings=(replicated, parallel.data_sharded(self.mesh, 0), replicated),
+                        out_shardings=replicated)
+    return multi_step, eval_step
+
+  def multi_step(self, state, batches):
+    """`training.n_jitted_steps` train steps on `batches` (a leading axis of steps): `(state, losses)`."""
+    return self._jitted_steps[0](state, batches, self._frozen)
+
+  def eval_step(self, state, batch):
+    """The held-out loss of one batch with the EMA parameters."""
+    return self._jitted_steps[1](state, batch, self._frozen)
+
+  def initial_state(self, rng, params=None):
+    """The train state from `rng`'s random weights, or from `params` of the same structure."""
+    variables = trained_model.init_variables(rng, self.config, self.sde, self.model)
+    if params is not None:
+      variables["params"] = params
+    power = self.config.model.ema_type == "power"
+    return init_train_state(variables, self.optimizer,
+                            sigma_rels=tuple(self.config.model.ema_sigma_rels) if power else None,
+                            objective_state=self.objective.init_state(variables["params"]))
 
   def init_state(self):
     """The state the run starts from: random weights, or those of `training.init_workdir`."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 2)
-    initial = self.initial_params()
-    init = jax.jit(lambda rng, params: init_train_state(rng, self.config, self.optimizer, components=self.components,
-                                                        initial_params=params),
-                   out_shardings=parallel.replicated(self.mesh))
-    return init(rng, initial)
+    init = jax.jit(self.initial_state, out_shardings=parallel.replicated(self.mesh))
+    return init(rng, self.initial_params())
 
   def initial_params(self):
     """The EMA parameters of the newest checkpoint of `training.init_workdir` (ECT's consistency tuning starts
@@ -164,10 +190,9 @@ class RunSetup:
     workdir = self.config.training.init_workdir
     if not workdir:
       return None
-    _, variables, step = trained_model.load_model(trained_model.run_config(workdir), workdir)
+    _, variables, step = trained_model.load_model(workdir)
     params = variables["params"]
-    expected = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), self.config, self.optimizer,
-                                                       components=self.components).params)
+    expected = jax.eval_shape(lambda: self.initial_state(jax.random.PRNGKey(0)).params)
     shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)  # noqa: E731
     if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(expected) or \
         shapes(params) != shapes(expected):
@@ -195,3 +220,58 @@ class RunSetup:
         break
       values.append(self.eval_step(state, parallel.shard_batch(self.mesh, self.scale_batch(batch))))
     return float(np.mean(jax.device_get(values)))
+
+
+def validate_config(config):
+  """Raises one `ValueError` naming the first bad key and its valid values: the config's own checks and those
+  of every component of a run, built (once) without data, companions or compiling; returns the prepared config."""
+  return RunSetup(config, companions=()).config
+
+
+# What defines a trained model, compared between a --config and the run's config.json by the modes that read a
+# trained run; the rest (sampling, evaluation, the EMA's and the optimizer's settings) stays the user's to choose.
+TRAINING_ONLY_MODEL_KEYS = ("ema_rate", "ema_type", "ema_sigma_rels", "dropout", "dtype", "remat")
+MODEL_DATA_KEYS = ("image_size", "num_channels", "dim", "centered")
+MODEL_TRAINING_KEYS = ("sde", "continuous", "loss_weighting")
+
+
+def _model_defining(config):
+  """`{dotted key: value}` of what defines the model of a prepared config (its path and the path's settings, the
+  parameterization, the network, the data's shape and scaling, the classes)."""
+  values = {f"training.{key}": config.training[key] for key in MODEL_TRAINING_KEYS}
+  values.update({f"data.{key}": config.data.get(key) for key in MODEL_DATA_KEYS})
+  for key, value in config.model.items():
+    if key not in TRAINING_ONLY_MODEL_KEYS and not (key == "num_scales" and config.training.continuous):
+      values[f"model.{key}"] = value.to_dict() if hasattr(value, "to_dict") else value
+  return values
+
+
+def trained_run_config(workdir, config=None):
+  """The prepared config of the trained run in `workdir` (its config.json), with the `sampling` and `eval`
+  sections (and, for continuous-time runs, `model.num_scales`: a sampler's step count) of `config` when given:
+  what `--mode=sample|eval|edit` and their Python entry points run.
+
+  Raises:
+    ValueError: no readable config.json, or `config` disagrees with it on what defines the model (one line
+      naming the keys and both values).
+  """
+  run = prepare_config(trained_model.run_config(workdir))
+  if config is None:
+    return run
+  config = prepare_config(config)
+  own, theirs = _model_defining(config), _model_defining(run)
+  differing = [key for key in theirs if own.get(key) != theirs[key]]
+  if differing:
+    shown = ", ".join(f"{key}={own.get(key)!r} (the run: {theirs[key]!r})" for key in differing[:3])
+    raise ValueError(f"--config disagrees with {workdir}/config.json on what defines the trained model: {shown}"
+                     f"{' and more' if len(differing) > 3 else ''}; pass the config the run was trained with "
+                     "(its overrides included) or leave --config out")
+  merged = base_config.complete(ml_collections.ConfigDict(run.to_dict()))
+  merged.sampling = ml_collections.ConfigDict(config.sampling.to_dict())
+  merged.eval = ml_collections.ConfigDict(config.eval.to_dict())
+  if "classifier" in config:  # trained beside it, by its own mode
+    merged.classifier = ml_collections.ConfigDict(config.classifier.to_dict())
+  merged.seed = config.seed
+  if run.training.continuous:
+    merged.model.num_scales = config.model.num_scales
+  return prepare_config(merged)

@@ -65,13 +65,14 @@ def unflatten(flat, prefix):
   return tree
 
 
-def export_checkpoint(config, workdir, path):
-  """Writes the newest checkpoint of `workdir` (raw and EMA parameters, constants, config) to `path`."""
-  from score_jax import checkpoint  # noqa: I001 -- checkpoints need the training modules
-  _, variables, step = checkpoint.load_model(config, workdir, ema=False)
-  _, ema_variables, _ = checkpoint.load_model(config, workdir, ema=True)
+def export_checkpoint(workdir, path):
+  """Writes the newest checkpoint of `workdir` (raw and EMA parameters, constants, its config.json) to `path`."""
+  from score_jax import trained_model  # noqa: PLC0415 -- a trained model needs the model stack; this module does not
+  _, variables, step = trained_model.load_model(workdir, ema=False)
+  _, ema_variables, _ = trained_model.load_model(workdir, ema=True)
   tensors = {**flatten(variables["params"], "params"), **flatten(ema_variables["params"], "ema_params")}
   tensors.update(flatten({k: v for k, v in variables.items() if k != "params"}, "constants"))
+  config = trained_model.run_config(workdir)
   write(path, tensors, {CONFIG_KEY: config.to_json(), "step": str(step), "format": "score_jax"})
   return path
 

@@ -1,12 +1,20 @@
-"""The train state: everything a resumed run needs (the steps that update it are in `train_steps`)."""
+"""The train state: everything a resumed run needs (the steps that update it are in `train_steps`).
+
+A checkpoint stores it as three orbax items (`checkpoint_items`): `model`, what a trained model is (the step,
+the parameters, their EMA, the network's other collections and the power EMAs), read alone by
+`trained_model.load_model`; `optimizer`, the optimizer's state; and `objective`, an objective's own state (a
+target network), when it has one. Frozen companions (a distillation's teacher) are never part of it: the
+drivers read them from their own workdirs.
+"""
+
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from score_jax import objectives, sde as sde_lib
-from score_jax.models import get_model, init_model
+MODEL_ITEM, OPTIMIZER_ITEM, OBJECTIVE_ITEM = "model", "optimizer", "objective"
 
 
 @flax.struct.dataclass
@@ -17,41 +25,36 @@ class TrainState:
   params: dict
   ema_params: dict
   opt_state: optax.OptState
-  model_state: dict  # non-trained collections, e.g. the Fourier features' "constants"
+  model_state: dict            # non-trained collections, e.g. the Fourier features' "constants"
+  power_ema: Any = None        # `model.ema_type = "power"`: {profile_i: params} (`score_jax.ema`); else None
+  objective_state: Any = None  # an objective's own state (`Objective.init_state`: a target network); else None
 
   def variables(self, ema=True):
     """Model variables for `model.apply`, with the EMA parameters by default."""
     return {**self.model_state, "params": self.ema_params if ema else self.params}
 
+  def checkpoint_items(self):
+    """The orbax items of a checkpoint of this state: `{item name: pytree}` (absent parts left out)."""
+    items = {MODEL_ITEM: model_item(self.step, self.params, self.ema_params, self.model_state, self.power_ema),
+             OPTIMIZER_ITEM: self.opt_state}
+    if self.objective_state is not None:
+      items[OBJECTIVE_ITEM] = self.objective_state
+    return items
 
-@flax.struct.dataclass
-class PowerEMATrainState(TrainState):
-  """The state of a `model.ema_type='power'` run: also EDM2's power EMAs, `{profile_i: params}` for the
-  sigma_rels of `model.ema_sigma_rels` (`score_jax.ema`); `ema_params` is the first of them.
-
-  Fixed-EMA runs keep `TrainState`, so their checkpoints are unchanged."""
-
-  power_ema: dict
-
-
-@flax.struct.dataclass
-class ObjectiveTrainState(TrainState):
-  """The state of a run whose objective needs more than the batch (`objectives.Objective.needs`: a
-  frozen teacher's variables, a target network): `objective_state`, checkpointed with the rest."""
-
-  objective_state: dict
+  def from_checkpoint_items(self, items):
+    """This state with the restored `items` (of `checkpoint_items`' structure)."""
+    model = items[MODEL_ITEM]
+    return self.replace(step=model["step"], params=model["params"], ema_params=model["ema_params"],
+                        model_state=model["model_state"], power_ema=model.get("power_ema"),
+                        opt_state=items[OPTIMIZER_ITEM], objective_state=items.get(OBJECTIVE_ITEM))
 
 
-@flax.struct.dataclass
-class PowerEMAObjectiveTrainState(PowerEMATrainState):
-  """`PowerEMATrainState` with an objective's state (see `ObjectiveTrainState`)."""
-
-  objective_state: dict
-
-
-def objective_state(state):
-  """The objective's state carried by `state`, or None for objectives that need none."""
-  return state.objective_state if isinstance(state, (ObjectiveTrainState, PowerEMAObjectiveTrainState)) else None
+def model_item(step, params, ema_params, model_state, power_ema=None):
+  """The `model` item of a checkpoint: what `trained_model.load_model` reads."""
+  item = {"step": step, "params": params, "ema_params": ema_params, "model_state": model_state}
+  if power_ema is not None:
+    item["power_ema"] = power_ema
+  return item
 
 
 def profile_names(sigma_rels):
@@ -59,31 +62,13 @@ def profile_names(sigma_rels):
   return tuple(f"profile_{i}" for i in range(len(sigma_rels)))
 
 
-def init_train_state(rng, config, optimizer, *, components=None, initial_params=None):
-  """The initial state: the model's variables, a learned SDE's parameters (`params["noise_schedule"]`),
-  the power EMAs of `model.ema_type='power'` and the objective's own state, if it has one.
-
-  `components`: the run's `run_setup.RunComponents` (its model, SDE and objective), built from `config`
-  already; None builds them here. `initial_params`: parameters to start from instead of the random
-  initialisation (`training.init_workdir`), of the same structure.
-  """
-  if components is None:
-    sde = sde_lib.get_sde(config)[0]
-    model = get_model(config)
-    objective = objectives.get_objective(sde, model, objectives.LossConfig.from_config(config))
-  else:
-    sde, model, objective = components.sde, components.model, components.objective
-  variables = init_model(rng, config, model=model)
+def init_train_state(variables, optimizer, *, sigma_rels=None, objective_state=None):
+  """The initial state from the model's `variables` (`params` and the other collections; a learned SDE's
+  parameters are among the params): the optimizer's state, the EMA, the power EMAs of `sigma_rels` (EDM2's
+  profiles; None for the fixed EMA) and the objective's own state (None when it has none)."""
+  variables = dict(variables)
   params = variables.pop("params")
-  params = {**params, **sde.init_params(jax.random.fold_in(rng, 1))}
-  if initial_params is not None:
-    params = initial_params
-  fields = dict(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=optimizer.init(params),
-                model_state=variables)
-  power = config.model.ema_type == "power"
-  if power:
-    fields["power_ema"] = {name: params for name in profile_names(config.model.ema_sigma_rels)}
-  extra = objective.init_state(params)
-  if extra is None:
-    return (PowerEMATrainState if power else TrainState)(**fields)
-  return (PowerEMAObjectiveTrainState if power else ObjectiveTrainState)(**fields, objective_state=extra)
+  power_ema = None if sigma_rels is None else {name: params for name in profile_names(sigma_rels)}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=optimizer.init(params), model_state=variables, power_ema=power_ema,
+                    objective_state=objective_state)

@@ -1,113 +1,28 @@
-"""A trained model from its workdir: the training state that its checkpoints restore into, and `load_model`.
+"""A trained model from its workdir, read as its network alone, and the frozen companions built on it.
 
-It lives above the train state (it builds one); `score_jax.checkpoint.load_model` stays importable.
+`load_model(workdir)` reads the run's own `config.json` and the `model` item of a checkpoint (step,
+parameters, EMA, power EMAs): the SDE, the network and its parameterization, never an objective, an
+optimizer, a teacher or a guide. A frozen companion (a distillation's teacher, an autoguidance guide) is a
+`TrainedRun`, read once by a driver through `load_companion`, which checks in one place that it fits the
+model it serves.
 """
 
-import dataclasses
 import json
 import os
-import types
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
-from score_jax import base_config, checkpoint, objectives, optim, sde as sde_lib, train_state
-from score_jax.models import GuidingModel, get_data_shape, get_denoiser_fn, get_model, parameterization_of
+from score_jax import base_config, checkpoint, sde as sde_lib
+from score_jax.models import GuidingModel, get_data_shape, get_denoiser_fn, get_model, init_model, parameterization_of
+from score_jax.train_state import MODEL_ITEM, model_item, profile_names
 
-
-def _components(config):
-  """The SDE, model and objective (with its teacher attached) that a run of `config` builds its state from."""
-  config = base_config.complete(config)
-  sde = sde_lib.get_sde(config)[0]
-  model = get_model(config)
-  objective = attach_teacher(objectives.get_objective(sde, model, objectives.LossConfig.from_config(config)))
-  return types.SimpleNamespace(sde=sde, model=model, objective=objective)
-
-
-def initial_train_state(config, components=None):
-  """The state a run of `config` starts from (key 0): the structure, dtypes and optimizer state that its
-  checkpoints and EMA snapshots are restored into."""
-  components = components or _components(config)
-  return train_state.init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config),
-                                      components=components)
-
-
-def abstract_train_state(config):
-  """`initial_train_state(config)` as shapes, dtypes and replicated shardings, computed without running it."""
-  components = _components(config)  # outside the trace: a teacher is read from disk
-  return checkpoint.abstract_state(lambda: initial_train_state(config, components))
-
-
-class TrainedRun:
-  """A trained score_jax model from its workdir: its config (config.json), network with parameterization, SDE and
-  EMA variables (of checkpoint `step`, default the newest), loaded once on the host. A distillation teacher
-  (`training.teacher_workdir`) and an autoguidance guide (`sampling.guidance_workdir`) are such runs."""
-
-  def __init__(self, workdir, step=None):
-    self.workdir = workdir
-    self.config = run_config(workdir)
-    self.sde, self.sampling_eps = sde_lib.get_sde(self.config)  # its path and its samplers' end time
-    self.model, variables, self.step = load_model(self.config, workdir, step=step)
-    self.variables = jax.device_get(variables)
-
-  def denoiser_fn(self, variables, sde, class_labels=None):
-    """D(x, t) of the run's model with `variables` (e.g. the copy carried by a train state) under `sde`, given
-    the `class_labels` when it is class-conditional (an unconditional model ignores them)."""
-    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous,
-                           class_labels=class_labels if self.config.model.num_classes else None)
-
-
-def check_same_path(run_sde, sde, key, workdir):
-  """Raises a `ValueError` naming `key`=`workdir` when the path x(t) = m x0 + std z of `run_sde` is not `sde`'s."""
-  times = jnp.linspace(0.01, 0.99, 9)
-  same_path = type(run_sde) is type(sde) and all(
-      bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(run_sde.marginal_coeffs(times), sde.marginal_coeffs(times)))
-  if not same_path:
-    raise ValueError(f"{key}={workdir!r} was trained on another path ({type(run_sde).__name__}) than this run's "
-                     f"({type(sde).__name__}): both models must follow the same x(t)")
-
-
-Teacher = TrainedRun  # consistency distillation's, reflow's and sCD's name for it
-
-
-def attach_teacher(objective):
-  """`objective` with the teacher of `training.teacher_workdir` when it needs one (`Objective.needs`).
-
-  Raises:
-    ValueError: the teacher's run cannot be read, or its path x(t) = m x0 + std z is not the student's.
-  """
-  if "teacher" not in objective.needs or objective.teacher is not None:
-    return objective
-  teacher = TrainedRun(objective.settings.teacher_workdir)
-  check_same_path(teacher.sde, objective.sde, "training.teacher_workdir", teacher.workdir)
-  return dataclasses.replace(objective, teacher=teacher)
-
-
-def guiding_model(config, sde, model):
-  """The autoguidance guide of `config.sampling.guidance_workdir` (checkpoint `sampling.guidance_step`, 0 the
-  newest) for `model` under `sde`, as a `models.GuidingModel`; None when the key is empty.
-
-  The guide may differ in width, depth and training length, but not in the data, the path or the
-  parameterization.
-
-  Raises:
-    ValueError: the run cannot be read, or its data shape, path or parameterization differs (one line).
-  """
-  workdir = config.sampling.get("guidance_workdir", "")  # a partial config (the reference's own) has none
-  if not workdir:
-    return None
-  guide_config = run_config(workdir)  # checked before its weights are read
-  check_same_path(sde_lib.get_sde(guide_config)[0], sde, "sampling.guidance_workdir", workdir)
-  if get_data_shape(guide_config) != get_data_shape(config):
-    raise ValueError(f"sampling.guidance_workdir={workdir!r} models data of shape {get_data_shape(guide_config)}, "
-                     f"this model {get_data_shape(config)}: the guide must share the data")
-  own, theirs = (type(parameterization_of(m)).__name__ for m in (model, get_model(guide_config)))
-  if own != theirs:
-    raise ValueError(f"sampling.guidance_workdir={workdir!r} has the {theirs} parameterization, this model {own}: "
-                     "the guide must share the parameterization")
-  guide = TrainedRun(workdir, step=config.sampling.get("guidance_step", 0) or None)
-  return GuidingModel(guide.model, guide.variables, continuous=guide.config.training.continuous)
+# Runs written before config.json recorded the parameterization that an objective implies: their
+# `training.objective` -> the `model.parameterization` they trained (a closed list: newer runs record it).
+_RECORDED_LATER = {"consistency_training": "consistency", "consistency_distillation": "consistency",
+                   "scm": "trigflow"}
 
 
 def run_config(workdir):
@@ -123,7 +38,42 @@ def run_config(workdir):
       values = json.load(f)
   except (OSError, ValueError) as error:
     raise ValueError(f"cannot read the run's config {path} ({error}); is {workdir!r} a training workdir?") from None
-  return base_config.complete(ml_collections.ConfigDict(values))
+  config = base_config.complete(ml_collections.ConfigDict(values))
+  implied = _RECORDED_LATER.get(config.training.objective)
+  if implied and config.model.parameterization in ("reference", "edm", "flow"):
+    config.model.parameterization = implied
+  return config
+
+
+def save_run_config(config, workdir):
+  """Writes `config` as `<workdir>/config.json` (process 0, atomically): what `run_config` and `load_model` read;
+  the file is read as data, never executed."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def init_variables(rng, config, sde, model):
+  """The initial variables of `model` (the network of `config`) under `sde`: the network's, with a learned
+  schedule's parameters among the params (`params["noise_schedule"]`)."""
+  variables = init_model(rng, config, model=model)
+  variables["params"] = {**variables["params"], **sde.init_params(jax.random.fold_in(rng, 1))}
+  return variables
+
+
+def abstract_model_item(config, sde, model):
+  """The structure, dtypes and (replicated) shardings of a checkpoint's `model` item for this network."""
+  def item():
+    variables = dict(init_variables(jax.random.PRNGKey(0), config, sde, model))
+    params = variables.pop("params")
+    power = config.model.ema_type == "power"
+    power_ema = {name: params for name in profile_names(config.model.ema_sigma_rels)} if power else None
+    return model_item(jnp.zeros((), jnp.int32), params, params, variables, power_ema)
+  return checkpoint.abstract_state(item)
 
 
 def _managers(workdir):
@@ -136,27 +86,148 @@ def checkpoint_steps(workdir):
   return sorted({step for manager in _managers(workdir) for step in manager.all_steps()})
 
 
-def load_model(config, workdir, *, ema=True, step=None):
-  """The model of a training workdir: `(model, variables, step)` of its newest readable checkpoint
-  (snapshot or preemption), or of checkpoint `step`, with the EMA parameters by default (`ema=False`:
-  the raw ones).
+def restore_model_item(manager, step, target):
+  """The `model` item of checkpoint `step`; from a checkpoint of the one-item layout (before the parts), the
+  same fields of its whole state (read as stored, then checked against `target`)."""
+  if MODEL_ITEM in checkpoint.item_names(manager, step):
+    return checkpoint.restore_item(manager, step, {MODEL_ITEM: target})[MODEL_ITEM]
+  state = checkpoint.restore_item(manager, step, {checkpoint.LEGACY_ITEM: None})[checkpoint.LEGACY_ITEM]
+  item = {name: state[name] for name in target}
+  shapes = lambda tree: jax.tree_util.tree_map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), tree)  # noqa: E731
+  if shapes(item) != shapes(target):
+    raise ValueError("its arrays differ from the network's (shapes or dtypes)")
+  return jax.tree_util.tree_map(lambda a, like: jax.device_put(jnp.asarray(a), like.sharding), item, target)
 
-  A post-hoc EMA (`score_jax.posthoc_ema.write_reconstruction`) is loaded from its own directory likewise.
+
+def load_model(workdir, *, step=None, ema=True):
+  """The model of a training workdir: `(model, variables, step)` of its newest readable checkpoint (snapshot
+  or preemption), or of checkpoint `step`, with the EMA parameters by default (`ema=False`: the raw ones).
+
+  The model is built from the run's own `config.json`; only the checkpoint's `model` item is read. A post-hoc
+  EMA (`score_jax.posthoc_ema.write_reconstruction`) and a converted checkpoint load from their own
+  directories likewise.
 
   Raises:
-    ValueError: `workdir` holds no readable checkpoint of this config's model, or none of `step`.
+    ValueError: `workdir` has no config.json, no checkpoint (of `step`), or checkpoints that its network cannot
+      read (the first error named).
   """
-  config = base_config.complete(config)  # e.g. the config.json of a run older than some keys
-  managers = _managers(workdir)
+  config = run_config(workdir)
+  sde = sde_lib.get_sde(config)[0]
+  model = get_model(config)
+  target = abstract_model_item(config, sde, model)
+  candidates = sorted(((s, m) for m in _managers(workdir) for s in m.all_steps()), key=lambda c: c[0], reverse=True)
   if step is not None:
-    holding = [m for m in managers if step in m.all_steps()]
-    if not holding:
-      steps = checkpoint_steps(workdir)
-      raise ValueError(f"{workdir} has no checkpoint of step {step}; its steps: {', '.join(map(str, steps)) or 'none'}")
-    state = checkpoint.restore(holding[0], step, abstract_train_state(config))
-    return get_model(config), state.variables(ema=ema), step
-  state, step = checkpoint.restore_latest(managers, abstract_train_state(config))
-  if step is None:
-    raise ValueError(f"no readable score-model checkpoint in {workdir}; train one with `python main.py "
-                     "--mode=train` and the same --config and --workdir")
-  return get_model(config), state.variables(ema=ema), step
+    candidates = [(s, m) for s, m in candidates if s == step][:1]
+    if not candidates:
+      steps = ", ".join(map(str, checkpoint_steps(workdir))) or "none"
+      raise ValueError(f"{workdir} has no checkpoint of step {step}; its steps: {steps}")
+  if not candidates:
+    raise ValueError(f"no score-model checkpoint in {workdir}; train one with `python main.py --mode=train` and "
+                     "the same --config and --workdir")
+  errors = []
+  for found, manager in candidates:
+    try:
+      item = restore_model_item(manager, found, target)
+    except Exception as error:  # noqa: BLE001 -- an unreadable checkpoint is skipped, the first error reported
+      errors.append(f"step {found}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+      logging.warning("Checkpoint %s/%d is unreadable (%s); trying an older one.", manager.directory, found,
+                      errors[-1])
+      continue
+    variables = {**item["model_state"], "params": item["ema_params"] if ema else item["params"]}
+    return model, variables, found
+  raise ValueError(f"{workdir} has checkpoints (steps {', '.join(str(s) for s, _ in reversed(candidates))}) but "
+                   f"none is readable as the network of its config.json; the newest: {errors[0]}")
+
+
+class TrainedRun:
+  """A trained score_jax model from its workdir, frozen: its config (config.json), network with
+  parameterization, SDE and EMA variables (of checkpoint `step`, default the newest), loaded once on the host.
+  A distillation teacher and an autoguidance guide are such runs (`load_companion`)."""
+
+  def __init__(self, workdir, step=None):
+    self.workdir = workdir
+    self.config = run_config(workdir)
+    self.sde, self.sampling_eps = sde_lib.get_sde(self.config)  # its path and its samplers' end time
+    self.model, variables, self.step = load_model(workdir, step=step)
+    self.variables = jax.device_get(variables)
+
+  def denoiser_fn(self, variables, sde, class_labels=None):
+    """D(x, t) of the run's model with `variables` (e.g. the copy a train step receives) under `sde`, given
+    the `class_labels` when it is class-conditional (an unconditional model ignores them)."""
+    return get_denoiser_fn(sde, self.model, variables, continuous=self.config.training.continuous,
+                           class_labels=class_labels if self.config.model.num_classes else None)
+
+
+# What a companion may have to share with the model it serves, each checked by `load_companion`.
+SHARED = ("data", "path", "classes", "parameterization")
+
+
+def check_same_path(run_sde, sde, key, workdir):
+  """Raises a `ValueError` naming `key`=`workdir` when the path x(t) = m x0 + std z of `run_sde` is not `sde`'s."""
+  times = jnp.linspace(0.01, 0.99, 9)
+  same_path = type(run_sde) is type(sde) and all(
+      bool(jnp.allclose(a, b, rtol=1e-5)) for a, b in zip(run_sde.marginal_coeffs(times), sde.marginal_coeffs(times)))
+  if not same_path:
+    raise ValueError(f"{key}={workdir!r} was trained on another path ({type(run_sde).__name__}) than this run's "
+                     f"({type(sde).__name__}): both models must follow the same x(t)")
+
+
+def check_companion(companion_config, config, key, *, shares=SHARED):
+  """Raises one `ValueError` naming `key` at the first thing in `shares` that the run of `companion_config` (at
+  `config[key]`) does not share with the model of `config`: "data" (the shape of an example and
+  `data.centered`), "path" (x(t)), "classes" (`model.num_classes`, when the companion takes class labels) and
+  "parameterization"."""
+  workdir = config[key.split(".")[0]][key.split(".")[1]]
+  prefix = f"{key}={workdir!r}"
+  if "data" in shares:
+    theirs, own = get_data_shape(companion_config), get_data_shape(config)
+    if theirs != own:
+      raise ValueError(f"{prefix} models data of shape {theirs}, this run {own} (data.image_size, "
+                       "data.num_channels, data.dim): both must model the same data")
+    if companion_config.data.centered != config.data.centered:
+      raise ValueError(f"{prefix} has data.centered={companion_config.data.centered}, this run "
+                       f"{config.data.centered}: both must scale the data alike")
+  if "path" in shares:
+    check_same_path(sde_lib.get_sde(companion_config)[0], sde_lib.get_sde(config)[0], key, workdir)
+  theirs, own = companion_config.model.num_classes, config.model.num_classes
+  if "classes" in shares and theirs and own and theirs != own:  # this run's labels are passed to it
+    raise ValueError(f"{prefix} is conditioned on model.num_classes={theirs} classes, this run on {own}: the class "
+                     "labels passed to it would mean other classes")
+  if "parameterization" in shares:
+    theirs, own = (type(parameterization_of(get_model(c))).__name__ for c in (companion_config, config))
+    if theirs != own:
+      raise ValueError(f"{prefix} has the {theirs} parameterization, this run {own}: both must share it")
+
+
+def load_companion(config, key, *, shares=SHARED, step=None):
+  """The frozen run of workdir `config[key]` (e.g. "training.teacher_workdir") as a `TrainedRun`, checked
+  against the model of `config` (`check_companion`) before its weights are read; None when the key is empty.
+
+  Raises:
+    ValueError: the run cannot be read, or does not fit (one line naming `key`).
+  """
+  section, name = key.split(".")
+  workdir = config[section].get(name, "")  # a partial config (the reference's own) has none
+  if not workdir:
+    return None
+  try:
+    companion_config = run_config(workdir)
+  except ValueError as error:
+    raise ValueError(f"{key}={workdir!r}: {error}") from None
+  check_companion(companion_config, config, key, shares=shares)
+  return TrainedRun(workdir, step=step)
+
+
+def load_teacher(config):
+  """The teacher of `training.teacher_workdir` (None without one): data, path and classes shared."""
+  return load_companion(config, "training.teacher_workdir", shares=("data", "path", "classes"))
+
+
+def guiding_model(config):
+  """The autoguidance guide of `sampling.guidance_workdir` (checkpoint `sampling.guidance_step`, 0 the newest)
+  for the model of `config`, as a `models.GuidingModel`; None when the key is empty. The guide may differ in
+  width, depth and training length, but not in the data, the path, the classes or the parameterization."""
+  guide = load_companion(config, "sampling.guidance_workdir", step=config.sampling.get("guidance_step", 0) or None)
+  if guide is None:
+    return None
+  return GuidingModel(guide.model, guide.variables, continuous=guide.config.training.continuous)

@@ -1,5 +1,6 @@
-"""Test helpers: tiny configs, the reference's analytic toy network, Gaussian scores."""
+"""Test helpers: tiny configs, the reference's analytic toy network, Gaussian scores, untrained runs."""
 
+import os
 import pathlib
 
 import flax.linen as nn
@@ -8,11 +9,21 @@ import jax.numpy as jnp
 import optax
 
 from configs.toy import default as toy_default
-from score_jax import models, objectives
+from score_jax import checkpoint, models, objectives, run_setup, trained_model
 
 # The reference's numbers (score_sde_pytorch@cb1f359, cross-checked against the JAX original):
 # tests/fixtures/REFCHECK.md says what each file holds.
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+
+
+def save_untrained_run(config, workdir, step=2):
+  """A training workdir of `config`'s untrained model: its config.json and a checkpoint of the initial state
+  (key 0) at `step`, as training writes them (nothing trained, nothing jitted); returns the state."""
+  run = run_setup.RunSetup(config, companions=())
+  state = run.initial_state(jax.random.PRNGKey(0)).replace(step=jnp.asarray(step, jnp.int32))
+  trained_model.save_run_config(run.config, workdir)
+  checkpoint.save(checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR)), step, state)
+  return state
 
 
 def tiny_toy_config(**overrides):
@@ -69,26 +80,30 @@ def train_on_gaussian(config, objective, steps, ema_decay=None):
   """`steps` of Adam (1e-3) on batches of 256 from 1-D N(1.5, 0.5^2) with `objective`, its state advanced after
   each step as the train step does; returns the variables (raw parameters), their EMA (None without
   `ema_decay`) and the objective's state."""
-  loss_fn = objectives.get_loss_fn(objective.sde, objective.model, objective.settings, train=True,
-                                   objective=objective)
+  loss_fn = objectives.get_loss_fn(objective, train=True)
   variables = models.init_model(jax.random.key(0), config)
   optimizer = optax.adam(1e-3)
+  frozen = objective.frozen_variables()
 
   @jax.jit
-  def step(params, opt_state, state, ema, rng):
+  def step(params, opt_state, state, ema, rng, k):
     data_key, loss_key = jax.random.split(rng)
     batch = 1.5 + 0.5 * jax.random.normal(data_key, (256, 1))
-    grads = jax.grad(lambda p: loss_fn(loss_key, {**variables, "params": p}, batch, state).loss)(params)
+    inputs = {"step": k, **(state or {}), **frozen}
+    grads = jax.grad(lambda p: loss_fn(loss_key, {**variables, "params": p}, batch, inputs).loss)(params)
     updates, opt_state = optimizer.update(grads, opt_state)
     params = optax.apply_updates(params, updates)
     if ema_decay is not None:
       ema = jax.tree.map(lambda a, b: ema_decay * a + (1 - ema_decay) * b, ema, params)
-    return params, opt_state, objective.update_state(state, params), ema
+    if state is not None:
+      state = objective.update_state(state, params)
+    return params, opt_state, state, ema
 
   params = ema = variables["params"]
   opt_state, state = optimizer.init(params), objective.init_state(params)
   for k in range(steps):
-    params, opt_state, state, ema = step(params, opt_state, state, ema, jax.random.fold_in(jax.random.key(1), k))
+    params, opt_state, state, ema = step(params, opt_state, state, ema, jax.random.fold_in(jax.random.key(1), k),
+                                         jnp.asarray(k, jnp.int32))
   return {**variables, "params": params}, ema if ema_decay is not None else None, state
 
 

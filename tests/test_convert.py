@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import checkpoint, convert, optim, torch_pickle, train_state
+from score_jax import checkpoint, convert, run_setup, torch_pickle
 from score_jax.models import get_model
 from tests.helpers import FIXTURES
 from tests.test_models import fixture_config
@@ -251,8 +251,7 @@ def test_convert_command_writes_a_restorable_train_state(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.eval.begin_ckpt=3 --config.eval.end_ckpt=3" in result.stdout
-  optimizer = optim.get_optimizer(config)
-  target = jax.eval_shape(lambda: train_state.init_train_state(jax.random.PRNGKey(0), config, optimizer))
+  target = jax.eval_shape(lambda: run_setup.RunSetup(config, companions=()).initial_state(jax.random.PRNGKey(0)))
   manager = checkpoint.get_manager(workdir / checkpoint.SNAPSHOT_DIR)
   assert manager.all_steps() == [3 * config.training.snapshot_freq]
   state = checkpoint.restore(manager, 3 * config.training.snapshot_freq, target)

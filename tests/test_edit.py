@@ -5,15 +5,14 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs.classifier import digits as digits_classifier
-from score_jax import checkpoint, classifier, optim
+from score_jax import checkpoint, classifier
 from score_jax.drivers import edit, train
-from score_jax.train_state import init_train_state
+from tests.helpers import save_untrained_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, SCALE_TO = 8, 384
@@ -82,9 +81,7 @@ def test_conditional_with_a_class_conditional_model_uses_classifier_free_guidanc
   config = tiny_config()
   config.model.num_classes, config.training.class_dropout = 10, 0.1
   config.classifier.num_classes = 3  # not read: no classifier is involved
-  state = init_train_state(jax.random.PRNGKey(0), config, optim.get_optimizer(config))  # untrained: no compile
-  manager = checkpoint.get_manager(os.path.join(tmp_path, checkpoint.SNAPSHOT_DIR))
-  checkpoint.save(manager, 2, state.replace(step=jnp.asarray(2, jnp.int32)))
+  save_untrained_run(config, str(tmp_path))  # untrained: no compile
   path = edit.edit(config, str(tmp_path), "conditional", labels="0,7,9", guidance_scale=2.0)
   assert not os.path.exists(os.path.join(tmp_path, classifier.CLASSIFIER_DIR))
   assert os.path.basename(path) == "conditional_cfg2_step2.png"
@@ -121,7 +118,7 @@ def test_bad_inputs_raise_value_errors_before_any_work(tmp_path):
     edit.edit(config, empty, "inpaint", images=[str(tmp_path / "missing.png")])
   with pytest.raises(ValueError, match=r"integers in \[0, 10\)"):
     edit.edit(config, empty, "conditional", labels="3,10")
-  with pytest.raises(ValueError, match="no readable score-model checkpoint"):
+  with pytest.raises(ValueError, match="cannot read the run.s config"):
     edit.edit(config, empty, "inpaint", from_dataset=2)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from score_jax import models, run_setup
-from score_jax.models import edm2
+from score_jax.networks import edm2
 from tests.helpers import tiny_toy_config
 
 

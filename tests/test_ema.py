@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from score_jax import checkpoint, ema, posthoc_ema, trained_model
-from score_jax.train_state import PowerEMATrainState
+from score_jax import ema, posthoc_ema, run_setup, trained_model
+from score_jax.train_state import TrainState
 from tests.helpers import tiny_toy_config
 
 
@@ -33,7 +33,7 @@ def test_profile_inner_products_match_quadrature():
 def run_power_emas(trajectory, gammas, snapshot_every):
   """The tracked averages of `ema.update` over a scalar parameter trajectory: {step: [average per gamma]}."""
   params = {"w": jnp.asarray(trajectory[0])}
-  state = PowerEMATrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=(),
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=(),
                              model_state={}, power_ema={name: params for name in ema.profile_names(gammas)})
   snapshots = {}
   update = jax.jit(lambda s: ema.update(s, ema_rate=0.0, gammas=gammas))
@@ -129,28 +129,16 @@ def test_reconstruction_weights_sum_to_one_and_follow_edm2_algorithm_3():
 
 def test_reconstruct_of_constant_snapshots_is_that_constant(tmp_path):
   """Stored averages that all hold the same parameters reconstruct to exactly those parameters at any
-  width (an average), through the snapshot files and the re-exported `ema.reconstruct`."""
+  width (an average), through the snapshot files and `posthoc_ema.reconstruct`."""
   config = tiny_toy_config(**{"model.ema_type": "power", "training.ema_snapshot_freq": 150})
   config.model.ema_sigma_rels = (0.05, 0.10)
-  state = trained_model.initial_train_state(config)
+  state = run_setup.RunSetup(config, companions=()).initial_state(jax.random.PRNGKey(0))
+  trained_model.save_run_config(config, str(tmp_path))
   manager = posthoc_ema.snapshot_manager(str(tmp_path))
   for step in range(150, 1501, 150):
     posthoc_ema.save_snapshot(manager, step, state, config.model.ema_sigma_rels)
   for sigma_rel in (0.02, 0.22):
-    params, solution = ema.reconstruct(config, str(tmp_path), sigma_rel, return_info=True)
+    params, solution = posthoc_ema.reconstruct(config, str(tmp_path), sigma_rel, return_info=True)
     assert abs(solution.least_squares_sum - 1.0) > 0.01  # the unnormalised weights would scale the parameters
     for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.params)):
       np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-7)
-
-
-def test_moved_names_stay_importable():
-  """The snapshot I/O moved to `posthoc_ema` and `load_model` to `trained_model`; the old names still work."""
-  for name in ema.__all__:
-    assert getattr(ema, name) is not None, name
-  for name in ema.POSTHOC_NAMES:
-    assert getattr(ema, name) is getattr(posthoc_ema, name)
-  assert checkpoint.load_model is trained_model.load_model
-  from score_jax.checkpoint import load_model  # noqa: PLC0415 -- the `from` form goes through __getattr__ too
-  assert load_model is trained_model.load_model
-  with pytest.raises(AttributeError, match="no attribute 'missing'"):
-    ema.missing  # noqa: B018

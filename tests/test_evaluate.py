@@ -36,9 +36,9 @@ def test_evaluate_reports_each_checkpoint_and_skips_finished_ones(tmp_path):
 
 def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
   """--mode=fid_stats then eval with FID on (the Inception network replaced by a fixed random projection;
-  the network itself is tested in test_inception.py, the formulas in test_evaluation.py)."""
+  the network itself is tested in test_inception.py, the formulas in test_distances.py)."""
   from configs import digits
-  from score_jax import evaluation
+  from score_jax.metrics import distances
   from score_jax.metrics import inception
 
   projection = np.random.default_rng(0).normal(size=(8 * 8 * 1, 16))
@@ -74,11 +74,11 @@ def test_fid_stats_and_sample_quality_plumbing(tmp_path, monkeypatch):
   report = evaluate.evaluate(config, workdir)[1]
   samples = np.load(tmp_path / "eval" / "ckpt_1_samples.npz")["samples"]
   features = fake_features(np.clip(samples * 255.0, 0, 255).astype(np.uint8))  # the reference's cast
-  expected = evaluation.frechet_distance_from_features(stats["pool_3"], features.pool3)
+  expected = distances.frechet_distance_from_features(stats["pool_3"], features.pool3)
   np.testing.assert_allclose(report["fid"], expected, rtol=1e-6)
-  np.testing.assert_allclose(report["kid"], evaluation.kernel_inception_distance(stats["pool_3"], features.pool3),
+  np.testing.assert_allclose(report["kid"], distances.kernel_inception_distance(stats["pool_3"], features.pool3),
                              rtol=1e-6)
-  np.testing.assert_allclose(report["inception_score"], evaluation.inception_score(features.logits), rtol=1e-6)
+  np.testing.assert_allclose(report["inception_score"], distances.inception_score(features.logits), rtol=1e-6)
   assert np.isfinite(report["eval_loss"])  # eval.num_eval_batches = 0: the whole held-out split
   assert report["digits_fd"] > 0  # the digits classifier's Frechet distance of the (untrained) samples
 

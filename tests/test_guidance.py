@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from score_jax import controllable, losses, parameterization, sampling, sde as sde_lib, toy_data
+from score_jax import controllable, objectives, parameterization, sampling, sde as sde_lib, toy_data
 from score_jax.run_setup import validate_config
 from score_jax.models import ScoreModel, get_denoiser_fn, get_score_fn, init_model
 from tests.helpers import FIXTURES, tiny_toy_config
@@ -179,11 +179,12 @@ class NullIndicator(nn.Module):
 @pytest.mark.parametrize("class_dropout", [0.0, 0.2])
 def test_label_dropout_rate(class_dropout):
   model = ScoreModel(network=NullIndicator(), parameterization=parameterization.Data())
-  config = losses.LossConfig(num_classes=4, class_dropout=class_dropout)
+  settings = objectives.LossConfig(num_classes=4, class_dropout=class_dropout)
+  objective = objectives.OBJECTIVES["dsm"](sde=SDE, model=model, settings=settings)
   n = 20000
   batch = (jnp.zeros((n, 2)), jnp.arange(n) % 4)
   for train, expected in [(True, class_dropout), (False, 0.0)]:
-    loss_fn = losses.get_loss_fn(SDE, model, config, train=train)
+    loss_fn = objectives.get_loss_fn(objective, train=train)
     dropped = np.asarray(loss_fn(jax.random.PRNGKey(3), {}, batch).per_example)
     assert set(np.unique(dropped)) <= {0.0, 1.0}
     assert abs(dropped.mean() - expected) <= 4 * np.sqrt(expected * (1 - expected) / n)

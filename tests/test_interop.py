@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from score_jax import checkpoint, convert, diffusers_format, safetensors_io
+from score_jax import convert, diffusers_format, safetensors_io, trained_model
 from score_jax.drivers import train
 from score_jax.models import get_model, get_model_fn, init_model
 from tests.helpers import FIXTURES, tiny_toy_config
@@ -153,10 +153,10 @@ def test_safetensors_headers_that_lie_are_refused(tmp_path):
 def test_safetensors_export_and_import_of_a_workdir(tmp_path):
   config = tiny_toy_config(**{"training.n_iters": 10, "training.snapshot_freq": 10})
   train.train_and_evaluate(config, str(tmp_path / "run"))
-  path = convert.export_checkpoint(config, str(tmp_path / "run"), "safetensors", str(tmp_path / "run.safetensors"))
+  path = convert.export_checkpoint(str(tmp_path / "run"), "safetensors", str(tmp_path / "run.safetensors"))
   loaded_config, variables, ema_variables = convert.import_safetensors(path)
   for ema in (False, True):
-    _, want, step = checkpoint.load_model(config, str(tmp_path / "run"), ema=ema)
+    _, want, step = trained_model.load_model(str(tmp_path / "run"), ema=ema)
     jax.tree_util.tree_map(np.testing.assert_array_equal, ema_variables if ema else variables, want)
   assert step == 10 and loaded_config.model.nf == config.model.nf
   assert not np.allclose(variables["params"]["Dense_0"]["kernel"], ema_variables["params"]["Dense_0"]["kernel"])
@@ -256,7 +256,7 @@ def test_imports_write_orbax_snapshots_with_their_config(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert module.get_config().to_dict() == derived.to_dict() == config.to_dict()
-  _, loaded, loaded_step = checkpoint.load_model(module.get_config(), str(tmp_path / "w1"))
+  _, loaded, loaded_step = trained_model.load_model(str(tmp_path / "w1"))
   assert (ckpt, step, loaded_step) == (1, config.training.snapshot_freq, config.training.snapshot_freq)
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
 
@@ -265,7 +265,7 @@ def test_imports_write_orbax_snapshots_with_their_config(tmp_path):
   (tmp_path / "checkpoint_7").write_bytes(original_state_bytes(fixture_variables))
   _, ckpt, step = convert.write_train_state_checkpoint(fixture_config, str(tmp_path / "checkpoint_7"),
                                                        str(tmp_path / "w2"))
-  _, loaded, loaded_step = checkpoint.load_model(fixture_config, str(tmp_path / "w2"))
+  _, loaded, loaded_step = trained_model.load_model(str(tmp_path / "w2"))
   assert (ckpt, loaded_step) == (7, step) and step == 7 * fixture_config.training.snapshot_freq
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, fixture_variables)
 

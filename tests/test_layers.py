@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax.models import layers, normalization
-from score_jax.models import up_or_down_sampling as resample
+from score_jax.networks import layers, normalization
+from score_jax.networks import up_or_down_sampling as resample
 
 
 @pytest.fixture(scope="module")

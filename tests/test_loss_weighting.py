@@ -24,7 +24,7 @@ def test_the_learned_log_variance_is_the_log_of_the_expected_loss():
                               "model.embedding_dim": 32, "training.edm_p_mean": -0.5, "training.edm_p_std": 1.5})
   sde, _ = sde_lib.get_sde(config)
   model = models.get_model(config)
-  objective = objectives.get_objective(sde, model, objectives.LossConfig.from_config(config))
+  objective = objectives.get_objective(config, sde, model)
   variables, _, _ = train_on_gaussian(config, objective, 2000)
   sigma = jnp.asarray([0.05, 0.2, 0.5, 1.0, 2.0, 5.0])
   learned = np.asarray(model.apply(variables, sigma, method="log_variance"))
@@ -43,10 +43,10 @@ def test_only_objectives_that_know_the_noise_level_take_it():
   config = tiny_toy_config(**{"training.objective": "ssm", "training.loss_weighting": "uncertainty"})
   sde, _ = sde_lib.get_sde(config)
   with pytest.raises(ValueError, match="training.loss_weighting='uncertainty' weighs losses by noise level"):
-    objectives.check_loss_config(objectives.LossConfig.from_config(config), sde)
+    objectives.get_objective(config, sde, models.get_model(config))
   config.training.loss_weighting = "learned"
   with pytest.raises(ValueError, match="training.loss_weighting='learned' is not valid"):
-    objectives.check_loss_config(objectives.LossConfig.from_config(config), sde)
+    objectives.get_objective(config, sde, models.get_model(config))
   with pytest.raises(ValueError, match="no learned loss weighting"):
     model = models.get_model(tiny_toy_config())
     variables = models.init_model(jax.random.key(0), tiny_toy_config())

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from score_jax import losses, optim, sde as sde_lib
+from score_jax import models, objectives, optim, sde as sde_lib
+from score_jax.objectives import discrete, dsm
 from score_jax.models import get_model_fn, get_score_fn
 from score_jax.train_state import init_train_state
 from score_jax.train_steps import get_train_step
@@ -31,7 +32,7 @@ def test_dsm_loss_replays_reference(refcheck, name, likelihood_weighting, reduce
   t = jnp.asarray(ref[f"{case}/draw000"]) * (sde.T - eps) + eps  # torch.rand * (T - eps) + eps
   z = nhwc(ref[f"{case}/draw001"])
   score_fn = get_score_fn(sde, ReferenceToyModel(), {}, continuous=True)
-  out = losses.dsm_loss(score_fn, sde, data, t, z, reduce_mean=reduce_mean,
+  out = dsm.dsm_loss(score_fn, sde, data, t, z, reduce_mean=reduce_mean,
                         likelihood_weighting=likelihood_weighting)
   np.testing.assert_allclose(out.loss, ref[f"{case}/out0"], rtol=2e-6)
 
@@ -39,7 +40,7 @@ def test_dsm_loss_replays_reference(refcheck, name, likelihood_weighting, reduce
 def test_smld_and_ddpm_losses_replay_reference(refcheck):
   ref = refcheck("toy_pipelines")
   model_fn = get_model_fn(ReferenceToyModel(), {})
-  out = losses.smld_loss(model_fn, FIXTURE_SDES["ve"], nhwc(ref["inputs/data_01"]),
+  out = discrete.smld_loss(model_fn, FIXTURE_SDES["ve"], nhwc(ref["inputs/data_01"]),
                          jnp.asarray(ref["loss/smld/ve/draw000"]), nhwc(ref["loss/smld/ve/draw001"]))
   np.testing.assert_allclose(out.loss, ref["loss/smld/ve/out0"], rtol=2e-6)
   # The reference's DDPM case has no number to replay: at N = 10, beta_i = beta_max / N reaches 2, so
@@ -50,12 +51,12 @@ def test_smld_and_ddpm_losses_replay_reference(refcheck):
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # the table refuses; no NaN on the way
     with pytest.raises(ValueError, match="beta_max"):
-      losses.ddpm_loss(model_fn, FIXTURE_SDES["vp"], x0, jnp.asarray(labels), z)
+      discrete.ddpm_loss(model_fn, FIXTURE_SDES["vp"], x0, jnp.asarray(labels), z)
   # At N = beta_max (the least that model.num_scales allows): Ho et al.'s Eq. (14), in float64.
   abar = np.cumprod(1.0 - np.linspace(0.1 / 20, 20.0 / 20, 20))[labels][:, None, None, None]
   perturbed = np.sqrt(abar) * x0.astype(np.float64) + np.sqrt(1.0 - abar) * z.astype(np.float64)
   expected = np.mean((np.tanh(0.5 * perturbed) + 0.001 * labels[:, None, None, None] - z)**2)
-  out = losses.ddpm_loss(model_fn, sde_lib.VPSDE(0.1, 20.0, 20), x0, jnp.asarray(labels), z)
+  out = discrete.ddpm_loss(model_fn, sde_lib.VPSDE(0.1, 20.0, 20), x0, jnp.asarray(labels), z)
   np.testing.assert_allclose(out.loss, expected, rtol=2e-6)
 
 
@@ -73,13 +74,13 @@ def test_dsm_loss_of_exact_gaussian_score_is_closed_form(name):
   x0 = s * jax.random.normal(k1, (n, dim))
   z = jax.random.normal(k2, (n, dim))
   exact = lambda x, t: -x / var
-  out = losses.dsm_loss(exact, sde, x0, t, z, reduce_mean=True)
+  out = dsm.dsm_loss(exact, sde, x0, t, z, reduce_mean=True)
   expected = mean_scale**2 * s**2 / var
   standard_error = np.std(out.per_example) / np.sqrt(n)
   assert abs(float(out.loss) - float(expected)) < 4 * standard_error + 1e-6
-  worse = losses.dsm_loss(lambda x, t: 1.1 * exact(x, t), sde, x0, t, z, reduce_mean=True)
+  worse = dsm.dsm_loss(lambda x, t: 1.1 * exact(x, t), sde, x0, t, z, reduce_mean=True)
   assert float(worse.loss) > float(out.loss)
-  summed = losses.dsm_loss(exact, sde, x0, t, z, reduce_mean=False)
+  summed = dsm.dsm_loss(exact, sde, x0, t, z, reduce_mean=False)
   np.testing.assert_allclose(summed.loss, 0.5 * dim * out.loss, rtol=1e-5)  # the reference's 0.5 * sum
 
 
@@ -87,8 +88,8 @@ def test_per_example_randomness_does_not_depend_on_batch_size():
   config = tiny_toy_config()
   sde = sde_lib.VPSDE(N=20)
   model = get_model(config)
-  state = init_train_state(jax.random.PRNGKey(0), config, optax.adam(1e-3))
-  loss_fn = losses.get_loss_fn(sde, model, losses.LossConfig(), train=False)
+  state = init_train_state(models.init_model(jax.random.PRNGKey(0), config), optax.adam(1e-3))
+  loss_fn = objectives.get_loss_fn(objectives.get_objective(config, sde, model), train=False)
   batch = jax.random.normal(jax.random.PRNGKey(1), (8, 2))
   rng = jax.random.PRNGKey(2)
   big = loss_fn(rng, state.variables(), batch).per_example
@@ -134,8 +135,8 @@ def test_train_step_updates_ema_and_derives_rng_from_step():
   sde = sde_lib.VPSDE(N=20)
   model = get_model(config)
   optimizer = optim.get_optimizer(config)
-  state = init_train_state(jax.random.PRNGKey(0), config, optimizer)
-  step = jax.jit(get_train_step(sde, model, optimizer, losses.LossConfig(), ema_rate=0.9,
+  state = init_train_state(models.init_model(jax.random.PRNGKey(0), config), optimizer)
+  step = jax.jit(get_train_step(objectives.get_objective(config, sde, model), optimizer, ema_rate=0.9,
                                 rng=jax.random.PRNGKey(3)))
   batch = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
   new_state, loss = step(state, batch)
@@ -152,7 +153,7 @@ def test_train_step_updates_ema_and_derives_rng_from_step():
 def test_discrete_loss_errors():
   model = ReferenceToyModel()
   with pytest.raises(ValueError, match="subVPSDE"):
-    losses.get_loss_fn(sde_lib.subVPSDE(), model, losses.LossConfig(continuous=False), train=True)
+    objectives.get_objective(tiny_toy_config(**{"training.continuous": False}), sde_lib.subVPSDE(), model)
   with pytest.raises(ValueError, match="likelihood_weighting"):
-    losses.get_loss_fn(sde_lib.VPSDE(), model,
-                       losses.LossConfig(continuous=False, likelihood_weighting=True), train=True)
+    objectives.get_objective(tiny_toy_config(**{"training.continuous": False, "training.likelihood_weighting": True}),
+                             sde_lib.VPSDE(), model)

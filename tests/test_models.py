@@ -138,7 +138,7 @@ def test_unknown_architecture_option_is_a_value_error():
 
 def test_mlp_input_fourier_features():
   """sin / cos(pi 2^k x) of every coordinate beside x; 0 frequencies is the plain MLP (fewer weights)."""
-  from score_jax.models.mlp import MLPScoreModel
+  from score_jax.networks.mlp import MLPScoreModel
   x = jnp.array([[0.25, -0.5]])
   features = MLPScoreModel(input_frequencies=2).bind({})._input_features(x)
   angles = np.pi * np.array([[0.25, 0.5], [-0.5, -1.0]])  # coordinate x frequency

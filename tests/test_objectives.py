@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import elbo, losses, objectives, noise_schedule, parameterization as param_lib, sde as sde_lib
+from score_jax import elbo, objectives, noise_schedule, parameterization as param_lib, sde as sde_lib
+from score_jax.objectives import dsm, edm, ssm, vdm
 from score_jax.run_setup import validate_config
 from score_jax.utils import batch_mul
 
@@ -66,7 +67,7 @@ def test_dsm_minimum(sde_name):
   sde = SDES[sde_name]
   x0, z, _ = draw(0, BATCH)
   t = jnp.full((BATCH,), T_FIXED)
-  out = losses.dsm_loss(exact_score(sde), sde, x0, t, z)
+  out = dsm.dsm_loss(exact_score(sde), sde, x0, t, z)
   mean_scale, std, var = posterior(sde, t[:1])
   assert_mc(out.per_example, float(mean_scale[0]**2 * var[0] / std[0]**2), sde_name)
 
@@ -81,7 +82,7 @@ def test_regression_minimum(name, sde_name):
   t = jnp.full((BATCH,), T_FIXED)
   denoiser = exact_denoiser(sde)
   output_fn = lambda x, t: p.output_from_denoised(sde, denoiser(x, t), x, t, True)
-  out = losses.regression_loss(output_fn, p, sde, x0, t, z)
+  out = dsm.regression_loss(output_fn, p, sde, x0, t, z)
   m, std, var = (float(v[0]) for v in posterior(sde, t[:1]))
   sigma = std / m
   factor = {"eps": m**2 / std**2, "x0": 1.0, "v": (m**2 + std**2) / std**2,
@@ -95,7 +96,7 @@ def test_edm_minimum(sde_name):
   sde = SDES[sde_name]
   x0, z, key = draw(2, BATCH)
   sigma = jnp.exp(-1.2 + 1.2 * jax.random.normal(key, (BATCH,)))
-  out = losses.edm_loss(exact_denoiser(sde), sde, x0, sigma, z, sigma_data=0.5)
+  out = edm.edm_loss(exact_denoiser(sde), sde, x0, sigma, z, sigma_data=0.5)
   # The per-example expectation given sigma; the residual (loss - its expectation) has mean 0.
   expected = (sigma**2 + 0.25) / (sigma * 0.5) ** 2 * S**2 * sigma**2 / (S**2 + sigma**2)
   assert_mc(out.per_example - expected, 0.0, sde_name)
@@ -111,7 +112,7 @@ def test_edm_objective_with_edm_parameterization_is_plain_regression():
   output = jax.random.normal(jax.random.PRNGKey(9), x0.shape)
   t = sde.noise_level_to_t(sigma)
   denoiser = lambda x, t: p.denoised(sde, output, x, t, True)
-  out = losses.edm_loss(denoiser, sde, x0, sigma, z, sigma_data=0.5)
+  out = edm.edm_loss(denoiser, sde, x0, sigma, z, sigma_data=0.5)
   direct = jnp.mean(jnp.square(output - p.target(sde, x0, z, t)), axis=-1)
   np.testing.assert_allclose(out.per_example, direct, rtol=1e-4)
 
@@ -134,9 +135,9 @@ def test_ssm_is_dsm_minus_the_dimension(model, projection):
   v_key = jax.random.fold_in(key, 1)
   v = (jax.random.rademacher(v_key, x0.shape, jnp.float32) if projection == "rademacher"
        else jax.random.normal(v_key, x0.shape))
-  ssm = losses.ssm_loss(score_fn, sde, x0, t, z, v).per_example
-  dsm = losses.dsm_loss(score_fn, sde, x0, t, z).per_example
-  assert_mc(ssm - dsm, -1.0, model)
+  sliced = ssm.ssm_loss(score_fn, sde, x0, t, z, v).per_example
+  denoising = dsm.dsm_loss(score_fn, sde, x0, t, z).per_example
+  assert_mc(sliced - denoising, -1.0, model)
 
 
 def linear_gamma_sde(gamma_0, gamma_1):
@@ -248,8 +249,8 @@ def test_vdm_loss_decodes_8bit_images_by_hand():
   pixel_levels = np.array([[[0, 17], [128, 255]], [[3, 254], [100, 1]]])  # (B, H, W), one channel
   x = levels.values()[jnp.asarray(pixel_levels)][..., None]
   decoder_noise = jnp.asarray(np.array([[[0.0, 0.5], [-1.25, 0.3]], [[2.0, -0.7], [0.0, 1.5]]]))[..., None]
-  objective = objectives.OBJECTIVES["vdm"](sde=sde, model=None,
-                                           settings=objectives.LossConfig(objective="vdm", pixel_levels=levels))
+  objective = objectives.OBJECTIVES["vdm"](sde=sde, model=None, settings=objectives.LossConfig(objective="vdm"),
+                                           pixel_levels=levels)
   call = types.SimpleNamespace(sde=sde, denoiser_fn=lambda: (lambda x_t, t: x_t))
   draws = {"noise": jnp.zeros_like(x), "decoder_noise": decoder_noise, "time": jnp.array([0.25, 0.75])}
   out = objective.loss(call, x, draws)
@@ -302,7 +303,7 @@ def test_learned_schedule_gets_the_variance_gradient():
     return prior + recon + diffusion, diffusion
 
   def trained(params):
-    return jnp.mean(losses.learned_schedule_elbo(model, template, {**variables, "params": params}, x0, t, z_t,
+    return jnp.mean(vdm.learned_schedule_elbo(model, template, {**variables, "params": params}, x0, t, z_t,
                                                  z_0, None, train=False, rng=None)[0])
 
   params = variables["params"]
@@ -329,9 +330,9 @@ def test_importance_sampling_same_expectation_lower_variance():
   u = jax.random.uniform(key, (BATCH,))
   eps = 1e-5
   t_plain = eps + u * (1.0 - eps)
-  plain = losses.dsm_loss(score_fn, sde, x0, t_plain, z, likelihood_weighting=True).per_example
+  plain = dsm.dsm_loss(score_fn, sde, x0, t_plain, z, likelihood_weighting=True).per_example
   t_is, inverse_density = elbo.importance_times(u, sde, eps)
-  weighted = losses.dsm_loss(score_fn, sde, x0, t_is, z, likelihood_weighting=True,
+  weighted = dsm.dsm_loss(score_fn, sde, x0, t_is, z, likelihood_weighting=True,
                              time_weight=inverse_density / (1.0 - eps)).per_example
   se = np.sqrt(np.var(plain) / BATCH + np.var(weighted) / BATCH)
   assert abs(float(np.mean(plain) - np.mean(weighted))) <= 4.5 * se, (np.mean(plain), np.mean(weighted), se)
@@ -375,7 +376,7 @@ def test_objectives_train(case):
   run = RunSetup(config)
   state = run.init_state()
   held_out = jnp.concatenate([run.scaler(b) for b in run.dataset.eval_batches()])
-  loss_fn = jax.jit(losses.get_loss_fn(run.sde, run.model, losses.LossConfig.from_config(config), train=False))
+  loss_fn = jax.jit(objectives.get_loss_fn(run.objective, train=False))
   held_out_loss = lambda state: float(loss_fn(jax.random.PRNGKey(3), state.variables(ema=False), held_out).loss)
   before = held_out_loss(state)
   for step in range(0, 60, config.training.n_jitted_steps):

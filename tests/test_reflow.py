@@ -49,7 +49,7 @@ def test_the_straight_field_of_the_pairs_has_zero_loss():
                               "model.parameterization": "flow", "training.teacher_workdir": "unused",
                               "training.reduce_mean": True, "training.teacher_steps": 200})
   sde, _ = sde_lib.get_sde(config)
-  objective = objectives.get_objective(sde, models.get_model(config), objectives.LossConfig.from_config(config))
+  objective = objectives.get_objective(config, sde, models.get_model(config))
 
   class ExactTeacher:
     variables, sampling_eps = {}, 1e-3
@@ -72,7 +72,7 @@ def test_the_straight_field_of_the_pairs_has_zero_loss():
 
   keys = objectives.purpose_keys(jax.random.key(0))
   draws = objective.draw(keys, jnp.zeros((512, 1)))
-  state = objective.init_state(None)
-  loss = {name: float(objective.loss(FieldCall(sde, field), jnp.zeros((512, 1)), draws, state).loss)
+  inputs = {"step": 0, **objective.frozen_variables()}
+  loss = {name: float(objective.loss(FieldCall(sde, field), jnp.zeros((512, 1)), draws, inputs).loss)
           for name, field in [("straight", straight), ("marginal", marginal)]}
   assert loss["straight"] < 1e-4 and loss["marginal"] > 1e-2, loss

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from score_jax import checkpoint, datasets, ema, run_setup
+from score_jax import checkpoint, datasets, posthoc_ema, run_setup, trained_model
 from score_jax.drivers import loop, train
 from score_jax.run_setup import validate_config
 from score_jax.metric_writer import read_metrics
@@ -136,7 +136,7 @@ def uninterrupted_80(tmp_path_factory):
 
 
 def _ema_snapshots(workdir):
-  manager = ema.snapshot_manager(workdir)
+  manager = posthoc_ema.snapshot_manager(workdir)
   return {step: checkpoint.restore(manager, step, None) for step in manager.all_steps()}
 
 
@@ -158,7 +158,7 @@ def test_kill_9_and_restart_gives_identical_parameters(uninterrupted_80, tmp_pat
   saved = sorted(int(p.name) for p in (killed_dir / checkpoint.PREEMPTION_DIR).iterdir() if p.name.isdigit())
   assert saved[-1] == (kill_at if when == "after" else kill_at - 10), saved
   assert not (killed_dir / checkpoint.SNAPSHOT_DIR / "80").exists()
-  assert max(ema.snapshot_manager(str(killed_dir)).all_steps()) == 45
+  assert max(posthoc_ema.snapshot_manager(str(killed_dir)).all_steps()) == 45
   restarted = _main(killed_dir, *overrides)
   assert restarted.wait(timeout=300) == 0
   output = open(f"{killed_dir}.out").read()
@@ -174,7 +174,7 @@ def test_kill_9_and_restart_gives_identical_parameters(uninterrupted_80, tmp_pat
 
 
 def test_posthoc_ema_through_main_reproduces_a_tracked_width(uninterrupted_80):
-  """`main.py --mode=reconstruct_ema` writes a checkpoint that `checkpoint.load_model` reads: for a tracked
+  """`main.py --mode=reconstruct_ema` writes a checkpoint that `trained_model.load_model` reads: for a tracked
   sigma_rel it is the tracked average (relative error <= 1e-4); an untracked one differs from both."""
   config, workdir = uninterrupted_80
   result = subprocess.run([sys.executable, "main.py", "--config=tests/configs/tiny_checkerboard.py",
@@ -183,18 +183,18 @@ def test_posthoc_ema_through_main_reproduces_a_tracked_width(uninterrupted_80):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   directory = result.stdout.strip().splitlines()[-1]
-  _, variables, step = checkpoint.load_model(config, directory)
+  _, variables, step = trained_model.load_model(directory)
   assert step == 80
   tracked = _final_state(config, workdir).power_ema
   for x, y in zip(jax.tree_util.tree_leaves(variables["params"]), jax.tree_util.tree_leaves(tracked["profile_0"])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4 * np.abs(np.asarray(y)).max())
-  untracked = ema.reconstruct(config, workdir, 0.07)
+  untracked = posthoc_ema.reconstruct(config, workdir, 0.07)
   for name in ("profile_0", "profile_1"):
     difference = jax.tree_util.tree_map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), untracked,
                                         tracked[name])
     assert max(jax.tree_util.tree_leaves(difference)) > 1e-5
   with pytest.raises(ValueError, match="step=70 has no EMA snapshot"):
-    ema.reconstruct(config, workdir, 0.05, step=70)
+    posthoc_ema.reconstruct(config, workdir, 0.05, step=70)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -330,10 +330,10 @@ def test_run_setup_builds_each_component_once(monkeypatch):
         monkeypatch.setattr(loaded, name, wrapper)
 
   for module, name in [(sde_lib, "get_sde"), (registry, "get_model"), (parameterization, "get_parameterization"),
-                       (optim, "get_optimizer"), (objectives, "check_loss_config"),
+                       (optim, "get_optimizer"), (objectives, "get_objective"),
                        (sampling.registry, "config_options")]:
     count(module, name)
   run = run_setup.RunSetup(tiny_toy_config())
   jax.eval_shape(run.init_state)
   assert calls == {name: 1 for name in ("get_sde", "get_model", "get_parameterization", "get_optimizer",
-                                        "check_loss_config", "config_options")}, calls
+                                        "get_objective", "config_options")}, calls

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import controllable
-from score_jax.models import wideresnet
+from score_jax.networks import wideresnet
 
 
 def count(tree):

@@ -33,10 +33,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from score_jax import base_config, checkpoint, classifier, controllable, datasets, parallel, sampling, sde as sde_lib
+from score_jax import classifier, controllable, datasets, parallel, sampling, trained_model
 from score_jax.config_utils import validate_classifier_config
 from score_jax.models import get_data_shape, get_score_fn
-from score_jax.run_setup import validate_config
+from score_jax.run_setup import RunSetup, prepare_config, trained_run_config
 from score_jax.utils import choice_error
 
 MODES = ("inpaint", "colorize", "conditional")
@@ -121,9 +121,6 @@ def parse_labels(labels, num_classes):
   return np.asarray(values, np.int32)
 
 
-load_score_model = checkpoint.load_model  # moved; kept importable here
-
-
 def grid_image(rows, padding=2, min_width=384):
   """Rows of `(n, H, W, C)` images in [0, 1] -> one uint8 grid, n columns, enlarged to >= `min_width` px."""
   n, h, w, c = rows[0].shape
@@ -141,14 +138,15 @@ def _sampling_options(config, eps):
   return dataclasses.asdict(sampling.config_options("pc", config.sampling, eps))
 
 
-def _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng):
+def _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng, guide=None):
   """Samples of the classes `labels` from a class-conditional model with classifier-free guidance w =
-  `guidance_scale` (on `sampling.guidance_interval`), by the sampler of `config.sampling`."""
+  `guidance_scale` (on `sampling.guidance_interval`), or autoguidance by `guide`, by the sampler of
+  `config.sampling`."""
   config = config.copy_and_resolve_references()
   config.sampling.guidance_scale = float(guidance_scale)
   shape = (len(labels),) + get_data_shape(config)
   sample_fn = sampling.get_sampling_fn(config, sde, model, shape, datasets.get_data_inverse_scaler(config), eps,
-                                       mesh=parallel.make_mesh(jax.devices()[:1]))
+                                       mesh=parallel.make_mesh(jax.devices()[:1]), guide=guide)
   return sample_fn(rng, variables, jnp.asarray(labels))
 
 
@@ -172,8 +170,7 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
   """
   if mode not in MODES:
     raise choice_error("mode", mode, MODES)
-  validate_config(config)
-  config = base_config.complete(config)
+  config = prepare_config(config)  # the inputs are checked against it first; the run's config.json must agree
   size, channels = config.data.image_size, config.data.num_channels
   guided = mode == "conditional" and config.model.num_classes > 0  # classifier-free guidance
   if mode == "conditional":
@@ -195,9 +192,11 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
     mask_array = get_mask(mask, size, seed) if mode == "inpaint" else None
     originals = read_images(images, size, channels) if images else dataset_images(config, from_dataset)
 
-  sde, eps = sde_lib.get_sde(config)
-  model, variables, step = load_score_model(config, workdir)
-  sde = sde.bind(variables)  # a learned schedule's parameters are the model's
+  config = trained_run_config(workdir, config)  # the run's own config.json, with the sampling section of `config`
+  run = RunSetup(config, companions=("guide",))  # its path, network and guide (read once); never its teacher
+  eps = run.sampling_eps
+  model, variables, step = trained_model.load_model(workdir)
+  sde = run.sde.bind(variables)  # a learned schedule's parameters are the model's
   score_fn = get_score_fn(sde, model, variables, continuous=config.training.continuous)
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
   options, rng = _sampling_options(config, eps), jax.random.PRNGKey(seed)
@@ -214,7 +213,7 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
     rows = [originals, np.repeat(gray, channels, axis=-1), np.asarray(inverse_scaler(out.samples))]
     tag = None
   elif guided:
-    out = _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng)
+    out = _guided_samples(config, model, sde, variables, labels, guidance_scale, eps, rng, run.guide)
     rows = [np.asarray(out.samples)]
     tag = f"cfg{guidance_scale:g}"
   else:

@@ -29,10 +29,11 @@ from absl import logging
 
 import tqdm
 
-from score_jax import checkpoint, datasets, parallel, plotting, toy_data
+from score_jax import checkpoint, datasets, parallel, plotting, toy_data, trained_model
 from score_jax.metrics import distances
 from score_jax.models import get_data_shape
-from score_jax.run_setup import RunSetup
+from score_jax.run_setup import RunSetup, trained_run_config
+from score_jax.train_state import MODEL_ITEM, OBJECTIVE_ITEM
 
 
 def _wait_for_step(manager, step, timeout):
@@ -110,11 +111,11 @@ def _elbo(config, run, state, rng, directory):
 
   Each batch averages `eval.elbo_num_times` antithetic time draws per example (an unbiased estimate).
   """
-  from score_jax import elbo, losses
+  from score_jax import elbo, objectives
+  from score_jax.objectives.vdm import elbo_start
 
-  loss_config = run.components.loss_config
-  elbo_fn = jax.jit(elbo.get_elbo_fn(run.sde, run.model, t0=losses.elbo_start(run.sde, loss_config),
-                                     levels=loss_config.pixel_levels))
+  elbo_fn = jax.jit(elbo.get_elbo_fn(run.sde, run.model, t0=elbo_start(run.sde, run.objective.settings),
+                                     levels=objectives.pixel_levels(config)))
   num_times = config.eval.elbo_num_times
   shape = get_data_shape(config)
   flat = len(shape) == 1
@@ -177,8 +178,8 @@ def stats_path(config, workdir):
 
 def compute_fid_stats(config, workdir):
   """Inception pool3 features of every training image (uint8, no dequantisation), as the reference."""
-  run = RunSetup(config)
-  config = run.config  # completed with the base's defaults
+  run = RunSetup(config, companions=())
+  config = run.config  # prepared once (`run_setup.prepare_config`)
   source = getattr(run.dataset, "train_source", None)
   if source is None:
     raise ValueError(f"--mode=fid_stats needs an image data set with a training split, not {config.data.dataset!r}")
@@ -212,14 +213,31 @@ def _sample_quality(config, workdir, samples, features_fn):
           "inception_score": distances.inception_score(out.logits)}
 
 
+def _restore_for_evaluation(manager, step, target):
+  """`target` (a train state) with the model of checkpoint `step` (`trained_model.restore_model_item`: a
+  checkpoint of the one-item layout too) and, when the objective has state, the objective's item; the optimizer's
+  state is not read."""
+  items = target.checkpoint_items()
+  items[MODEL_ITEM] = trained_model.restore_model_item(manager, step, items[MODEL_ITEM])
+  if OBJECTIVE_ITEM in items:
+    items.update(checkpoint.restore_item(manager, step, {OBJECTIVE_ITEM: items[OBJECTIVE_ITEM]}))
+  return target.from_checkpoint_items(items)
+
+
 def evaluate(config, workdir, eval_folder="eval"):
   """Evaluates checkpoints `eval.begin_ckpt .. eval.end_ckpt`; returns their reports."""
-  run = RunSetup(config)
-  config = run.config  # completed with the base's defaults
+  config = trained_run_config(workdir, config)  # the run's own config.json, with the eval / sampling sections
+  teacher_workdir = config.training.teacher_workdir
+  has_teacher = not teacher_workdir or os.path.isdir(teacher_workdir)
+  if config.eval.enable_loss and not has_teacher:
+    logging.warning("The teacher %s (training.teacher_workdir) is gone: evaluating without the loss, which needs it",
+                    teacher_workdir)
+    config.eval.enable_loss = False
+  run = RunSetup(config, companions=("teacher", "guide") if has_teacher else ("guide",))
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))
-  target = run.init_state()
+  target = jax.jit(run.initial_state, out_shardings=parallel.replicated(run.mesh))(jax.random.PRNGKey(0))
   timeout = config.eval.checkpoint_timeout
   images = len(get_data_shape(config)) == 3
   features_fn = _features_fn(config) if images and config.eval.enable_sampling and config.eval.enable_fid else None
@@ -235,7 +253,7 @@ def evaluate(config, workdir, eval_folder="eval"):
     if not parallel.from_process_0(np.asarray(_wait_for_step(manager, step, timeout))):
       logging.warning("No checkpoint for step %d (checkpoint %d) in %s; stopping.", step, ckpt, manager.directory)
       break
-    state = checkpoint.restore(manager, step, target)
+    state = _restore_for_evaluation(manager, step, target)
     report = {"ckpt": ckpt, "step": step}
     rounds_dir = os.path.join(eval_dir, f"ckpt_{ckpt}")  # finished rounds of this checkpoint
     os.makedirs(rounds_dir, exist_ok=True)

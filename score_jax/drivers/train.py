@@ -5,7 +5,7 @@ import os
 import jax
 from absl import logging
 
-from score_jax import checkpoint, ema, parallel, plotting
+from score_jax import checkpoint, parallel, plotting, posthoc_ema, trained_model
 from score_jax.drivers import loop
 from score_jax.drivers.loop import NonFiniteLossError  # noqa: F401 -- raised by the loop, named here too
 from score_jax.models import get_data_shape
@@ -25,25 +25,13 @@ def _snapshot_samples(run, workdir, state, step, reference=None):
   return path
 
 
-def _save_config(config, workdir):
-  """Writes the run's config as `<workdir>/config.json` (process 0, atomically), for people and tools that load
-  the run later (the notebooks, `--mode=eval`, `--mode=inpaint`); the file is read as data, never executed."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-  os.replace(path + ".tmp", path)
-
-
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state."""
   run = RunSetup(config)
   config, training = run.config, run.config.training
-  _save_config(config, workdir)
+  trained_model.save_run_config(config, workdir)  # what loading the trained model reads
   power_ema = config.model.ema_type == "power"
-  ema_snapshots = ema.snapshot_manager(workdir) if power_ema else None
+  ema_snapshots = posthoc_ema.snapshot_manager(workdir) if power_ema else None
   reference = next(iter(run.dataset.eval_batches())) if get_data_shape(config) == (2,) else None
 
   def step_block(state, step):
@@ -52,7 +40,7 @@ def train_and_evaluate(config, workdir):
 
   def after_block(state, step, done):
     if power_ema and (step % training.ema_snapshot_freq == 0 or done):
-      ema.save_snapshot(ema_snapshots, step, state, config.model.ema_sigma_rels)
+      posthoc_ema.save_snapshot(ema_snapshots, step, state, config.model.ema_sigma_rels)
 
   def on_snapshot(state, step):
     if training.snapshot_sampling:

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models.network_registry import get_network
+from score_jax.networks import get_network
 from score_jax.models.utils import get_data_shape
 
 

@@ -1,7 +1,7 @@
-"""Models: the network named by `config.model.name` (`network_registry`) paired with its parameterization."""
+"""Models: the network named by `config.model.name` (`score_jax.networks`) paired with its parameterization."""
 
 from score_jax import base_config, parameterization
-from score_jax.models.network_registry import compute_dtype, get_network, model_names, register_model  # noqa: F401
+from score_jax.networks import get_network
 from score_jax.models.score_model import ScoreModel
 
 

@@ -10,16 +10,18 @@
   reflow.py    rectified flow's reflow: flow matching on a teacher's (noise, sample) pairs (Liu et al. 2023)
   uncertainty.py  the learned per-noise-level loss weighting (`training.loss_weighting`, Karras et al. 2024)
   discrete.py  the reference's SMLD and DDPM losses (`training.continuous=False`)
-  base.py      the settings (`LossConfig`), the per-purpose keys, `LossOutput`, the `Objective` interface
+  base.py      the shared settings (`LossConfig`), `LossOutput`, `ModelCall`, the `Objective` interface
+  loss.py      `get_loss_fn`: a batch, the step's keys and the model call around an objective's loss
 
-A new objective is a module with an `Objective` subclass and one line in `OBJECTIVES`.
+A new objective is a module with an `Objective` subclass and one line in `OBJECTIVES` (or, outside the
+package, `register_objective(name)(cls)`).
 """
 
-import jax.numpy as jnp
-
+from score_jax import sde as sde_lib
 from score_jax.objectives import consistency, discrete, dsm, edm, reflow, scm, ssm, uncertainty, vdm
 from score_jax.objectives.base import (PURPOSES, LossConfig, LossOutput, ModelCall, Objective, pixel_levels,
-                                       purpose_keys, scalar_per_example)
+                                       purpose_keys)
+from score_jax.objectives.loss import drop_labels, get_loss_fn, split_batch
 from score_jax.utils import choice_error
 
 OBJECTIVES = {
@@ -36,35 +38,67 @@ OBJECTIVES = {
 }
 
 
+def register_objective(name):
+  """Decorator registering an `Objective` subclass as `training.objective = name` (e.g. from a user's module)."""
+  def register(cls):
+    if name in OBJECTIVES:
+      raise ValueError(f"training.objective {name!r} is already registered")
+    OBJECTIVES[name] = cls
+    return cls
+  return register
+
+
 def objective_choices():
   """The values of `training.objective` (the discrete losses follow from `training.continuous=False`)."""
   return tuple(name for name, objective in OBJECTIVES.items() if not objective.discrete_time)
 
 
-def objective_name(settings, sde):
-  """The registry name of a run's objective: `training.objective`, or the SDE's discrete loss."""
-  if settings.objective not in objective_choices():
-    raise choice_error("training.objective", settings.objective, objective_choices())
-  if settings.continuous:
-    return settings.objective
-  if settings.objective != "dsm":
-    raise ValueError(f"training.objective={settings.objective!r} needs training.continuous=True")
+def objective_class(config, sde=None):
+  """The registered class of a run's objective: `training.objective`, or with `training.continuous=False` the
+  SDE's discrete loss (`sde`: the run's, when built already)."""
+  training = config.training
+  if training.objective not in objective_choices():
+    raise choice_error("training.objective", training.objective, objective_choices())
+  if training.continuous:
+    return OBJECTIVES[training.objective]
+  if training.objective != "dsm":
+    raise ValueError(f"training.objective={training.objective!r} needs training.continuous=True")
+  sde = sde_lib.get_sde(config)[0] if sde is None else sde
   if sde.discrete_loss is None:
     raise ValueError(f"training.continuous=False is defined for vesde (SMLD) and vpsde (DDPM), "
                      f"not {type(sde).__name__}")
-  return sde.discrete_loss
+  return OBJECTIVES[sde.discrete_loss]
 
 
-def check_loss_config(settings, sde):
-  """Raises a `ValueError` for settings no objective defines (before any compile); returns the objective's class."""
-  objective = OBJECTIVES[objective_name(settings, sde)]
-  if settings.importance_sampling and not (settings.likelihood_weighting and settings.objective == "dsm"):
+def resolve_parameterization(config):
+  """Sets `model.parameterization` to the one the run's objective trains, when it trains one of its own
+  (`Objective.parameterization`); a parameterization it does not refine is refused in one line."""
+  cls = objective_class(config)
+  own, name = cls.parameterization, config.model.parameterization
+  if own is None or name == own:
+    return config
+  if name not in cls.refines:
+    raise ValueError(f"training.objective={config.training.objective!r} trains model.parameterization={own!r} "
+                     f"(its boundary condition), not {name!r}: leave the key at its default")
+  config.model.parameterization = own
+  return config
+
+
+def get_objective(config, sde, model, *, teacher=None):
+  """The `Objective` of a (completed) `config` for `model` under `sde`, with its frozen `teacher` (a
+  `trained_model.TrainedRun`, loaded by the driver) when it learns from one; checked before any compile.
+
+  Raises:
+    ValueError: one line naming the first bad key.
+  """
+  cls = objective_class(config, sde)
+  settings = LossConfig.from_config(config)
+  if config.training.importance_sampling and "importance_sampling" not in cls.__dataclass_fields__:
     raise ValueError("training.importance_sampling=True samples t for training.likelihood_weighting=True "
                      "with training.objective='dsm'")
-  objective.check(settings, sde)
   if settings.loss_weighting not in uncertainty.WEIGHTINGS:
     raise choice_error("training.loss_weighting", settings.loss_weighting, uncertainty.WEIGHTINGS)
-  if settings.loss_weighting == "uncertainty" and not objective.reports_noise_levels:
+  if settings.loss_weighting == "uncertainty" and not cls.reports_noise_levels:
     raise ValueError(f"training.loss_weighting='uncertainty' weighs losses by noise level: defined for the "
                      f"objectives {', '.join(n for n, o in OBJECTIVES.items() if o.reports_noise_levels)}, not "
                      f"{settings.objective!r}")
@@ -76,55 +110,14 @@ def check_loss_config(settings, sde):
   if sde.learned_schedule and settings.objective != "vdm":
     raise ValueError("training.sde='learned_vpsde' is trained by training.objective='vdm' (its schedule "
                      "follows the ELBO)")
+  extra = {"teacher": teacher} if teacher is not None else {}
+  if extra and "teacher" not in cls.__dataclass_fields__:
+    raise ValueError(f"a teacher was given, but training.objective={settings.objective!r} learns from none")
+  objective = cls(sde=sde, model=model, settings=settings, **cls.options(config), **extra)
+  objective.check()
   return objective
 
 
-def get_objective(sde, model, settings):
-  """The `Objective` of `settings` (a `LossConfig`) for `model` under `sde`, checked."""
-  return check_loss_config(settings, sde)(sde=sde, model=model, settings=settings)
-
-
-def split_batch(batch, num_classes):
-  """`(x, class_labels)` of a training batch: `x` alone for an unconditional model (labels None), the pair
-  `(x, int labels)` for a class-conditional one (`model.num_classes > 0`)."""
-  if not num_classes:
-    return batch, None
-  if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-    raise ValueError("a class-conditional model (model.num_classes > 0) trains on (x, class labels) batches")
-  return batch[0], jnp.asarray(batch[1], jnp.int32)
-
-
-def drop_labels(key, class_labels, num_classes, rate):
-  """Each label replaced by the null class `num_classes` with probability `rate`, one draw per example."""
-  dropped = scalar_per_example(key, class_labels.shape[0]) < rate
-  return jnp.where(dropped, num_classes, class_labels)
-
-
-def get_loss_fn(sde, model, settings, *, train, objective=None):
-  """Returns `loss_fn(rng, variables, batch, objective_state=None) -> LossOutput` for `settings.objective`.
-
-  The step's `rng` is split into one key per purpose (`objectives.base.PURPOSES`). A class-conditional
-  model (`settings.num_classes`) takes `(x, class labels)` batches; in training each label becomes the
-  null class with probability `settings.class_dropout`, so one network learns D(x, t, c) and D(x, t, null).
-  `objective_state` is what the objective's step needs beyond the batch (`Objective.needs`); `objective`:
-  the one `get_objective(sde, model, settings)` built already.
-  """
-  objective = get_objective(sde, model, settings) if objective is None else objective
-
-  def loss_fn(rng, variables, batch, objective_state=None):
-    x, class_labels = split_batch(batch, settings.num_classes)
-    keys = purpose_keys(rng)
-    if train and settings.class_dropout:
-      class_labels = drop_labels(keys["labels"], class_labels, settings.num_classes, settings.class_dropout)
-    call = ModelCall(model, sde.bind(variables), variables, train, keys["dropout"], class_labels)
-    loss = objective.loss(call, x, objective.draw(keys, x), objective_state)
-    if settings.loss_weighting == "uncertainty":
-      loss = uncertainty.weigh_by_uncertainty(loss, call)
-    return loss
-
-  return loss_fn
-
-
-__all__ = ["OBJECTIVES", "PURPOSES", "LossConfig", "LossOutput", "ModelCall", "Objective",
-           "check_loss_config", "drop_labels", "get_loss_fn", "get_objective", "objective_choices", "objective_name", "pixel_levels",
-           "purpose_keys", "split_batch"]
+__all__ = ["OBJECTIVES", "PURPOSES", "LossConfig", "LossOutput", "ModelCall", "Objective", "drop_labels",
+           "get_loss_fn", "get_objective", "objective_choices", "objective_class", "pixel_levels", "purpose_keys",
+           "register_objective", "resolve_parameterization", "split_batch"]

@@ -9,7 +9,7 @@ keys or sampled from, never both, and no two purposes share a key.
 """
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import flax
 import jax
@@ -54,47 +54,23 @@ _TRAINING = BASE.training
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """The loss settings of a run (`config.training`, `model.sigma_data`, `model.num_classes`), typed.
+  """What every objective's loss shares (`config.training`, `model.num_classes`), typed; each objective reads
+  its own keys (`Objective.options`). The defaults are the base configuration's (`base_config.BASE`)."""
 
-  The defaults are the base configuration's (`score_jax.configuration.BASE`), written once there.
-  """
-
+  objective: str = _TRAINING.objective
   continuous: bool = _TRAINING.continuous
-  likelihood_weighting: bool = _TRAINING.likelihood_weighting
   reduce_mean: bool = _TRAINING.reduce_mean
   eps: float = _TRAINING.eps
-  objective: str = _TRAINING.objective
-  importance_sampling: bool = _TRAINING.importance_sampling
-  edm_p_mean: float = _TRAINING.edm_p_mean   # log-normal noise levels of `edm` (Karras et al. 2022, Table 1)
-  edm_p_std: float = _TRAINING.edm_p_std
-  sigma_data: float = BASE.model.sigma_data
-  ssm_projection: str = _TRAINING.ssm_projection
-  pixel_levels: elbo.PixelLevels = None  # 8-bit data: the decoder of the vdm objective; None: continuous data
-  uniform_dequantization: bool = BASE.data.uniform_dequantization
   num_classes: int = BASE.model.num_classes     # class-conditional model: batches are (x, class labels)
   class_dropout: float = _TRAINING.class_dropout  # probability of the null class in training
-  consistency_schedule: str = _TRAINING.consistency_schedule  # consistency training's discretisation curriculum
-  consistency_loss: str = _TRAINING.consistency_loss          # its distance: pseudo_huber | l2
-  n_iters: int = _TRAINING.n_iters              # the run's length (the curriculum's stages)
-  teacher_workdir: str = _TRAINING.teacher_workdir  # consistency distillation's trained teacher
-  teacher_solver: str = _TRAINING.teacher_solver    # its ODE step: euler | heun
-  teacher_steps: int = _TRAINING.teacher_steps      # the levels of its grid
-  scm_warmup_steps: int = _TRAINING.scm_warmup_steps  # scm's tangent warm-up
   loss_weighting: str = _TRAINING.loss_weighting    # none | uncertainty (`weigh_by_uncertainty`)
 
   @classmethod
   def from_config(cls, config):
     training = config.training
-    return cls(training.continuous, training.likelihood_weighting, training.reduce_mean, training.eps,
-               objective=training.objective, importance_sampling=training.importance_sampling,
-               edm_p_mean=training.edm_p_mean, edm_p_std=training.edm_p_std, sigma_data=config.model.sigma_data,
-               ssm_projection=training.ssm_projection, pixel_levels=pixel_levels(config),
-               uniform_dequantization=config.data.uniform_dequantization,
-               num_classes=config.model.num_classes, class_dropout=training.class_dropout,
-               consistency_schedule=training.consistency_schedule, consistency_loss=training.consistency_loss,
-               n_iters=training.n_iters, teacher_workdir=training.teacher_workdir,
-               teacher_solver=training.teacher_solver, teacher_steps=training.teacher_steps,
-               scm_warmup_steps=training.scm_warmup_steps, loss_weighting=training.loss_weighting)
+    return cls(objective=training.objective, continuous=training.continuous, reduce_mean=training.reduce_mean,
+               eps=training.eps, num_classes=config.model.num_classes, class_dropout=training.class_dropout,
+               loss_weighting=training.loss_weighting)
 
 
 def pixel_levels(config):
@@ -140,46 +116,59 @@ class ModelCall:
 
 
 def attached_teacher(objective):
-  """The teacher attached to `objective` (its `teacher` field, a `trained_model.Teacher`); a `ValueError` when
-  none is: runs attach it from `training.teacher_workdir`."""
+  """The frozen teacher an objective was built with (its `teacher` field, a `trained_model.TrainedRun`); a
+  `ValueError` when none is: the drivers load it from `training.teacher_workdir`."""
   if getattr(objective, "teacher", None) is None:
-    raise ValueError(f"training.objective={objective.settings.objective!r} has no teacher attached: runs attach it "
-                     "from training.teacher_workdir (score_jax.trained_model.attach_teacher)")
+    raise ValueError(f"training.objective={objective.settings.objective!r} was built without its teacher: the "
+                     "drivers load it from training.teacher_workdir (score_jax.trained_model.load_teacher)")
   return objective.teacher
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """A training objective. Subclasses are frozen dataclasses of their settings, registered by name in
-  `score_jax.objectives.OBJECTIVES`, and implement `draw` and `loss`.
+  """A training objective. Subclasses are frozen dataclasses of their own settings (read from the config by
+  `options`, checked by `check`), registered by name in `score_jax.objectives.OBJECTIVES`, and implement
+  `draw` and `loss`.
 
-  An objective whose step needs more than the batch and the trained parameters (a frozen teacher's
-  variables, a target network) names it in `needs`, builds it in `init_state` and advances it in
-  `update_state`; the train state carries it (`train_state.ObjectiveTrainState`) and checkpoints it.
+  `loss(call, x, draws, inputs)` receives, beyond the batch, `inputs`: `{"step": the train step's counter}`,
+  the objective's own state (`init_state`: a target network, advanced by `update_state` and checkpointed with
+  the train state) and the variables of its frozen companions by role (`frozen_variables`: a teacher's, passed
+  to the step by the driver, never checkpointed). An objective that trains a parameterization of its own
+  names it in `parameterization` (the config's `model.parameterization` is set to it at the entry).
   """
 
   sde: Any
   model: Any
   settings: LossConfig
 
-  needs: ClassVar[tuple] = ()
   discrete_time: ClassVar[bool] = False  # trained with integer labels (`training.continuous=False`)
   reports_noise_levels: ClassVar[bool] = False  # its `LossOutput.noise_levels` are set: a learned weighting applies
+  parameterization: ClassVar[Optional[str]] = None  # the parameterization it trains, whatever the config says
+  refines: ClassVar[tuple] = ()  # `model.parameterization` values that give way to it (it refines them)
 
   @classmethod
-  def check(cls, settings, sde):
-    """Raises a `ValueError` for settings this objective does not define (before any compile)."""
+  def options(cls, config):
+    """`{field: value}`: this objective's own settings, read from the (completed) config."""
+    del config
+    return {}
+
+  def check(self):
+    """Raises a `ValueError` naming the key for settings this objective does not define (before any compile)."""
 
   def draw(self, keys, x):
     """`{name: array}`: the step's random draws for the batch `x`, from `purpose_keys(rng)`."""
     raise NotImplementedError
 
-  def loss(self, call, x, draws, state=None):
+  def loss(self, call, x, draws, inputs=None):
     """`LossOutput` of the batch `x` (model space) for the model `call` (`ModelCall`) at `draws`."""
     raise NotImplementedError
 
+  def frozen_variables(self):
+    """`{role: variables}` of the frozen companions the step needs (a teacher's); empty for most objectives."""
+    return {}
+
   def init_state(self, params):
-    """The objective's own state (`needs`), from the initial parameters; None when it needs none."""
+    """The objective's own checkpointed state, from the initial parameters; None when it has none."""
     del params
     return None
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from score_jax.models import parameterization_of
 from score_jax.objectives.base import Objective, attached_teacher, normal_per_example, output, scalar_per_example
-from score_jax.utils import batch_mul
+from score_jax.utils import batch_mul, choice_error
 
 RHO = 7.0
 P_MEAN, P_STD = -1.1, 2.0          # the discretised log-normal of the noise levels
@@ -63,26 +63,25 @@ def pseudo_huber(a, b):
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencyTraining(Objective):
-  """iCT on the `consistency` parameterization; its state is the step count, which sets the discretisation."""
+  """iCT on the `consistency` parameterization; the train step's counter sets the discretisation."""
 
-  needs: ClassVar[tuple] = ("step",)
+  schedule: str = "ict"         # `training.consistency_schedule`: the discretisation curriculum
+  distance: str = "pseudo_huber"  # `training.consistency_loss`: pseudo_huber | l2
+  total_steps: int = 1          # `training.n_iters`: the run's length (the curriculum's stages)
+
+  parameterization: ClassVar[str] = "consistency"
+  refines: ClassVar[tuple] = ("reference", "edm")
 
   @classmethod
-  def check(cls, settings, sde):
-    if settings.consistency_schedule not in SCHEDULES:
-      raise ValueError(f"training.consistency_schedule={settings.consistency_schedule!r} is not valid; choose one "
-                       f"of: {', '.join(SCHEDULES)}")
-    if settings.consistency_loss not in LOSSES:
-      raise ValueError(f"training.consistency_loss={settings.consistency_loss!r} is not valid; choose one of: "
-                       f"{', '.join(LOSSES)}")
+  def options(cls, config):
+    return dict(schedule=config.training.consistency_schedule, distance=config.training.consistency_loss,
+                total_steps=config.training.n_iters)
 
-  def init_state(self, params):
-    del params
-    return {"step": jnp.zeros((), jnp.int32)}
-
-  def update_state(self, state, params):
-    del params
-    return {"step": state["step"] + 1}
+  def check(self):
+    if self.schedule not in SCHEDULES:
+      raise choice_error("training.consistency_schedule", self.schedule, SCHEDULES)
+    if self.distance not in LOSSES:
+      raise choice_error("training.consistency_loss", self.distance, LOSSES)
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}
@@ -92,9 +91,9 @@ class ConsistencyTraining(Objective):
     t_min = parameterization_of(self.model).t_min
     return sde.noise_level(jnp.float32(t_min)), sde.noise_level(jnp.float32(sde.T))
 
-  def loss(self, call, x, draws, state=None):
-    sde, settings = call.sde, self.settings
-    num_steps = discretisation_steps(state["step"], settings.n_iters)
+  def loss(self, call, x, draws, inputs=None):
+    sde = call.sde
+    num_steps = discretisation_steps(inputs["step"], self.total_steps)
     sigma_min, sigma_max = self.noise_levels(sde)
     index = interval_index(draws["time"], num_steps, sigma_min, sigma_max)
     sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
@@ -107,7 +106,7 @@ class ConsistencyTraining(Objective):
 
     target = jax.lax.stop_gradient(f(sigma))
     prediction = f(sigma_next)
-    if settings.consistency_loss == "pseudo_huber":
+    if self.distance == "pseudo_huber":
       distance = pseudo_huber(prediction, target)
     else:
       distance = jnp.mean(jnp.square(prediction - target).reshape(x.shape[0], -1), axis=-1)
@@ -120,16 +119,33 @@ TEACHER_SOLVERS = ("euler", "heun")
 TARGET_EMA = 0.95  # the target network's decay (Song et al. 2023's CIFAR-10 consistency distillation)
 
 
-def check_teacher_settings(settings):
-  """Raises a `ValueError` for the teacher keys of an objective that learns from a teacher's ODE steps."""
-  if not settings.teacher_workdir:
-    raise ValueError(f"training.objective={settings.objective!r} needs training.teacher_workdir (a trained run's "
-                     "workdir)")
-  if settings.teacher_solver not in TEACHER_SOLVERS:
-    raise ValueError(f"training.teacher_solver={settings.teacher_solver!r} is not valid; choose one of: "
-                     f"{', '.join(TEACHER_SOLVERS)}")
-  if settings.teacher_steps < 2:
-    raise ValueError(f"training.teacher_steps={settings.teacher_steps} must be at least 2 (the levels of its grid)")
+@dataclasses.dataclass(frozen=True)
+class LearnsFromTeacher(Objective):
+  """An objective that learns from a frozen teacher's ODE steps (`training.teacher_workdir`, read by the driver
+  and passed in as `teacher`: a `trained_model.TrainedRun`; its variables reach the step as `inputs["teacher"]`)."""
+
+  teacher_workdir: str = ""     # `training.teacher_workdir`
+  teacher_solver: str = "heun"  # `training.teacher_solver`: euler | heun
+  teacher_steps: int = 18       # `training.teacher_steps`: the levels of its grid
+  teacher: Any = None           # the loaded teacher
+
+  @classmethod
+  def options(cls, config):
+    training = config.training
+    return dict(teacher_workdir=training.teacher_workdir, teacher_solver=training.teacher_solver,
+                teacher_steps=training.teacher_steps)
+
+  def check(self):
+    if not self.teacher_workdir:
+      raise ValueError(f"training.objective={self.settings.objective!r} needs training.teacher_workdir (a trained "
+                       "run's workdir)")
+    if self.teacher_solver not in TEACHER_SOLVERS:
+      raise choice_error("training.teacher_solver", self.teacher_solver, TEACHER_SOLVERS)
+    if self.teacher_steps < 2:
+      raise ValueError(f"training.teacher_steps={self.teacher_steps} must be at least 2 (the levels of its grid)")
+
+  def frozen_variables(self):
+    return {"teacher": attached_teacher(self).variables}
 
 
 def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
@@ -149,46 +165,51 @@ def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
 
 
 @dataclasses.dataclass(frozen=True)
-class ConsistencyDistillation(Objective):
+class ConsistencyDistillation(LearnsFromTeacher):
   """Consistency distillation (Song et al. 2023, Algorithm 2): on Karras's rho = 7 grid of `training.teacher_steps`
   levels (18, the paper's CIFAR-10 setting) between sigma_min and sigma_max, an interval (sigma_n, sigma_n+1) uniformly per example, x at sigma_n+1
   from the data, the teacher's ODE step (`training.teacher_solver`) down to sigma_n, and the distance
   (`training.consistency_loss`) between the student's f at sigma_n+1 and its EMA target's f at the teacher's
-  point (decay `TARGET_EMA`). The teacher's variables and the target are the objective's state."""
+  point (decay `TARGET_EMA`). The target is the objective's state."""
 
-  teacher: Any = None  # a `trained_model.Teacher`, attached above the train state (`trained_model.attach_teacher`)
+  distance: str = "pseudo_huber"  # `training.consistency_loss`: pseudo_huber | l2
 
-  needs: ClassVar[tuple] = ("teacher", "target", "step")
+  parameterization: ClassVar[str] = "consistency"
+  refines: ClassVar[tuple] = ("reference", "edm")
 
   @classmethod
-  def check(cls, settings, sde):
-    ConsistencyTraining.check(settings, sde)
-    check_teacher_settings(settings)
+  def options(cls, config):
+    return dict(super().options(config), distance=config.training.consistency_loss)
+
+  def check(self):
+    super().check()
+    if self.distance not in LOSSES:
+      raise choice_error("training.consistency_loss", self.distance, LOSSES)
 
   def init_state(self, params):
-    return {"teacher": attached_teacher(self).variables, "target": params, "step": jnp.zeros((), jnp.int32)}
+    return {"target": params}
 
   def update_state(self, state, params):
-    target = jax.tree_util.tree_map(lambda a, b: TARGET_EMA * a + (1 - TARGET_EMA) * b, state["target"], params)
-    return {"teacher": state["teacher"], "target": target, "step": state["step"] + 1}
+    return {"target": jax.tree_util.tree_map(lambda a, b: TARGET_EMA * a + (1 - TARGET_EMA) * b, state["target"],
+                                             params)}
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}
 
-  def loss(self, call, x, draws, state=None):
-    sde, settings = call.sde, self.settings
-    num_steps = settings.teacher_steps - 1
+  def loss(self, call, x, draws, inputs=None):
+    sde = call.sde
+    num_steps = self.teacher_steps - 1
     sigma_min = sde.noise_level(jnp.float32(parameterization_of(self.model).t_min))
     sigma_max = sde.noise_level(jnp.float32(sde.T))
     index = jnp.minimum((draws["time"] * num_steps).astype(jnp.int32), num_steps - 1)
     sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
     t_next = sde.noise_level_to_t(sigma_next)
     noisy = batch_mul(sde.marginal_coeffs(t_next)[0], x + batch_mul(sigma_next, draws["noise"]))
-    teacher_fn = attached_teacher(self).denoiser_fn(state["teacher"], sde, class_labels=call.class_labels)
-    stepped = jax.lax.stop_gradient(teacher_step(teacher_fn, sde, noisy, sigma_next, sigma, settings.teacher_solver))
-    target_call = dataclasses.replace(call, variables={**call.variables, "params": state["target"]})
+    teacher_fn = attached_teacher(self).denoiser_fn(inputs["teacher"], sde, class_labels=call.class_labels)
+    stepped = jax.lax.stop_gradient(teacher_step(teacher_fn, sde, noisy, sigma_next, sigma, self.teacher_solver))
+    target_call = dataclasses.replace(call, variables={**call.variables, "params": inputs["target"]})
     target = jax.lax.stop_gradient(target_call.denoiser_fn()(stepped, sde.noise_level_to_t(sigma)))
     prediction = call.denoiser_fn()(noisy, t_next)
-    if settings.consistency_loss == "pseudo_huber":
+    if self.distance == "pseudo_huber":
       return output(pseudo_huber(prediction, target))
     return output(jnp.mean(jnp.square(prediction - target).reshape(x.shape[0], -1), axis=-1))

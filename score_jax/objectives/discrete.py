@@ -30,12 +30,17 @@ def ddpm_loss(model_fn, sde, x0, labels, z, *, reduce_mean=True):
 class _Discrete(Objective):
   """A label i ~ U{0, ..., N - 1} per example."""
 
+  likelihood_weighting: bool = False  # refused: a continuous-time weighting
+
   loss_function = None
   discrete_time = True
 
   @classmethod
-  def check(cls, settings, sde):
-    if settings.likelihood_weighting:
+  def options(cls, config):
+    return dict(likelihood_weighting=config.training.likelihood_weighting)
+
+  def check(self):
+    if self.likelihood_weighting:
       raise ValueError("training.likelihood_weighting=True needs training.continuous=True")
 
   def draw(self, keys, x):
@@ -43,7 +48,7 @@ class _Discrete(Objective):
             "time": scalar_per_example(keys["time"], x.shape[0],
                                        lambda k, shape: jax.random.randint(k, shape, 0, self.sde.N))}
 
-  def loss(self, call, x, draws, state=None):
+  def loss(self, call, x, draws, inputs=None):
     return self.loss_function(call.model_fn(), self.sde, x, draws["time"], draws["noise"],
                               reduce_mean=self.settings.reduce_mean)
 

@@ -53,17 +53,29 @@ def regression_loss(output_fn, parameterization, sde, x0, t, z, *, reduce_mean=T
 class DSM(Objective):
   """Score matching at t ~ U[eps, T] (or importance-sampled for the likelihood weighting)."""
 
+  likelihood_weighting: bool = False  # lambda(t) = g(t)^2 (`training.likelihood_weighting`)
+  importance_sampling: bool = False   # its times importance-sampled (`training.importance_sampling`)
+
   reports_noise_levels: ClassVar[bool] = True
+
+  @classmethod
+  def options(cls, config):
+    return dict(likelihood_weighting=config.training.likelihood_weighting,
+                importance_sampling=config.training.importance_sampling)
+
+  def check(self):
+    if self.importance_sampling and not self.likelihood_weighting:
+      raise ValueError("training.importance_sampling=True samples t for training.likelihood_weighting=True")
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}
 
-  def loss(self, call, x, draws, state=None):
+  def loss(self, call, x, draws, inputs=None):
     settings, sde = self.settings, call.sde
     t = settings.eps + draws["time"] * (sde.T - settings.eps)
-    if settings.likelihood_weighting:
+    if self.likelihood_weighting:
       time_weight = None
-      if settings.importance_sampling:
+      if self.importance_sampling:
         t, inverse_density = elbo.importance_times(draws["time"], sde, settings.eps)
         time_weight = inverse_density / (sde.T - settings.eps)  # the plain weighting's expectation
       return dsm_loss(call.score_fn(), sde, x, t, draws["noise"], reduce_mean=settings.reduce_mean,

@@ -32,14 +32,22 @@ def edm_loss(denoiser_fn, sde, x0, sigma, z, *, sigma_data=0.5, reduce_mean=True
 class EDM(Objective):
   """ln sigma ~ N(P_mean, P_std^2) (`training.edm_p_mean`, `training.edm_p_std`)."""
 
+  p_mean: float = -1.2      # `training.edm_p_mean` (Karras et al. 2022, Table 1)
+  p_std: float = 1.2        # `training.edm_p_std`
+  sigma_data: float = 0.5   # `model.sigma_data`
+
   reports_noise_levels: ClassVar[bool] = True
+
+  @classmethod
+  def options(cls, config):
+    return dict(p_mean=config.training.edm_p_mean, p_std=config.training.edm_p_std,
+                sigma_data=config.model.sigma_data)
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x),
             "time": scalar_per_example(keys["time"], x.shape[0], jax.random.normal)}
 
-  def loss(self, call, x, draws, state=None):
-    settings = self.settings
-    sigma = jnp.exp(settings.edm_p_mean + settings.edm_p_std * draws["time"])
-    return edm_loss(call.denoiser_fn(), call.sde, x, sigma, draws["noise"], sigma_data=settings.sigma_data,
-                    reduce_mean=settings.reduce_mean)
+  def loss(self, call, x, draws, inputs=None):
+    sigma = jnp.exp(self.p_mean + self.p_std * draws["time"])
+    return edm_loss(call.denoiser_fn(), call.sde, x, sigma, draws["noise"], sigma_data=self.sigma_data,
+                    reduce_mean=self.settings.reduce_mean)

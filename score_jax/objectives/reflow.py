@@ -12,13 +12,12 @@ online variant; the data only give the batch's shape.
 """
 
 import dataclasses
-from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from score_jax.objectives.consistency import check_teacher_settings, karras_sigmas, teacher_step
 from score_jax.objectives.base import attached_teacher
+from score_jax.objectives.consistency import LearnsFromTeacher, karras_sigmas, teacher_step
 from score_jax.objectives.dsm import DSM
 
 
@@ -34,28 +33,22 @@ def teacher_sample(denoiser_fn, sde, z, *, t_min, levels, solver):
 
 
 @dataclasses.dataclass(frozen=True)
-class Reflow(DSM):
-  """The `dsm` regression on the teacher's pairs (x(z), z) instead of the data's (x0, z). Its state is the
-  teacher's variables."""
-
-  teacher: Any = None  # a `trained_model.Teacher`, attached above the train state (`trained_model.attach_teacher`)
-
-  needs: ClassVar[tuple] = ("teacher",)
+class Reflow(LearnsFromTeacher, DSM):
+  """The `dsm` regression on the teacher's pairs (x(z), z) instead of the data's (x0, z)."""
 
   @classmethod
-  def check(cls, settings, sde):
-    check_teacher_settings(settings)
-    if settings.likelihood_weighting:
+  def options(cls, config):
+    return {**LearnsFromTeacher.options(config), **DSM.options(config)}
+
+  def check(self):
+    LearnsFromTeacher.check(self)
+    if self.likelihood_weighting:
       raise ValueError("training.objective='reflow' regresses the teacher's pairs: training.likelihood_weighting "
                        "must be False")
 
-  def init_state(self, params):
-    del params
-    return {"teacher": attached_teacher(self).variables}
-
-  def loss(self, call, x, draws, state=None):
+  def loss(self, call, x, draws, inputs=None):
     teacher = attached_teacher(self)
-    teacher_fn = teacher.denoiser_fn(state["teacher"], call.sde, class_labels=call.class_labels)
+    teacher_fn = teacher.denoiser_fn(inputs["teacher"], call.sde, class_labels=call.class_labels)
     pairs = jax.lax.stop_gradient(teacher_sample(teacher_fn, call.sde, draws["noise"], t_min=teacher.sampling_eps,
-                                                 levels=self.settings.teacher_steps, solver=self.settings.teacher_solver))
-    return super().loss(call, pairs.astype(x.dtype), draws, state)
+                                                 levels=self.teacher_steps, solver=self.teacher_solver))
+    return DSM.loss(self, call, pairs.astype(x.dtype), draws, inputs)

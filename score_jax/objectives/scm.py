@@ -61,49 +61,48 @@ def normalised(g):
 
 @dataclasses.dataclass(frozen=True)
 class SCM(Objective):
-  """sCT (no teacher) or sCD (`training.teacher_workdir`: a trained model on the same cosine path). Its state is
-  the step count (the tangent warm-up) and the teacher's variables."""
+  """sCT (no teacher) or sCD (`training.teacher_workdir`: a trained model on the same cosine path); the train
+  step's counter sets the tangent warm-up."""
 
-  teacher: Any = None  # a `trained_model.Teacher`, attached above the train state (`trained_model.attach_teacher`)
+  p_mean: float = -1.0          # ln sigma ~ N(p_mean, p_std^2) (`training.edm_p_mean`, `training.edm_p_std`)
+  p_std: float = 1.4
+  warmup_steps: int = 10000     # `training.scm_warmup_steps`
+  teacher_workdir: str = ""     # `training.teacher_workdir`: "" for sCT
+  teacher: Any = None           # sCD's loaded teacher
 
   reports_noise_levels: ClassVar[bool] = True
-
-  @property
-  def needs(self):
-    return ("teacher", "step") if self.settings.teacher_workdir else ("step",)
+  parameterization: ClassVar[str] = "trigflow"
+  refines: ClassVar[tuple] = ("reference", "flow")
 
   @classmethod
-  def check(cls, settings, sde):
-    if not isinstance(sde, sde_lib.CosinePath):
+  def options(cls, config):
+    training = config.training
+    return dict(p_mean=training.edm_p_mean, p_std=training.edm_p_std, warmup_steps=training.scm_warmup_steps,
+                teacher_workdir=training.teacher_workdir)
+
+  def check(self):
+    if not isinstance(self.sde, sde_lib.CosinePath):
       raise ValueError(f"training.objective='scm' trains on TrigFlow's path: set training.sde='cosine', not "
-                       f"{type(sde).__name__}")
-    if settings.scm_warmup_steps < 0:
-      raise ValueError(f"training.scm_warmup_steps={settings.scm_warmup_steps} must be >= 0")
+                       f"{type(self.sde).__name__}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"training.scm_warmup_steps={self.warmup_steps} must be >= 0")
 
-  def init_state(self, params):
-    del params
-    state = {"step": jnp.zeros((), jnp.int32)}
-    if "teacher" in self.needs:
-      state["teacher"] = attached_teacher(self).variables
-    return state
-
-  def update_state(self, state, params):
-    del params
-    return {**state, "step": state["step"] + 1}
+  def frozen_variables(self):
+    return {"teacher": attached_teacher(self).variables} if self.teacher_workdir else {}
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x),
             "time": scalar_per_example(keys["time"], x.shape[0], jax.random.normal)}
 
-  def loss(self, call, x, draws, state=None):
-    sde, settings = call.sde, self.settings
-    sigma = jnp.exp(settings.edm_p_mean + settings.edm_p_std * draws["time"])
+  def loss(self, call, x, draws, inputs=None):
+    sde = call.sde
+    sigma = jnp.exp(self.p_mean + self.p_std * draws["time"])
     t = jnp.minimum(sde.noise_level_to_t(sigma), sde.T)
     mean_scale, std = sde.marginal_coeffs(t)
     z = draws["noise"]
     x_t = batch_mul(mean_scale, x) + batch_mul(std, z)
-    if "teacher" in self.needs:
-      teacher_fn = attached_teacher(self).denoiser_fn(state["teacher"], sde, class_labels=call.class_labels)
+    if self.teacher_workdir:
+      teacher_fn = attached_teacher(self).denoiser_fn(inputs["teacher"], sde, class_labels=call.class_labels)
       denoised = teacher_fn(x_t, t)
       noise = batch_mul(1.0 / std, x_t - batch_mul(mean_scale, denoised))
       dx_dt = ANGLE_RATE * (batch_mul(mean_scale, noise) - batch_mul(std, denoised))
@@ -112,7 +111,7 @@ class SCM(Objective):
     dx_dt = jax.lax.stop_gradient(dx_dt)
     held = dataclasses.replace(call, variables=jax.lax.stop_gradient(call.variables)).output_fn()
     velocity, velocity_rate = velocity_tangent(lambda y, s: held(y, s).astype(jnp.float32), x_t, t, dx_dt)
-    warmup = jnp.minimum(1.0, state["step"] / settings.scm_warmup_steps) if settings.scm_warmup_steps else 1.0
+    warmup = jnp.minimum(1.0, inputs["step"] / self.warmup_steps) if self.warmup_steps else 1.0
     g = jax.lax.stop_gradient(normalised(consistency_tangent(velocity, velocity_rate, x_t, t, dx_dt, warmup)))
     prediction = call.output_fn()(x_t, t).astype(jnp.float32) / ANGLE_RATE
     held_prediction = jax.lax.stop_gradient(velocity) / ANGLE_RATE

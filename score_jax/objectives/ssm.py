@@ -31,17 +31,22 @@ def ssm_loss(score_fn, sde, x0, t, z, v, *, reduce_mean=True):
 class SSM(Objective):
   """t ~ U[eps, T], one projection v per example."""
 
+  projection: str = "rademacher"  # `training.ssm_projection`
+
   @classmethod
-  def check(cls, settings, sde):
-    if settings.ssm_projection not in PROJECTIONS:
-      raise choice_error("training.ssm_projection", settings.ssm_projection, PROJECTIONS)
+  def options(cls, config):
+    return dict(projection=config.training.ssm_projection)
+
+  def check(self):
+    if self.projection not in PROJECTIONS:
+      raise choice_error("training.ssm_projection", self.projection, PROJECTIONS)
 
   def draw(self, keys, x):
-    projection = PROJECTIONS[self.settings.ssm_projection]
+    projection = PROJECTIONS[self.projection]
     return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0]),
             "projection": per_example(keys["projection"], x.shape[0], lambda k: projection(k, x.shape[1:]))}
 
-  def loss(self, call, x, draws, state=None):
+  def loss(self, call, x, draws, inputs=None):
     settings, sde = self.settings, call.sde
     t = settings.eps + draws["time"] * (sde.T - settings.eps)
     return ssm_loss(call.score_fn(), sde, x, t, draws["noise"], draws["projection"],

@@ -12,7 +12,7 @@ import jax
 
 from score_jax import elbo, noise_schedule, sde as sde_lib
 from score_jax.models import get_denoiser_fn
-from score_jax.objectives.base import Objective, normal_per_example, output
+from score_jax.objectives.base import Objective, normal_per_example, output, pixel_levels
 
 
 def elbo_start(sde, settings):
@@ -63,9 +63,15 @@ def learned_schedule_elbo(model, sde, variables, x0, t, z_t, z_0, levels, *, tra
 class VDM(Objective):
   """The bound at one antithetic time per example: t_i from frac(u + i / B), one u per batch."""
 
+  pixel_levels: elbo.PixelLevels = None  # 8-bit data: the decoder's levels in model space; None: continuous data
+  uniform_dequantization: bool = False   # refused with pixel levels (`data.uniform_dequantization`)
+
   @classmethod
-  def check(cls, settings, sde):
-    if settings.pixel_levels is not None and settings.uniform_dequantization:
+  def options(cls, config):
+    return dict(pixel_levels=pixel_levels(config), uniform_dequantization=config.data.uniform_dequantization)
+
+  def check(self):
+    if self.pixel_levels is not None and self.uniform_dequantization:
       raise ValueError("training.objective='vdm' scores 8-bit pixels with a discrete decoder; "
                        "data.uniform_dequantization=True moves them off their levels: set it to False")
 
@@ -75,8 +81,8 @@ class VDM(Objective):
             "decoder_noise": normal_per_example(keys["decoder_noise"], x),
             "time": elbo.antithetic_uniforms(keys["time"], x.shape[0])}
 
-  def loss(self, call, x, draws, state=None):
-    sde, levels = call.sde, self.settings.pixel_levels
+  def loss(self, call, x, draws, inputs=None):
+    sde, levels = call.sde, self.pixel_levels
     t0 = elbo_start(sde, self.settings)
     if sde.learned_schedule:  # uniform times: the learned shape is what reduces the variance
       t = t0 + draws["time"] * (sde.T - t0)

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import parallel
-from score_jax import trained_model
 from score_jax.models import check_guidance, get_score_fn, num_classes_of
 from score_jax.sampling import adaptive_sde, consistency, ddim, dpm_solver, heun, pc, probability_flow
 from score_jax.sampling.common import SampleOutput, count_network_evaluations, options_of, prior_draw, sample_function
@@ -81,14 +80,15 @@ def config_options(method, sampling_config, eps):
 def _sample_function(config, sde, model, shape, inverse_scaler, eps, guide=None):
   """`sample_fn(rng, variables, class_labels) -> SampleOutput` of `config.sampling` for a batch of `shape`,
   not jitted, and the model's class count; checked before anything compiles. `guide`: the autoguidance
-  guide (`models.GuidingModel`), by default that of `sampling.guidance_workdir`."""
+  guide (`models.GuidingModel`) of `sampling.guidance_workdir`, loaded by the caller (samplers open no files)."""
   sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
   continuous = config.training.continuous
   shape = tuple(shape)
   num_classes = num_classes_of(model)
   guidance_scale, guidance_interval = guidance_options(config)
-  if guide is None:
-    guide = trained_model.guiding_model(config, sde, model)
+  if guide is None and config.sampling.get("guidance_workdir", ""):
+    raise ValueError(f"sampling.guidance_workdir={config.sampling.guidance_workdir!r} is set but no guide was "
+                     "passed: load it with score_jax.trained_model.guiding_model(config) and pass guide=")
   check_guidance(model, 0 if num_classes else None, guidance_scale, guidance_interval, guide)
 
   def sample_fn(rng, variables, class_labels, z_sharding=None):

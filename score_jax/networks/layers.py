@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models import up_or_down_sampling as resample
+from score_jax.networks import up_or_down_sampling as resample
 from score_jax.utils import choice_error
 
 ACTIVATIONS = {

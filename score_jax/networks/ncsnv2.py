@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models import layers, normalization
-from score_jax.models.network_registry import compute_dtype, register_model
+from score_jax.networks import layers, normalization
+from score_jax.networks.registry import compute_dtype, register_model
 
 
 def ncsn_conv(out_ch, kernel=3, bias=True, dilation=1, init_scale=1.0, dtype=None):

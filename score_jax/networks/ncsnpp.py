@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from score_jax.models import layers
-from score_jax.models.network_registry import compute_dtype, register_model
+from score_jax.networks import layers
+from score_jax.networks.registry import compute_dtype, register_model
 from score_jax.utils import choice_error
 
 _PROGRESSIVE = ("none", "output_skip", "residual")

@@ -6,8 +6,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from score_jax.models import layers
-from score_jax.models.network_registry import compute_dtype, register_model
+from score_jax.networks import layers
+from score_jax.networks.registry import compute_dtype, register_model
 
 
 class MLPScoreModel(nn.Module):

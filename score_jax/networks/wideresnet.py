@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models.layers import GaussianFourierProjection
+from score_jax.networks.layers import GaussianFourierProjection
 
 # He-normal with fan-out (kh kw out) for convolutions; U(-1/sqrt(K), 1/sqrt(K)) for the K-way output layer.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

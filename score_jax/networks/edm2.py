@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models import layers
-from score_jax.models.network_registry import compute_dtype, register_model
+from score_jax.networks import layers
+from score_jax.networks.registry import compute_dtype, register_model
 
 WEIGHT = "mp_weight"  # the name of every magnitude-preserving weight (`project_parameters` finds them by it)
 EPS = 1e-4            # of the weight and pixel normalisations
