@@ -4,7 +4,8 @@ With JAX's partitionable threefry, the bits `normal(key, shape)` draws at positi
 `fold_in(key, j)`: a key that is sampled from and also a parent (or sampled twice) ties two draws
 together. These tests run every objective's loss with an interpreter that records each key at the
 primitive level (the keys `random_bits` samples from, the keys `random_fold_in` / `random_split`
-derive from), and measure the correlation of every purpose's draws with every example's noise.
+derive from), and measure the correlation of every purpose's draws with every example's noise. The objectives
+that learn from a teacher get the exact denoiser of Gaussian data (`ExactTeacher`): it draws nothing.
 """
 
 import dataclasses
@@ -12,35 +13,62 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from score_jax import checkpoint, objectives, optim, sde as sde_lib
+from score_jax import checkpoint, objectives, run_setup, sde as sde_lib
 from score_jax.models import get_model
 from score_jax.objectives.base import purpose_keys
 from score_jax.objectives.dsm import DSM
-from score_jax.train_state import ObjectiveTrainState, init_train_state
 from score_jax.train_steps import get_train_step
-from tests.helpers import tiny_toy_config
+from tests.helpers import gaussian_denoiser, tiny_toy_config
 
-CASES = {  # name: (sde, LossConfig fields)
-    "dsm": (sde_lib.VPSDE(N=100), {}),
-    "dsm-lw-is": (sde_lib.VPSDE(N=100), dict(likelihood_weighting=True, importance_sampling=True)),
-    "edm": (sde_lib.VESDE(N=100), dict(objective="edm")),
-    "vdm": (sde_lib.VPSDE(N=100), dict(objective="vdm")),
-    "ssm": (sde_lib.VPSDE(N=100), dict(objective="ssm", ssm_projection="gaussian")),
-    "smld": (sde_lib.VESDE(N=100), dict(continuous=False)),
-    "ddpm": (sde_lib.VPSDE(N=100), dict(continuous=False)),
+TEACHER = {"training.teacher_workdir": "unused"}  # `ExactTeacher` is passed in instead of a run's
+CASES = {  # name: config values on the tiny checkerboard config (VP SDE, dsm)
+    "dsm": {},
+    "dsm-lw-is": {"training.likelihood_weighting": True, "training.importance_sampling": True},
+    "edm": {"training.sde": "vesde", "training.objective": "edm"},
+    "vdm": {"training.objective": "vdm"},
+    "ssm": {"training.objective": "ssm", "training.ssm_projection": "gaussian"},
+    "smld": {"training.sde": "vesde", "training.continuous": False},
+    "ddpm": {"training.continuous": False},
+    "consistency_training": {"training.objective": "consistency_training"},
+    "consistency_distillation": {"training.objective": "consistency_distillation", "training.teacher_steps": 6,
+                                 **TEACHER},
+    "reflow": {"training.objective": "reflow", "training.sde": "rectified_flow", "model.parameterization": "flow",
+               "training.teacher_steps": 4, **TEACHER},
+    "scm": {"training.objective": "scm", "training.sde": "cosine"},
+    "scm-distillation": {"training.objective": "scm", "training.sde": "cosine", **TEACHER},
 }
-NUM_CLASSES = 3
+# The objectives that evaluate the trained network twice with the step's dropout key, by design (the prediction
+# and its target, or sCM's tangent and prediction, see the same dropout): its keys are sampled twice.
+DROPOUT_EVALUATIONS = {"consistency_training": 2, "consistency_distillation": 2, "scm": 2, "scm-distillation": 2}
+NUM_CLASSES = 8  # the checkerboard's squares
 
 
-def _model():
-  config = tiny_toy_config(**{"model.num_classes": NUM_CLASSES, "model.dropout": 0.1})
-  model = get_model(config)
+class ExactTeacher:
+  """A frozen teacher without a workdir: the exact denoiser of 1-D N(1.5, 0.5^2) data, per coordinate."""
+
+  variables, sampling_eps = {}, 1e-3
+
+  def denoiser_fn(self, variables, sde, class_labels=None):
+    return gaussian_denoiser(sde)
+
+
+def _objective(case):
+  """`(objective, model, variables, inputs)` of `CASES[case]`: a class-conditional model with dropout, its
+  objective (class dropout 0.3) and what its loss receives beyond the batch at step 0."""
+  config = run_setup.prepare_config(tiny_toy_config(**{
+      "model.num_classes": NUM_CLASSES, "model.dropout": 0.1, "training.class_dropout": 0.3,
+      "model.num_scales": 100, **CASES[case]}))
+  sde, model = sde_lib.get_sde(config)[0], get_model(config)
+  teacher = ExactTeacher() if config.training.teacher_workdir else None
+  objective = objectives.get_objective(config, sde, model, teacher=teacher)
   variables = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
                          jnp.zeros((1, 2)), jnp.ones((1,)), train=False)
-  return model, dict(variables)
+  variables = dict(variables)
+  inputs = {"step": jnp.zeros((), jnp.int32), **(objective.init_state(variables["params"]) or {}),
+            **objective.frozen_variables()}
+  return objective, model, variables, inputs
 
 
 def _record_keys(fn, *args):
@@ -78,24 +106,29 @@ def _record_keys(fn, *args):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_no_key_is_sampled_twice_or_also_a_parent(case):
-  sde, fields = CASES[case]
-  model, variables = _model()
-  settings = objectives.LossConfig(num_classes=NUM_CLASSES, class_dropout=0.3, **fields)
-  loss_fn = objectives.get_loss_fn(sde, model, settings, train=True)
+  """Only the dropout keys of one network evaluation repeat, once per evaluation that shares them
+  (`DROPOUT_EVALUATIONS`); no key is both sampled from and a parent."""
+  objective, model, variables, inputs = _objective(case)
+  loss_fn = objectives.get_loss_fn(objective, train=True)
   batch = (jax.random.normal(jax.random.PRNGKey(2), (4, 2)), jnp.arange(4) % NUM_CLASSES)
-  sampled, parents = _record_keys(lambda rng, v, b: loss_fn(rng, v, b).loss, jax.random.PRNGKey(7), variables, batch)
-  assert sampled and parents
-  assert len(set(sampled)) == len(sampled), "a key is sampled from twice"
+  sampled, parents = _record_keys(lambda rng, v, b, i: loss_fn(rng, v, b, i).loss, jax.random.PRNGKey(7), variables,
+                                  batch, inputs)
+  dropout, _ = _record_keys(lambda v: model.apply(v, batch[0], jnp.ones((4,)), train=True, class_labels=batch[1],
+                                                  rngs={"dropout": purpose_keys(jax.random.PRNGKey(7))["dropout"]}),
+                            variables)
+  assert sampled and parents and dropout
+  repeated = {key: sampled.count(key) for key in set(sampled) if sampled.count(key) > 1}
+  evaluations = DROPOUT_EVALUATIONS.get(case, 1)
+  assert repeated == ({key: evaluations for key in dropout} if evaluations > 1 else {}), "a key is sampled from twice"
   assert not set(sampled) & set(parents), "a key is both sampled from and a parent"
 
 
-@pytest.mark.parametrize("case", ["dsm", "edm", "vdm", "ssm", "ddpm"])
+@pytest.mark.parametrize("case", ["dsm", "edm", "vdm", "ssm", "ddpm", "consistency_training",
+                                  "consistency_distillation", "reflow", "scm"])
 def test_purposes_are_uncorrelated_with_every_examples_noise(case):
   """Over many steps, the correlation of each purpose's draws (each example's) with the noise of every
   example is zero within 5 standard errors (1 / sqrt(steps))."""
-  sde, fields = CASES[case]
-  model, _ = _model()
-  objective = objectives.get_objective(sde, model, objectives.LossConfig(**fields))
+  objective = _objective(case)[0]
   batch_size, steps = 4, 400
   x = jnp.zeros((batch_size, 3))
   draw_step = jax.jit(lambda step: _draws_of(objective, step, x))
@@ -122,9 +155,7 @@ def _draws_of(objective, step, x):
 @dataclasses.dataclass(frozen=True)
 class TargetDSM(DSM):
   """DSM plus a pull towards a target network that trails the parameters by an EMA of 0.5: an objective
-  with its own state, as consistency training's target network is."""
-
-  needs = ("target",)
+  with its own state, as consistency distillation's target network is."""
 
   def init_state(self, params):
     return {"target": params}
@@ -132,23 +163,21 @@ class TargetDSM(DSM):
   def update_state(self, state, params):
     return {"target": jax.tree_util.tree_map(lambda t, p: 0.5 * t + 0.5 * p, state["target"], params)}
 
-  def loss(self, call, x, draws, state=None):
-    out = super().loss(call, x, draws)
+  def loss(self, call, x, draws, inputs=None):
+    out = super().loss(call, x, draws, inputs)
     pull = sum(jnp.sum(jnp.square(p - t)) for p, t in zip(jax.tree_util.tree_leaves(call.variables["params"]),
-                                                          jax.tree_util.tree_leaves(state["target"])))
+                                                          jax.tree_util.tree_leaves(inputs["target"])))
     return objectives.base.output(out.per_example + pull)
 
 
 def test_an_objective_carries_its_own_state(monkeypatch, tmp_path):
-  """A new objective is one class plus one registry entry; the train state carries what it `needs`,
-  every step advances it, and checkpoints keep it."""
+  """A new objective is one class plus one registry entry; the train state carries its own state
+  (`init_state`), every step advances it, and checkpoints keep it."""
   monkeypatch.setitem(objectives.OBJECTIVES, "target_dsm", TargetDSM)
-  config = tiny_toy_config(**{"training.objective": "target_dsm", "optim.warmup": 0})
-  optimizer = optim.get_optimizer(config)
-  state = init_train_state(jax.random.PRNGKey(0), config, optimizer)
-  assert isinstance(state, ObjectiveTrainState)
-  step = jax.jit(get_train_step(sde_lib.VPSDE(N=100), get_model(config), optimizer,
-                                objectives.LossConfig.from_config(config), ema_rate=0.9, rng=jax.random.PRNGKey(3)))
+  run = run_setup.RunSetup(tiny_toy_config(**{"training.objective": "target_dsm", "optim.warmup": 0}), companions=())
+  state = run.initial_state(jax.random.PRNGKey(0))
+  assert state.objective_state is not None and "objective" in state.checkpoint_items()
+  step = jax.jit(get_train_step(run.objective, run.optimizer, ema_rate=0.9, rng=jax.random.PRNGKey(3)))
   target = state.params
   for i in range(3):
     state, loss = step(state, jax.random.normal(jax.random.PRNGKey(i), (16, 2)))
@@ -158,15 +187,14 @@ def test_an_objective_carries_its_own_state(monkeypatch, tmp_path):
     np.testing.assert_allclose(actual, expected, rtol=1e-6)
   manager = checkpoint.get_manager(tmp_path / "checkpoints")
   checkpoint.save(manager, 3, state)
-  restored, restored_step = checkpoint.restore_latest([manager], init_train_state(jax.random.PRNGKey(1), config,
-                                                                                  optimizer))
+  restored, restored_step = checkpoint.restore_latest([manager], run.initial_state(jax.random.PRNGKey(1)))
   assert restored_step == 3
   for a, b in zip(jax.tree_util.tree_leaves(restored.objective_state), jax.tree_util.tree_leaves(state.objective_state)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_plain_objectives_keep_the_checkpoint_layout():
-  """Objectives without state keep today's `TrainState`, so earlier checkpoints restore unchanged."""
-  config = tiny_toy_config()
-  state = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), config, optax.adam(1e-3)))
-  assert not isinstance(state, ObjectiveTrainState) and not hasattr(state, "objective_state")
+  """Objectives without state add no checkpoint item, so earlier checkpoints restore unchanged."""
+  run = run_setup.RunSetup(tiny_toy_config(), companions=())
+  state = jax.eval_shape(run.initial_state, jax.random.PRNGKey(0))
+  assert state.objective_state is None and set(state.checkpoint_items()) == {"model", "optimizer"}
