@@ -1,6 +1,7 @@
 """Few-step generation on the checkerboard: the fraction of samples on the board against the step count.
 
     python benchmarks/fewstep.py [--steps 1,2,4,8,16] [--out_dir benchmarks/results/fewstep] [--train_steps 6000]
+                                 [--dry_run]
 
 Trains (through main.py; a finished run is reused) the toy quickstart (configs/toy/checkerboard.py: VP SDE,
 denoising score matching), configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
@@ -17,7 +18,8 @@ equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consis
 consistency sampling at 1, 2 and 4 steps; for reference the VP model with PC at 1000 steps. Prints the
 table, writes `fewstep.json` (with each model's training wall time, `train_seconds`, from the run's
 `benchmark_seconds.json`: the first complete training, through main.py) and `fewstep.png` (the samples at 1,
-2, 4 and 8 steps).
+2, 4 and 8 steps). `--dry_run`: every model and sampler of the table on tiny networks trained 2 steps (in this
+process), 64 samples, the first step count of each sampler: the plumbing on a CPU (tests/test_benchmarks.py).
 """
 
 import argparse
@@ -33,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 from benchmarks.plots import scatter_panel  # noqa: E402
-from benchmarks.trained_runs import train  # noqa: E402
+from benchmarks.trained_runs import DRY_RUN_TRAINING, train  # noqa: E402
 
 # name -> (config, the workdirs of other rows by key, other config values); trained in this order.
 MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}, {}),
@@ -51,38 +53,43 @@ MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}, {}),
           "scd": ("configs/fewstep/checkerboard_scm.py", {"training.teacher_workdir": "trigflow"}, {})}
 CONSISTENCY_MODELS = ("consistency_training", "ect_tuned", "consistency_distillation", "scm", "scm_bf16", "scd")
 NUM_SAMPLES = 4096
+DRY_RUN = {**DRY_RUN_TRAINING, "model.nf": 8, "model.num_res_blocks": 1, "model.embedding_dim": 8,
+           "model.num_scales": 20}
 
 
-def on_board(config, model, variables, method, **options):
+def on_board(config, model, variables, method, num_samples=NUM_SAMPLES, **options):
   config = config.copy_and_resolve_references()
   config.sampling.method = method
   for key, value in options.items():
     config.sampling[key] = value
   sde, eps = sde_lib.get_sde(config)
-  sample_fn = sampling.get_sampling_fn(config, sde, model, (NUM_SAMPLES, 2), datasets.get_data_inverse_scaler(config),
+  sample_fn = sampling.get_sampling_fn(config, sde, model, (num_samples, 2), datasets.get_data_inverse_scaler(config),
                                        eps)
   out = sample_fn(jax.random.PRNGKey(0), variables)
   samples = np.asarray(out.samples)
   return float(toy_data.on_checkerboard(samples)), int(out.nfe), samples
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", default="1,2,4,8,16")
   parser.add_argument("--train_steps", type=int, default=6000)
   parser.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results" / "fewstep"))
   parser.add_argument("--workdir", default=str(ROOT / "runs" / "benchmark_fewstep"))
-  args = parser.parse_args()
+  parser.add_argument("--dry_run", action="store_true", help="tiny networks, 2 training steps, 64 samples")
+  args = parser.parse_args(argv)
   steps = [int(s) for s in args.steps.split(",")]
+  num_samples = 64 if args.dry_run else NUM_SAMPLES
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   rows, pictures = [], {}
   for name, (config_path, workdirs, values) in MODELS.items():
     workdir = pathlib.Path(args.workdir) / name
     others = {key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()}
-    seconds = train(config_path, workdir, {"training.n_iters": args.train_steps, **values, **others})
+    seconds = train(config_path, workdir, {"training.n_iters": args.train_steps, **values, **others,
+                                           **(DRY_RUN if args.dry_run else {})}, in_process=args.dry_run)
     config = trained_model.run_config(str(workdir))
-    model, variables, step = trained_model.load_model(config, str(workdir))
+    model, variables, step = trained_model.load_model(str(workdir))
     if name in CONSISTENCY_MODELS:
       settings = [("consistency", None, [n for n in steps if n <= 4])]
     elif name in ("edm", "trigflow"):
@@ -92,16 +99,16 @@ def main():
     else:
       settings = [("ddim", "time_uniform", steps), ("ddim", "logsnr", steps), ("dpm_solver", "logsnr", steps)]
     for method, schedule, counts in settings:
-      for n in counts:
+      for n in counts[:1] if args.dry_run else counts:
         options = dict(steps=n) if schedule is None else dict(steps=n, schedule=schedule)
-        fraction, nfe, samples = on_board(config, model, variables, method, **options)
+        fraction, nfe, samples = on_board(config, model, variables, method, num_samples, **options)
         rows.append({"model": name, "sampler": method, "schedule": schedule or "-", "steps": n, "nfe": nfe,
                      "on_board": fraction, "train_steps": step, "train_seconds": seconds})
         if method in ("ddim", "consistency") and schedule in ("time_uniform", None) and n in (1, 2, 4, 8):
           pictures[(name, n)] = samples
         print(f"  {name} {method} {schedule or '-'} {n}: {fraction:.4f}", file=sys.stderr, flush=True)
     if name == "vp_dsm":
-      fraction, nfe, _ = on_board(config, model, variables, "pc")
+      fraction, nfe, _ = on_board(config, model, variables, "pc", num_samples)
       rows.append({"model": name, "sampler": "pc", "schedule": "-", "steps": 1000, "nfe": nfe, "on_board": fraction,
                    "train_steps": step, "train_seconds": seconds})
     (out_dir / "fewstep.json").write_text(json.dumps(rows, indent=1))
@@ -120,7 +127,7 @@ def plot(pictures, path):
 
   names = [name for name in MODELS if any(key[0] == name for key in pictures)]
   counts = sorted({n for _, n in pictures})
-  fig, axes = plt.subplots(len(names), len(counts), figsize=(2.6 * len(counts), 2.6 * len(names)))
+  fig, axes = plt.subplots(len(names), len(counts), figsize=(2.6 * len(counts), 2.6 * len(names)), squeeze=False)
   for i, name in enumerate(names):
     for j, n in enumerate(counts):
       ax = axes[i][j]

@@ -3,6 +3,7 @@ sCM against their EDM teacher at 35 evaluations, and what each costs to train (2
 
     python benchmarks/fewstep_digits.py [--teacher_steps 1500] [--student_steps 1000] [--num_samples 500]
                                         [--out_dir benchmarks/results/fewstep_digits] [--workdir runs/benchmark_fewstep_digits]
+                                        [--dry_run]
 
 Trains through main.py (a finished run is reused; its training time is kept in the run's
 `benchmark_seconds.json`): the EDM teacher (configs/edm/digits.py), consistency distillation from it
@@ -12,6 +13,8 @@ Trains through main.py (a finished run is reused; its training time is kept in t
 models at 1 and 2 steps) and measures the Fréchet distance in the digits classifier's features
 (`score_jax.metrics.digits`, not FID) to the 297 held-out digits. Prints the table, writes
 `fewstep_digits.json` and `fewstep_digits.png` (an 8 x 8 grid of each model at 1 step and the teacher).
+`--dry_run`: every model and sampler on tiny networks trained 2 steps (in this process), 64 samples, the teacher
+sampled in 2 steps: the plumbing on a CPU (tests/test_benchmarks.py).
 """
 
 import argparse
@@ -30,13 +33,15 @@ from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_mode
 from score_jax.metrics import digits as digits_metrics  # noqa: E402
 from score_jax.models import get_data_shape  # noqa: E402
 from benchmarks.plots import image_grid  # noqa: E402
-from benchmarks.trained_runs import train  # noqa: E402
+from benchmarks.trained_runs import DRY_RUN_TRAINING, train  # noqa: E402
 
 # name -> (config, the workdirs of other rows by key, is it the teacher); trained in this order.
 MODELS = {"edm_teacher": ("configs/edm/digits.py", {}, True),
           "consistency_distillation": ("configs/fewstep/digits_cd.py", {"training.teacher_workdir": "edm_teacher"}, False),
           "ect_tuned": ("configs/fewstep/digits_ect.py", {"training.init_workdir": "edm_teacher"}, False),
           "scm": ("configs/fewstep/digits_scm.py", {}, False)}
+DRY_RUN = {**DRY_RUN_TRAINING, "model.nf": 8, "model.ch_mult": (1,), "model.num_res_blocks": 1,
+           "model.attn_resolutions": ()}
 
 
 def draw(config, model, variables, num_samples, **options):
@@ -52,14 +57,17 @@ def draw(config, model, variables, num_samples, **options):
   return samples, int(out.nfe), time.time() - start
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--teacher_steps", type=int, default=1500)
   parser.add_argument("--student_steps", type=int, default=1000)
   parser.add_argument("--num_samples", type=int, default=500)
   parser.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results" / "fewstep_digits"))
   parser.add_argument("--workdir", default=str(ROOT / "runs" / "benchmark_fewstep_digits"))
-  args = parser.parse_args()
+  parser.add_argument("--dry_run", action="store_true", help="tiny networks, 2 training steps, 64 samples")
+  args = parser.parse_args(argv)
+  if args.dry_run:
+    args.num_samples = 64  # the figure's 8 x 8 grid
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   images, _ = toy_data.load_digits(16)
@@ -70,11 +78,13 @@ def main():
     workdir = pathlib.Path(args.workdir) / name
     steps = args.teacher_steps if teacher else args.student_steps
     overrides = {"training.n_iters": steps, "training.snapshot_freq": steps,
-                 **{key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()}}
-    seconds = train(config_path, workdir, overrides)
+                 **{key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()},
+                 **(DRY_RUN if args.dry_run else {})}
+    seconds = train(config_path, workdir, overrides, in_process=args.dry_run)
     config = trained_model.run_config(str(workdir))
-    model, variables, step = trained_model.load_model(config, str(workdir))
-    settings = ([("heun", dict(steps=18)), ("dpm_solver", dict(steps=10))] if teacher
+    model, variables, step = trained_model.load_model(str(workdir))
+    heun_steps, dpm_solver_steps = (2, 2) if args.dry_run else (18, 10)
+    settings = ([("heun", dict(steps=heun_steps)), ("dpm_solver", dict(steps=dpm_solver_steps))] if teacher
                 else [("consistency", dict(steps=1)), ("consistency", dict(steps=2))])
     for method, options in settings:
       samples, nfe, sample_seconds = draw(config, model, variables, args.num_samples, method=method, **options)

@@ -1,8 +1,12 @@
-"""The GPU benchmark's plumbing, dry-run on CPU (tiny configs): what a short device loan will run."""
+"""The benchmarks' plumbing, dry-run on CPU (tiny configs): what a short device loan will run, and every model,
+sampler and row of the few-step, EDM2 and autoguidance benchmarks (`--dry_run`: tiny networks trained 2 steps)."""
 
+import importlib
 import json
 import pathlib
 import sys
+
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -33,3 +37,63 @@ def test_rows_are_ordered_by_value_and_validated():
     assert "unknown row train:unet:bf16" in str(exit)
   else:
     raise AssertionError("an unknown row must be refused")
+
+
+def _dry_run(script, tmp_path, *extra):
+  """`benchmarks/<script>.py --dry_run` into tmp_path; its JSON rows."""
+  module = importlib.import_module(script)
+  module.main(["--dry_run", "--out_dir", str(tmp_path / "out"), "--workdir", str(tmp_path / "runs"), *extra])
+  return json.loads((tmp_path / "out" / f"{script}.json").read_text())
+
+
+def test_fewstep_dry_run_writes_every_model_and_sampler(tmp_path):
+  import fewstep
+
+  rows = _dry_run("fewstep", tmp_path)
+  assert [m for m in fewstep.MODELS if any(r["model"] == m for r in rows)] == list(fewstep.MODELS)
+  assert {(r["model"], r["sampler"]) for r in rows} >= {("vp_dsm", "pc"), ("edm", "heun"), ("reflow", "ddim"),
+                                                        ("scd", "consistency"), ("trigflow", "dpm_solver")}
+  for row in rows:
+    assert 0.0 <= row["on_board"] <= 1.0 and row["nfe"] > 0 and row["train_steps"] == 2 and row["train_seconds"] > 0
+  assert (tmp_path / "out" / "fewstep.png").exists()
+
+
+def test_fewstep_digits_dry_run_writes_every_model(tmp_path):
+  import fewstep_digits
+
+  rows = _dry_run("fewstep_digits", tmp_path)
+  assert [(r["model"], r["sampler"], r["nfe"]) for r in rows] == [
+      ("edm_teacher", "heun", 3), ("edm_teacher", "dpm_solver", 3), *[(name, "consistency", n) for name in
+                                                                     list(fewstep_digits.MODELS)[1:] for n in (1, 2)]]
+  for row in rows:
+    assert np.isfinite(row["digits_fd"]) and row["train_steps"] == 2 and row["num_samples"] == 64
+  assert (tmp_path / "out" / "fewstep_digits.png").exists()
+
+
+def test_edm2_digits_dry_run_writes_every_run_and_guidance(tmp_path):
+  rows = _dry_run("edm2_digits", tmp_path, "--ddpmpp_workdir", str(tmp_path / "runs" / "ddpmpp"))
+  assert [(r["model"], r["guidance"], r["w"]) for r in rows] == [
+      ("ddpmpp", "none", 0.0), ("edm2", "none", 0.0), ("edm2", "autoguidance", 0.5),
+      ("edm2", "autoguidance_same_size_guide", 0.5), ("edm2_conditional", "none", 0.0),
+      ("edm2_conditional", "autoguidance", 0.5), ("edm2_conditional", "classifier_free", 0.5)]
+  for row in rows:  # Heun at 2 steps: 3 evaluations, twice with a guide
+    assert row["nfe"] == (3 if row["guidance"] == "none" else 6) and np.isfinite(row["digits_fd"])
+    assert row["step"] == 2 and row["parameters"] > 0
+  assert (tmp_path / "out" / "edm2_digits.png").exists()
+
+
+def test_autoguidance_dry_run_writes_every_case_sampler_and_weight(tmp_path):
+  import autoguidance
+
+  rows = _dry_run("autoguidance", tmp_path)
+  assert [(r["model"], r["guidance"], r["sampler"], r["w"]) for r in rows] == [
+      (model, guidance, sampler, w) for model, guidance in [("main", "autoguidance"),
+                                                            ("main_conditional", "autoguidance"),
+                                                            ("main_conditional", "classifier_free")]
+      for sampler in autoguidance.SAMPLERS for w in (0.0, 0.5)]
+  for row in rows:
+    assert 0.0 <= row["off_support"] <= 1.0 and row["min_share"] >= 0.0
+  nfe = {(r["model"], r["guidance"], r["sampler"], r["w"]): r["nfe"] for r in rows}
+  for (model, guidance, sampler, w), evaluations in nfe.items():  # a guided evaluation is two
+    assert evaluations == (2 if w else 1) * nfe[(model, guidance, sampler, 0.0)] > 0
+  assert (tmp_path / "out" / "autoguidance.png").exists()
