@@ -20,7 +20,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Training configuration file. The modes that read a trained run "
+                                "(sample, eval, the edits, reconstruct_ema) build its model from <workdir>/config.json "
+                                "and take only the sampling and eval sections from --config, which may be left out.",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "fid_stats", "train_classifier", "inpaint", "colorize",
                                     "conditional", "reconstruct_ema", "sample", "fid"],
@@ -105,6 +108,8 @@ def main(argv):
     return
   if FLAGS.workdir is None:
     sys.exit("main.py: --workdir is required (the directory for checkpoints, logs and samples).")
+  if FLAGS.config is None and FLAGS.mode in ("train", "train_classifier", "fid_stats"):
+    sys.exit(f"main.py: --mode={FLAGS.mode} needs --config (a configuration file such as configs/toy/checkerboard.py)")
   if _missing_workdir():
     sys.exit(_missing_workdir())
   try:

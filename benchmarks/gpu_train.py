@@ -96,7 +96,7 @@ def measure_train(model, precision, batch_size, repeats, dry_run):
   import jax
   import numpy as np
 
-  from score_jax import losses, parallel, run_setup
+  from score_jax import parallel, run_setup
   from score_jax.train_steps import get_train_step
 
   config = _config(model, precision, batch_size, dry_run)
@@ -107,8 +107,8 @@ def measure_train(model, precision, batch_size, repeats, dry_run):
     shape = (n, batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     batches = parallel.shard_batch(run.mesh, np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32),
                                    batch_axis=1)
-    train_step = get_train_step(run.sde, run.model, run.optimizer, losses.LossConfig.from_config(config),
-                                ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
+    train_step = get_train_step(run.objective, run.optimizer, ema_rate=config.model.ema_rate,
+                                rng=jax.random.PRNGKey(0))
     flops = _flops(jax.jit(train_step).lower(state, batches[0]), f"{model}@{batch_size}")
     start = time.perf_counter()
     state, loss = run.multi_step(state, batches)
@@ -183,7 +183,7 @@ def count_flops(batch_size):
   import jax
   import numpy as np
 
-  from score_jax import losses, run_setup
+  from score_jax import run_setup
   from score_jax.train_steps import get_train_step
 
   counts = json.load(open(FLOPS_FILE)) if os.path.exists(FLOPS_FILE) else {}
@@ -193,8 +193,8 @@ def count_flops(batch_size):
     state = jax.eval_shape(run.init_state)
     batch = jax.ShapeDtypeStruct((batch_size, config.data.image_size, config.data.image_size,
                                   config.data.num_channels), np.float32)
-    train_step = get_train_step(run.sde, run.model, run.optimizer, losses.LossConfig.from_config(config),
-                                ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
+    train_step = get_train_step(run.objective, run.optimizer, ema_rate=config.model.ema_rate,
+                                rng=jax.random.PRNGKey(0))
     cost = jax.jit(train_step).lower(state, batch).cost_analysis()
     counts[f"{model}@{batch_size}"] = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
     print(f"{model} batch {batch_size}: {counts[f'{model}@{batch_size}'] / 1e12:.3f} TFLOP per training step")

@@ -96,7 +96,7 @@ def toy_rows(args, results, out_dir):
   workdir = out_dir / "runs" / "8gaussians_cfg"
   seconds = train(config_path, workdir, overrides)
   config = load(config_path, overrides)
-  _, variables, step = trained_model.load_model(config, str(workdir))
+  _, variables, step = trained_model.load_model(str(workdir))
   n = 64 if args.dry_run else 2048
   labels = np.arange(n) % 8
   centres = 2.0 * np.stack([np.cos(labels * np.pi / 4), np.sin(labels * np.pi / 4)], axis=1)
@@ -129,7 +129,7 @@ def digits_training(args, out_dir):
 def digits_rows(args, results, config, workdir, seconds):
   from score_jax import trained_model
   from score_jax.metrics import digits as digits_metrics
-  _, variables, step = trained_model.load_model(config, str(workdir))
+  _, variables, step = trained_model.load_model(str(workdir))
   classify = digits_metrics.digits_features_fn()
   n = 20 if args.dry_run else 200
   labels = np.arange(n) % 10
@@ -151,7 +151,7 @@ def posthoc_rows(args, results, config, workdir):
   from score_jax.metrics import digits as digits_metrics
   from score_jax.toy_data import DIGITS_TRAIN_SIZE, load_digits
   held_out = load_digits(config.data.image_size)[0][DIGITS_TRAIN_SIZE:]
-  model_state = trained_model.load_model(config, str(workdir))[1]
+  model_state = trained_model.load_model(str(workdir))[1]
   n = 20 if args.dry_run else 500
   labels = np.arange(n) % 10
   for sigma_rel in SIGMA_RELS:

@@ -26,16 +26,12 @@ import jax.numpy as jnp  # noqa: E402
 
 
 def step_memory(config, batch):
-  from score_jax import optim
-  from score_jax.losses import LossConfig
-  from score_jax.models import get_data_shape, get_model
-  from score_jax.sde import get_sde
-  from score_jax.train_state import init_train_state
+  from score_jax import run_setup
+  from score_jax.models import get_data_shape
   from score_jax.train_steps import get_train_step
-  optimizer = optim.get_optimizer(config)
-  step = get_train_step(get_sde(config)[0], get_model(config), optimizer, LossConfig.from_config(config),
-                        ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
-  state = jax.eval_shape(lambda: init_train_state(jax.random.PRNGKey(0), config, optimizer))
+  run = run_setup.RunSetup(config)
+  step = get_train_step(run.objective, run.optimizer, ema_rate=config.model.ema_rate, rng=jax.random.PRNGKey(0))
+  state = jax.eval_shape(lambda: run.initial_state(jax.random.PRNGKey(0)))
   data = jax.ShapeDtypeStruct((batch,) + get_data_shape(config), jnp.float32)
   start = time.time()
   compiled = jax.jit(step).lower(state, data).compile()

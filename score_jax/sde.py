@@ -64,6 +64,12 @@ class SDE(abc.ABC):
   # For the fast samplers: x(t) = m(t) x(0) + std(t) z, noise level sigma(t) = std / m (Karras et al.
   # 2022, Sec. 4) and log-SNR lambda(t) = -log sigma(t) (Lu et al. 2022); all elementwise in `t`.
 
+  def perturb(self, x0, t, z):
+    """`(x(t), std(t))`: the point x(t) = m(t) x0 + std(t) z of the path from data `x0` and noise `z` (shaped like
+    `x0`) at times `t` (`(B,)`), the one place the objectives draw their inputs from."""
+    mean, std = self.marginal_prob(x0, t)
+    return mean + batch_mul(std, z), std
+
   def marginal_coeffs(self, t):
     """(m(t), std(t)), each shaped like `t`: the perturbation kernel's mean scale and std."""
     return self.marginal_prob(jnp.ones_like(t), t)

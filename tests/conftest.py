@@ -21,6 +21,19 @@ import pytest  # noqa: E402
 from tests.helpers import FIXTURES  # noqa: E402
 
 
+# The numerical tests: closed forms, the reference's fixtures, samplers, likelihoods and the data-parallel
+# equalities. CI runs them a second time on optimised XLA:CPU code (`-m numerical`, README), what users run.
+NUMERICAL_FILES = ("test_likelihood.py", "test_sampling.py", "test_fast_samplers.py", "test_sde.py",
+                   "test_parallel.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.path.name in NUMERICAL_FILES or "refcheck" in getattr(item, "fixturenames", ()) \
+        or "match_reference" in item.name:
+      item.add_marker(pytest.mark.numerical)
+
+
 def pytest_report_header(config):
   return f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (SCORE_JAX_TEST_XLA_OPTIMIZED={_OPTIMIZED})"
 

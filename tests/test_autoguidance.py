@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import checkpoint, optim, parameterization, run_setup, sampling, train_state, trained_model
+from score_jax import checkpoint, parameterization, run_setup, sampling, trained_model
 from score_jax.models import GuidingModel, ScoreModel, get_denoiser_fn, get_score_fn
 from tests.helpers import tiny_toy_config
 from tests.test_guidance import SDE, ExactMixture, coeffs, exact_denoisers
@@ -103,26 +103,26 @@ def test_the_guide_comes_from_its_workdir_and_must_match(tmp_path):
   """`sampling.guidance_workdir` (and `guidance_step`) load that run's EMA variables; a guide on another path,
   with another parameterization or another data shape is refused in one line before sampling."""
   guide = tiny_toy_config(**{"model.nf": 8})          # narrower than the main model
-  state = train_state.init_train_state(jax.random.key(3), guide, optim.get_optimizer(guide))
+  state = run_setup.RunSetup(guide).initial_state(jax.random.key(3))
   manager = checkpoint.get_manager(str(tmp_path / "guide" / checkpoint.SNAPSHOT_DIR))
   checkpoint.save(manager, 20, state)
   (tmp_path / "guide" / "config.json").write_text(guide.to_json_best_effort())
   main = tiny_toy_config(**{"sampling.guidance_workdir": str(tmp_path / "guide"), "sampling.guidance_step": 20,
                             "sampling.guidance_scale": 1.0, "sampling.method": "ddim", "sampling.steps": 3})
-  run = run_setup.RunSetup(main)
-  loaded = trained_model.guiding_model(main, run.sde, run.model)
+  run = run_setup.RunSetup(main)  # reads the guide once
+  loaded = run.guide
   for got, want in zip(jax.tree.leaves(loaded.variables["params"]), jax.tree.leaves(state.ema_params)):
     np.testing.assert_array_equal(got, want)
   out = run.sampler(8)(jax.random.PRNGKey(0), run.init_state().variables())
   assert np.isfinite(np.asarray(out.samples)).all() and int(out.nfe) == 2 * 4  # 3 steps + the final denoising
   for key, value, message in [("training.sde", "subvpsde", "another path"),
-                              ("model.parameterization", "eps", "share the parameterization"),
-                              ("data.dim", 3, "share the data")]:
+                              ("model.parameterization", "eps", "both must share it"),
+                              ("data.dim", 3, "both must model the same data")]:
     other = tiny_toy_config(**{key: value, "model.nf": 8})
     (tmp_path / "guide" / "config.json").write_text(other.to_json_best_effort())
     with pytest.raises(ValueError, match=message):
-      trained_model.guiding_model(main, run.sde, run.model)
+      trained_model.guiding_model(main)
   (tmp_path / "guide" / "config.json").write_text(guide.to_json_best_effort())
   main.sampling.guidance_step = 7
   with pytest.raises(ValueError, match="has no checkpoint of step 7"):
-    trained_model.guiding_model(main, run.sde, run.model)
+    trained_model.guiding_model(main)

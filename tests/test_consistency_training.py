@@ -64,12 +64,13 @@ def test_consistency_training_learns_the_flow_map_of_a_gaussian():
   (the exact consistency function maps the prior to it). Measured (mean / std): 1.513 / 0.474 and 1.493 / 0.477."""
   config = tiny_toy_config(**{"training.objective": "consistency_training", "training.n_iters": 3000,
                               "data.dim": 1, "model.nf": 64, "model.num_res_blocks": 2, "model.embedding_dim": 32})
+  config = run_setup.prepare_config(config)  # as every entry point: the objective's parameterization set
   sde, _ = sde_lib.get_sde(config)
   model = models.get_model(config)
   assert isinstance(models.parameterization_of(model), param_lib.Consistency)
-  objective = objectives.get_objective(sde, model, objectives.LossConfig.from_config(config))
+  objective = objectives.get_objective(config, sde, model)
   variables, ema, state = train_on_gaussian(config, objective, 3000, ema_decay=0.995)
-  assert int(state["step"]) == 3000
+  assert state is None  # the curriculum reads the train step's counter
   assert_samples_the_gaussian(models.get_denoiser_fn(sde, model, {**variables, "params": ema}), sde, 0.15)
 
 
@@ -80,20 +81,20 @@ def test_bad_settings_are_one_line_errors():
                               ("consistency_loss", "l1", "training.consistency_loss='l1'")]:
     config.training[key] = value
     with pytest.raises(ValueError, match=message):
-      objectives.check_loss_config(objectives.LossConfig.from_config(config), sde)
+      objectives.get_objective(config, sde, models.get_model(config))
     config.training[key] = {"consistency_schedule": "ict", "consistency_loss": "pseudo_huber"}[key]
   config.model.parameterization = "flow"
   with pytest.raises(ValueError, match="trains model.parameterization='consistency'"):
-    models.get_model(config)
+    run_setup.prepare_config(config)
 
 
 def test_init_workdir_starts_from_a_trained_runs_weights(tmp_path):
   """`training.init_workdir`: the run starts from that run's EMA parameters (ECT's consistency tuning of a
   diffusion model); a network of another shape, or no run there, is refused in one line."""
-  from score_jax import checkpoint, optim, run_setup, train_state
+  from score_jax import checkpoint
 
   source = tiny_toy_config(**{"training.objective": "edm", "model.parameterization": "edm"})
-  state = train_state.init_train_state(jax.random.key(5), source, optim.get_optimizer(source))
+  state = run_setup.RunSetup(source).initial_state(jax.random.key(5))
   state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))  # EMA != raw: which is taken
   checkpoint.save(checkpoint.get_manager(str(tmp_path / "edm" / checkpoint.SNAPSHOT_DIR)), 40, state)
   (tmp_path / "edm" / "config.json").write_text(source.to_json_best_effort())
@@ -145,9 +146,10 @@ def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
   config = tiny_toy_config(**{"training.objective": "consistency_distillation", "training.n_iters": 2000,
                               "training.teacher_workdir": "unused", "data.dim": 1, "model.nf": 64,
                               "model.num_res_blocks": 2, "model.embedding_dim": 32})
+  config = run_setup.prepare_config(config)
   sde, _ = sde_lib.get_sde(config)
   model = models.get_model(config)
-  objective = objectives.get_objective(sde, model, objectives.LossConfig.from_config(config))
+  objective = objectives.get_objective(config, sde, model)
 
   class ExactTeacher:
     variables = {}
@@ -167,16 +169,18 @@ def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
                                                          ("scm", "cosine", "vesde")])
 def test_the_teacher_comes_from_its_workdir_and_must_share_the_path(tmp_path, objective, path, other_path):
   """Every objective with a teacher (`training.teacher_workdir`) reads its run: config, EMA variables, path."""
-  from score_jax import checkpoint, optim, run_setup, train_state
+  from score_jax import checkpoint
 
   teacher = tiny_toy_config(**{"training.objective": "edm", "model.parameterization": "edm", "training.sde": path})
-  state = train_state.init_train_state(jax.random.key(3), teacher, optim.get_optimizer(teacher))
+  state = run_setup.RunSetup(teacher).initial_state(jax.random.key(3))
   checkpoint.save(checkpoint.get_manager(str(tmp_path / "teacher" / checkpoint.SNAPSHOT_DIR)), 40, state)
   (tmp_path / "teacher" / "config.json").write_text(teacher.to_json_best_effort())
   student = tiny_toy_config(**{"training.objective": objective, "training.sde": path,
                                "training.teacher_workdir": str(tmp_path / "teacher")})
-  start = run_setup.RunSetup(student).init_state()
-  for got, want in zip(jax.tree.leaves(start.objective_state["teacher"]["params"]), jax.tree.leaves(state.ema_params)):
+  run = run_setup.RunSetup(student)
+  assert run.objective.teacher.workdir == str(tmp_path / "teacher")
+  for got, want in zip(jax.tree.leaves(run.objective.frozen_variables()["teacher"]["params"]),
+                       jax.tree.leaves(state.ema_params)):
     np.testing.assert_array_equal(got, want)
   teacher.training.sde = other_path  # the same weights, another path
   (tmp_path / "teacher" / "config.json").write_text(teacher.to_json_best_effort())

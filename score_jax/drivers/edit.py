@@ -170,7 +170,8 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
   """
   if mode not in MODES:
     raise choice_error("mode", mode, MODES)
-  config = prepare_config(config)  # the inputs are checked against it first; the run's config.json must agree
+  # The inputs are checked against `config` first (None: the run's config.json), which must agree with the run's.
+  config = trained_run_config(workdir) if config is None else prepare_config(config)
   size, channels = config.data.image_size, config.data.num_channels
   guided = mode == "conditional" and config.model.num_classes > 0  # classifier-free guidance
   if mode == "conditional":

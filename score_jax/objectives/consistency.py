@@ -21,9 +21,10 @@ import jax.numpy as jnp
 
 from score_jax.models import parameterization_of
 from score_jax.objectives.base import Objective, attached_teacher, normal_per_example, output, scalar_per_example
+from score_jax.sampling.heun import karras_ode_step
+from score_jax.sampling.schedules import karras_sigmas
 from score_jax.utils import batch_mul, choice_error
 
-RHO = 7.0
 P_MEAN, P_STD = -1.1, 2.0          # the discretised log-normal of the noise levels
 START_STEPS, END_STEPS = 10, 1280   # the discretisation's N at the start and the end of training
 SCHEDULES = ("ict",)
@@ -35,12 +36,6 @@ def discretisation_steps(step, total_steps):
   stages = math.floor(math.log2(END_STEPS / START_STEPS)) + 1
   stage_length = max(total_steps // stages, 1)
   return jnp.minimum(START_STEPS * 2 ** (step // stage_length), END_STEPS)
-
-
-def karras_sigmas(index, num_steps, sigma_min, sigma_max):
-  """sigma_i = (sigma_min^(1/rho) + i / N (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0 .. N, ascending."""
-  low, high = sigma_min ** (1 / RHO), sigma_max ** (1 / RHO)
-  return (low + index / num_steps * (high - low)) ** RHO
 
 
 def interval_index(uniform, num_steps, sigma_min, sigma_max):
@@ -101,8 +96,7 @@ class ConsistencyTraining(Objective):
 
     def f(level):
       t = sde.noise_level_to_t(level)
-      noisy = batch_mul(sde.marginal_coeffs(t)[0], x + batch_mul(level, draws["noise"]))
-      return consistency_fn(noisy, t)
+      return consistency_fn(sde.perturb(x, t, draws["noise"])[0], t)
 
     target = jax.lax.stop_gradient(f(sigma))
     prediction = f(sigma_next)
@@ -149,19 +143,16 @@ class LearnsFromTeacher(Objective):
 
 
 def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
-  """One step of the probability-flow ODE from noise level `sigma` down to `sigma_next` (`(B,)` each), in the
-  scaled variable x / m where dx/dsigma = (x - D) / sigma (Karras et al. 2022, Eq. (3)): Euler's step (which
-  is DDIM's), or Heun's (Algorithm 1's second-order correction). Returns x at the time of `sigma_next`."""
-  t, t_next = sde.noise_level_to_t(sigma), sde.noise_level_to_t(sigma_next)
-  m, m_next = sde.marginal_coeffs(t)[0], sde.marginal_coeffs(t_next)[0]
-  scaled = batch_mul(1.0 / m, x)
-  slope = batch_mul(1.0 / sigma, scaled - denoiser_fn(x, t))
-  euler = scaled + batch_mul(sigma_next - sigma, slope)
-  if solver == "euler":
-    return batch_mul(m_next, euler)
-  x_next = batch_mul(m_next, euler)
-  slope_next = batch_mul(1.0 / sigma_next, euler - denoiser_fn(x_next, t_next))
-  return batch_mul(m_next, scaled + batch_mul(0.5 * (sigma_next - sigma), slope + slope_next))
+  """One step of the probability-flow ODE from noise level `sigma` down to `sigma_next` (`(B,)` each) of the
+  denoiser `denoiser_fn(x, t)` under `sde`: Karras et al.'s step in the scaled variable x / m
+  (`sampling.heun.karras_ode_step`), Euler's (which is DDIM's) or Heun's. Returns x at the time of `sigma_next`."""
+  mean_scale = lambda level: sde.marginal_coeffs(sde.noise_level_to_t(level))[0]  # noqa: E731
+
+  def denoiser(x_hat, level):
+    return denoiser_fn(batch_mul(mean_scale(level), x_hat), sde.noise_level_to_t(level))
+
+  x_hat = batch_mul(1.0 / mean_scale(sigma), x)
+  return batch_mul(mean_scale(sigma_next), karras_ode_step(denoiser, x_hat, sigma, sigma_next, solver == "heun"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +195,7 @@ class ConsistencyDistillation(LearnsFromTeacher):
     index = jnp.minimum((draws["time"] * num_steps).astype(jnp.int32), num_steps - 1)
     sigma, sigma_next = (karras_sigmas(i, num_steps, sigma_min, sigma_max) for i in (index, index + 1))
     t_next = sde.noise_level_to_t(sigma_next)
-    noisy = batch_mul(sde.marginal_coeffs(t_next)[0], x + batch_mul(sigma_next, draws["noise"]))
+    noisy, _ = sde.perturb(x, t_next, draws["noise"])
     teacher_fn = attached_teacher(self).denoiser_fn(inputs["teacher"], sde, class_labels=call.class_labels)
     stepped = jax.lax.stop_gradient(teacher_step(teacher_fn, sde, noisy, sigma_next, sigma, self.teacher_solver))
     target_call = dataclasses.replace(call, variables={**call.variables, "params": inputs["target"]})

@@ -18,18 +18,12 @@ from score_jax.parameterization import Reference
 from score_jax.utils import batch_mul
 
 
-def perturb(sde, x0, t, z):
-  """x_t = m(t) x0 + std(t) z and std(t)."""
-  mean, std = sde.marginal_prob(x0, t)
-  return mean + batch_mul(std, z), std
-
-
 def dsm_loss(score_fn, sde, x0, t, z, *, reduce_mean=True, likelihood_weighting=False, time_weight=None):
   """Denoising score matching at given times `t` and noise `z` (Eq. (7); Song et al. 2021b Eq. (9)).
 
   `time_weight` (`(B,)`) multiplies each example's loss: the importance weight of its time.
   """
-  perturbed, std = perturb(sde, x0, t, z)
+  perturbed, std = sde.perturb(x0, t, z)
   score = score_fn(perturbed, t)
   if likelihood_weighting:
     g2 = sde.sde(jnp.zeros_like(x0), t)[1] ** 2
@@ -43,7 +37,7 @@ def dsm_loss(score_fn, sde, x0, t, z, *, reduce_mean=True, likelihood_weighting=
 
 def regression_loss(output_fn, parameterization, sde, x0, t, z, *, reduce_mean=True):
   """|F(x_t, t) - target|^2: the network output against its parameterization's target (noise, data, v, ...)."""
-  perturbed, _ = perturb(sde, x0, t, z)
+  perturbed, _ = sde.perturb(x0, t, z)
   target = parameterization.target(sde, x0, z, t)
   return output(reduce_per_example(jnp.square(output_fn(perturbed, t) - target), reduce_mean),
                 noise_levels=sde.noise_level(t))

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.objectives.base import Objective, normal_per_example, output, reduce_per_example, scalar_per_example
-from score_jax.utils import batch_mul
 
 
 def edm_weight(sigma, sigma_data):
@@ -22,8 +21,7 @@ def edm_loss(denoiser_fn, sde, x0, sigma, z, *, sigma_data=0.5, reduce_mean=True
   With the `edm` parameterization this is |F - F_target|^2 exactly (lambda c_out^2 = 1).
   """
   t = sde.noise_level_to_t(sigma)
-  mean_scale = sde.marginal_coeffs(t)[0]
-  x = batch_mul(mean_scale, x0 + batch_mul(sigma, z))
+  x, _ = sde.perturb(x0, t, z)
   return output(reduce_per_example(jnp.square(denoiser_fn(x, t) - x0), reduce_mean) * edm_weight(sigma, sigma_data),
                 noise_levels=sigma)
 

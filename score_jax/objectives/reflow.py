@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.objectives.base import attached_teacher
-from score_jax.objectives.consistency import LearnsFromTeacher, karras_sigmas, teacher_step
+from score_jax.objectives.consistency import LearnsFromTeacher, teacher_step
+from score_jax.sampling.schedules import karras_sigmas
 from score_jax.objectives.dsm import DSM
 
 

@@ -100,7 +100,7 @@ class SCM(Objective):
     t = jnp.minimum(sde.noise_level_to_t(sigma), sde.T)
     mean_scale, std = sde.marginal_coeffs(t)
     z = draws["noise"]
-    x_t = batch_mul(mean_scale, x) + batch_mul(std, z)
+    x_t, _ = sde.perturb(x, t, z)
     if self.teacher_workdir:
       teacher_fn = attached_teacher(self).denoiser_fn(inputs["teacher"], sde, class_labels=call.class_labels)
       denoised = teacher_fn(x_t, t)

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 
 from score_jax.objectives.base import (Objective, normal_per_example, output, reduce_per_example,
                                        scalar_per_example)
-from score_jax.objectives.dsm import perturb
 from score_jax.rng import per_example
 from score_jax.utils import choice_error
 
@@ -22,7 +21,7 @@ def ssm_loss(score_fn, sde, x0, t, z, v, *, reduce_mean=True):
   std^2 (|s|^2 + 2 v^T (ds/dx) v) per example: in expectation the DSM loss (lambda = std^2) minus
   the dimension (1 per dimension with `reduce_mean`), whatever the score model (Hyvarinen 2005).
   """
-  perturbed, std = perturb(sde, x0, t, z)
+  perturbed, std = sde.perturb(x0, t, z)
   score, jacobian_v = jax.jvp(lambda x: score_fn(x, t), (perturbed,), (v,))
   return output(reduce_per_example(jnp.square(score) + 2.0 * v * jacobian_v, reduce_mean) * std**2)
 

@@ -9,8 +9,26 @@ import jax.numpy as jnp
 
 from score_jax.rng import fold_in, gaussian_noise
 from score_jax.sampling.common import Sampler, SampleOutput, denoise_fn, full, not_in_config, sample_function, start
-from score_jax.sampling.schedules import check_steps
+from score_jax.sampling.schedules import check_steps, karras_sigmas
 from score_jax.utils import batch_mul
+
+
+def _per_example(sigma, x):
+  """A noise level (scalar or `(B,)`) shaped to broadcast against `x`."""
+  return jnp.reshape(sigma, jnp.shape(sigma) + (1,) * (x.ndim - jnp.ndim(sigma)))
+
+
+def karras_ode_step(denoiser, x_hat, sigma, sigma_next, second_order=True):
+  """One step of Karras et al. 2022's probability-flow ODE dx_hat/dsigma = (x_hat - D(x_hat; sigma)) / sigma
+  (Eq. (3) in x_hat = x / m) from noise level `sigma` to `sigma_next` (scalars or `(B,)`): Euler's step (DDIM's),
+  with Heun's second-order correction (Algorithm 1, lines 5-8). `denoiser(x_hat, sigma) -> D`. The Heun
+  sampler, consistency distillation's teacher and reflow's pairs all step with it."""
+  d = (x_hat - denoiser(x_hat, sigma)) / _per_example(sigma, x_hat)
+  x_next = x_hat + _per_example(sigma_next - sigma, x_hat) * d  # Euler step
+  if not second_order:
+    return x_next
+  d_prime = (x_next - denoiser(x_next, sigma_next)) / _per_example(sigma_next, x_hat)
+  return x_hat + _per_example(sigma_next - sigma, x_hat) * (0.5 * d + 0.5 * d_prime)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +65,8 @@ class HeunSampler(Sampler):
     x, keys = start(rng, sde, shape, z)
     steps, rho = self.steps, self.rho
     sigma_max, sigma_min = sde.noise_level(jnp.float32(sde.T)), sde.noise_level(jnp.float32(self.eps))
-    ramp = jnp.arange(steps) / (steps - 1)  # Eq. (5): the rho-schedule, then sigma_N = 0
-    sigmas = (sigma_max**(1 / rho) + ramp * (sigma_min**(1 / rho) - sigma_max**(1 / rho)))**rho
-    sigmas = jnp.concatenate([sigmas, jnp.zeros((1,))])
+    sigmas = karras_sigmas(jnp.arange(steps - 1, -1, -1), steps - 1, sigma_min, sigma_max, rho)  # Eq. (5) down
+    sigmas = jnp.concatenate([sigmas, jnp.zeros((1,))])  # then sigma_N = 0
     gamma = jnp.where((sigmas >= self.S_tmin) & (sigmas <= self.S_tmax), min(self.S_churn / steps, math.sqrt(2) - 1),
                       0.0)
 
@@ -63,12 +80,7 @@ class HeunSampler(Sampler):
       if self.S_churn > 0:  # Algorithm 2, lines 5-6: raise the noise level to sigma_hat
         churn_std = sigma * jnp.sqrt(gamma[i] * (2 + gamma[i]))  # sqrt(sigma_hat^2 - sigma^2), never negative
         x = x + churn_std * self.S_noise * self.noise_fn(fold_in(keys, i), x)
-      d = (x - denoiser(x, sigma_hat)) / sigma_hat
-      x_next = x + (sigma_next - sigma_hat) * d  # Euler step
-      if second_order:  # 2nd-order correction (Algorithm 1, lines 6-8)
-        d_prime = (x_next - denoiser(x_next, sigma_next)) / sigma_next
-        x_next = x + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_prime)
-      return x_next
+      return karras_ode_step(denoiser, x, sigma_hat, sigma_next, second_order)
 
     x_hat = batch_mul(1.0 / sde.marginal_coeffs(full(x, sde.T))[0], x)
     x_hat = jax.lax.fori_loop(0, steps - 1, step, x_hat)

@@ -1,10 +1,21 @@
-"""Time grids of the fast samplers, from `sde.T` down to the end time."""
+"""Time grids of the fast samplers, from `sde.T` down to the end time, and Karras et al.'s noise levels."""
 
 import math
 
 import jax.numpy as jnp
 
 from score_jax.utils import choice_error
+
+RHO = 7.0  # the rho of Karras et al. 2022's Eq. (5)
+
+
+def karras_sigmas(index, num_steps, sigma_min, sigma_max, rho=RHO):
+  """Level `index` of N = `num_steps` intervals of Karras et al. 2022's Eq. (5), ascending: sigma_i =
+  (sigma_min^(1/rho) + i / N (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, i = 0 .. N (elementwise in `index`).
+  The Heun sampler walks it down from i = N; consistency training and distillation draw intervals of it."""
+  low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+  return (low + index / num_steps * (high - low)) ** rho
+
 
 def _logsnr_times(sde, steps, eps):
   """Uniform in lambda = -log sigma (Lu et al. 2022a, Sec. 3.3)."""
