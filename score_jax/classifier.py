@@ -124,9 +124,6 @@ def checkpoint_manager(config, workdir):
   return checkpoint.get_manager(directory, config.classifier.keep_checkpoints)
 
 
-abstract_state = checkpoint.abstract_state  # moved; kept importable here
-
-
 def load_classifier(config, workdir):
   """The newest readable classifier checkpoint of `workdir`: returns `(model, variables)`.
 
@@ -134,7 +131,7 @@ def load_classifier(config, workdir):
     ValueError: `config.classifier` is invalid, or `workdir` holds no readable classifier checkpoint.
   """
   validate_classifier_config(config)
-  target = abstract_state(lambda: init_state(jax.random.PRNGKey(0), config, get_optimizer(config)))
+  target = checkpoint.abstract_state(lambda: init_state(jax.random.PRNGKey(0), config, get_optimizer(config)))
   state, step = checkpoint.restore_latest([checkpoint_manager(config, workdir)], target)
   if step is None:
     raise ValueError(f"no readable classifier checkpoint in {os.path.join(workdir, CLASSIFIER_DIR)}; train one "

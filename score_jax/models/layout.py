@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_jax import base_config
 from score_jax.networks import get_network
 from score_jax.models.utils import get_data_shape
 
@@ -34,6 +35,8 @@ def _top_level_creation_order(model, config):
 
 def network_layout(config):
   """(Flax names of the top-level modules that own variables, in creation order; variable shapes) of the
-  network of `config` (the PyTorch port's `all_modules[i]` is entry i)."""
+  network of `config` (the PyTorch port's `all_modules[i]` is entry i); keys the config lacks (e.g. the
+  reference's own config) take the base configuration's defaults."""
+  config = base_config.complete(config)
   order, shapes = _top_level_creation_order(get_network(config), config)
   return [name for name in order if any(name in shapes[c] for c in shapes)], shapes

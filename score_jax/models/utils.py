@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from score_jax import base_config, parameterization
+from score_jax import parameterization
 from score_jax.models.registry import get_model
 
 
@@ -22,7 +22,6 @@ def get_data_shape(config):
 def init_model(rng, config, batch_size=1, *, model=None):
   """Initialises the network of `config` (`model`: the one `get_model(config)` built already); returns its
   variables (`params`, maybe `constants`)."""
-  config = base_config.complete(config)
   model = get_model(config) if model is None else model
   params_rng, dropout_rng = jax.random.split(rng)
   x = jnp.zeros((batch_size,) + get_data_shape(config), jnp.float32)

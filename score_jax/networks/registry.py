@@ -6,7 +6,6 @@ or parameterizations: `registry.get_model` pairs a network with its parameteriza
 
 import jax.numpy as jnp
 
-from score_jax import base_config
 from score_jax.utils import choice_error
 
 _NETWORKS = {}
@@ -32,9 +31,8 @@ def model_names():
 
 
 def get_network(config):
-  """The plain network named by `config.model.name`; keys the config lacks (e.g. the reference's own config)
-  take the base configuration's defaults, so that a builder reads each key as it is."""
-  config = base_config.complete(config)
+  """The plain network named by `config.model.name` of a completed config (`base_config.complete`, done by
+  `models.get_model` and the other entry points), so that a builder reads each key as it is."""
   name = config.model.name
   if name not in _NETWORKS:
     raise choice_error("model.name", name, _NETWORKS)
