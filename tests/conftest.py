@@ -34,6 +34,20 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.numerical)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Each test module's compiled programs are released after it: XLA:CPU maps the code of every executable it
+  keeps, and one process running the whole suite otherwise nears the kernel's limit on memory maps
+  (vm.max_map_count, 65530 here), where a later compile crashes (a segfault in test_train.py, seen twice)."""
+  yield
+  import gc  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415 -- imported after XLA_FLAGS is set above
+
+  jax.clear_caches()
+  gc.collect()
+
+
 def pytest_report_header(config):
   return f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (SCORE_JAX_TEST_XLA_OPTIMIZED={_OPTIMIZED})"
 

@@ -151,7 +151,7 @@ def test_mlp_input_fourier_features():
 
 
 NETWORK_MODULES = ["ddpm", "mlp", "ncsnpp", "ncsnv2", "wideresnet", "layers", "normalization",
-                   "up_or_down_sampling", "network_registry"]
+                   "up_or_down_sampling", "registry", "edm2"]
 
 
 def test_networks_know_nothing_of_sdes_or_parameterizations():
@@ -159,9 +159,9 @@ def test_networks_know_nothing_of_sdes_or_parameterizations():
   module nor the parameterizations nor the score model that pairs them."""
   script = ("import sys\n"
             f"for name in {NETWORK_MODULES!r}:\n"
-            "  __import__('score_jax.models.' + name)\n"
+            "  __import__('score_jax.networks.' + name)\n"
             "print(' '.join(sorted(sys.modules)))\n")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
   loaded = set(result.stdout.split())
-  assert {f"score_jax.models.{name}" for name in NETWORK_MODULES} <= loaded
+  assert {f"score_jax.networks.{name}" for name in NETWORK_MODULES} <= loaded
   assert not loaded & {"score_jax.sde", "score_jax.parameterization", "score_jax.models.score_model"}, loaded
