@@ -111,7 +111,11 @@ def load_model(workdir, *, step=None, ema=True):
     ValueError: `workdir` has no config.json, no checkpoint (of `step`), or checkpoints that its network cannot
       read (the first error named).
   """
-  config = run_config(workdir)
+  return _load_model(run_config(workdir), workdir, step=step, ema=ema)
+
+
+def _load_model(config, workdir, *, step, ema):
+  """`load_model` of the run whose config.json reads as `config` (read once by the caller)."""
   sde = sde_lib.get_sde(config)[0]
   model = get_model(config)
   target = abstract_model_item(config, sde, model)
@@ -144,11 +148,11 @@ class TrainedRun:
   parameterization, SDE and EMA variables (of checkpoint `step`, default the newest), loaded once on the host.
   A distillation teacher and an autoguidance guide are such runs (`load_companion`)."""
 
-  def __init__(self, workdir, step=None):
+  def __init__(self, workdir, step=None, config=None):
     self.workdir = workdir
-    self.config = run_config(workdir)
+    self.config = run_config(workdir) if config is None else config  # `config`: its config.json, read already
     self.sde, self.sampling_eps = sde_lib.get_sde(self.config)  # its path and its samplers' end time
-    self.model, variables, self.step = load_model(workdir, step=step)
+    self.model, variables, self.step = _load_model(self.config, workdir, step=step, ema=True)
     self.variables = jax.device_get(variables)
 
   def denoiser_fn(self, variables, sde, class_labels=None):
@@ -215,7 +219,7 @@ def load_companion(config, key, *, shares=SHARED, step=None):
   except ValueError as error:
     raise ValueError(f"{key}={workdir!r}: {error}") from None
   check_companion(companion_config, config, key, shares=shares)
-  return TrainedRun(workdir, step=step)
+  return TrainedRun(workdir, step=step, config=companion_config)
 
 
 def load_teacher(config):
