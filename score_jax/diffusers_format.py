@@ -65,7 +65,8 @@ _TOP = {"Dense": "dense", "Conv": "conv", "GroupNorm": "norm", "GaussianFourierP
 
 # ------------------------------------------------------------------------------ the folder
 
-def _find(path, names, subfolder):
+def find_file(path, names, subfolder):
+  """The first of `names` in folder `path`, else in its `subfolder` (a pipeline's component); None if neither."""
   for directory in (path, os.path.join(path, subfolder)):
     for name in names:
       candidate = os.path.join(directory, name)
@@ -79,25 +80,29 @@ def read_folder(path):
   if not os.path.isdir(path):
     raise ValueError(f"{path!r} is not a folder; a diffusers checkpoint is a folder with config.json and "
                      f"{' or '.join(WEIGHTS)}")
-  config_path = _find(path, ["config.json"], "unet")
-  weights_path = _find(path, WEIGHTS, "unet")
+  config_path = find_file(path, ["config.json"], "unet")
+  weights_path = find_file(path, WEIGHTS, "unet")
   if config_path is None or weights_path is None:
     raise ValueError(f"{path!r} has no config.json with {' or '.join(WEIGHTS)} (at its top or in unet/)")
   with open(config_path) as f:
     unet_config = json.load(f)
-  scheduler_path = _find(path, ["scheduler_config.json"], "scheduler")
+  scheduler_path = find_file(path, ["scheduler_config.json"], "scheduler")
   scheduler_config = None
   if scheduler_path is not None:
     with open(scheduler_path) as f:
       scheduler_config = json.load(f)
+  return unet_config, scheduler_config, read_state_dict(weights_path)
+
+
+def read_state_dict(weights_path):
+  """`{name: numpy array}` of a diffusers weights file: safetensors, or a `.bin` read by the safe unpickler."""
   if weights_path.endswith(".safetensors"):
     state_dict, _ = safetensors_io.read(weights_path)
-  else:
-    state_dict = torch_pickle.load(weights_path)
-    if not isinstance(state_dict, dict):
-      raise ValueError(f"{weights_path} holds a {type(state_dict).__name__}, not a state dict")
-    state_dict = {key: np.asarray(value) for key, value in state_dict.items()}
-  return unet_config, scheduler_config, state_dict
+    return state_dict
+  state_dict = torch_pickle.load(weights_path)
+  if not isinstance(state_dict, dict):
+    raise ValueError(f"{weights_path} holds a {type(state_dict).__name__}, not a state dict")
+  return {key: np.asarray(value) for key, value in state_dict.items()}
 
 
 # ------------------------------------------------------------------------------ configs
@@ -412,5 +417,6 @@ def save_diffusers_checkpoint(path, config, variables):
   return path
 
 
-__all__ = ["config_from_diffusers", "config_to_diffusers", "load_diffusers_checkpoint", "name_map", "read_folder",
-           "save_diffusers_checkpoint", "state_dict_to_variables", "variables_to_state_dict"]
+__all__ = ["config_from_diffusers", "config_to_diffusers", "find_file", "load_diffusers_checkpoint", "name_map",
+           "read_folder", "read_state_dict", "save_diffusers_checkpoint", "state_dict_to_variables",
+           "variables_to_state_dict"]
