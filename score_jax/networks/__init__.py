@@ -3,6 +3,7 @@ registry, `config.model.name` -> network. `score_jax.models` pairs a network wit
 
   ddpm.py, ncsnpp.py (NCSN++ and DDPM++), ncsnv2.py, mlp.py   the reference's networks and the toy MLP
   edm2.py            EDM2's magnitude-preserving U-Net
+  autoencoder_kl.py  the Stable Diffusion VAE (diffusers' AutoencoderKL layout): not a score network, not registered
   wideresnet.py      the noise-conditional classifier's network
   layers.py, normalization.py, up_or_down_sampling.py   their building blocks
   registry.py        `register_model`, `get_network`
