@@ -238,6 +238,11 @@ class AutoencoderKL(nn.Module):
     if self.use_post_quant_conv:
       self.post_quant_conv = _conv(self.latent_channels, 1, self.dtype)
 
+  @property
+  def downsample_factor(self):
+    """Image side / latent side: one 2x downsampling between consecutive levels."""
+    return 2 ** (len(self.block_out_channels) - 1)
+
   def encode(self, x):
     """NHWC images in [-1, 1] -> `(mean, logvar)` of the posterior (diffusers' `latent_dist`), logvar in [-30, 20]."""
     moments = self.encoder(x)
