@@ -100,7 +100,7 @@ def get_config():
   data.download = True                      # TFDS sets: prepare a missing one on first use (process 0; others wait)
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256
+  model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256 | edm2 | dit
   model.ema_rate = 0.999                    # EMA decay of the parameters used for sampling/eval
   model.sigma_min = 0.01                    # VE noise range
   model.sigma_max = 50.0
@@ -115,7 +115,7 @@ def get_config():
   model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)
   model.schedule_features = 1024            # learned_vpsde: width of the monotone schedule network
   model.dtype = "float32"                   # compute dtype of the network; parameters stay float32
-  model.remat = False                       # ncsnpp / ddpm: gradient checkpointing of the residual blocks
+  model.remat = False                       # ncsnpp / ddpm / edm2 / dit: gradient checkpointing of the blocks
   model.num_classes = 0                     # class-conditional network (0: unconditional), one extra null class
   model.ema_type = "fixed"                  # fixed (decay model.ema_rate) | power (EDM2's post-hoc EMA)
   model.ema_sigma_rels = (0.05, 0.1)        # ema_type=power: the tracked profiles' relative widths (EDM2)
@@ -141,6 +141,17 @@ def get_config():
   model.embedding_dim = 128                 # time-embedding size of the `mlp` model (image networks use nf)
   model.input_frequencies = 0               # `mlp` model: Fourier features sin/cos(pi 2^k x), k < this, of the input
   model.interpolation = "bilinear"          # NCSN/NCSNv2 multi-scale fusion upsampling: bilinear | nearest_neighbor
+  # dit (Peebles & Xie 2023; score_jax.networks.dit): the defaults are DiT-S/2, `dit.dit_size("XL/2")` the others.
+  model.patch_size = 2                      # dit: patch side p (tokens: (H / p) (W / p))
+  model.hidden_size = 384                   # dit: token width D
+  model.depth = 12                          # dit: adaLN-Zero transformer blocks
+  model.num_heads = 6                       # dit: attention heads (D / num_heads channels each)
+  model.mlp_ratio = 4.0                     # dit: MLP width / D
+  model.learn_sigma = False                 # dit: 2C output channels (DiT's learned variance), the last C dropped
+  model.attention = "xla"                   # dit: xla | cudnn (bf16 / fp16 GPU kernel, not under jax.jvp) | chunked
+  model.attention_block = 512               # dit, attention=chunked: queries per block (memory O(N * block))
+  model.time_freq_shift = 0.0               # dit: timestep frequencies 10000^(-i / (128 - shift)) (diffusers' DiT: 1)
+  model.mlp_norm_eps = 1e-6                 # dit: epsilon of the layer norm before the MLP (diffusers' DiT: 1e-5)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "Adam"                  # Adam (the only optimizer of the reference)

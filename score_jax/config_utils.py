@@ -60,11 +60,11 @@ def check_config(config):
   if config.eval.end_ckpt < config.eval.begin_ckpt:
     raise ValueError(f"eval.end_ckpt={config.eval.end_ckpt} must be at least eval.begin_ckpt={config.eval.begin_ckpt}")
   _check_class_conditioning(config)
-  if model.remat and model.name not in ("ncsnpp", "ddpm", "edm2"):
-    raise ValueError(f"model.remat=True is implemented for ncsnpp, ddpm and edm2, not model.name={model.name!r}")
+  if model.remat and model.name not in ("ncsnpp", "ddpm", "edm2", "dit"):
+    raise ValueError(f"model.remat=True is implemented for ncsnpp, ddpm, edm2 and dit, not model.name={model.name!r}")
 
 
-CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm", "mlp", "edm2")
+CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm", "mlp", "edm2", "dit")
 
 
 def _check_class_conditioning(config):

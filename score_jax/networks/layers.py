@@ -100,12 +100,13 @@ def rematerialized(block_cls):
   return remat_cls
 
 
-def add_class_embedding(temb, class_labels, num_classes):
+def add_class_embedding(temb, class_labels, num_classes, stddev=1.0):
   """`temb + embedding(class_labels)` for a class-conditional network (`model.num_classes > 0`), else `temb`.
 
   The table has `num_classes + 1` rows: the last is the null class, which `class_labels=None` means (the
   unconditional model of classifier-free guidance, Ho & Salimans 2022). Call it from a compact method:
-  the table is the parameter `class_embedding` of the calling network (float32, like the time embedding).
+  the table is the parameter `class_embedding` of the calling network (float32, like the time embedding),
+  initialised N(0, stddev^2).
   """
   if not num_classes:
     if class_labels is not None:
@@ -115,7 +116,7 @@ def add_class_embedding(temb, class_labels, num_classes):
     raise ValueError("model.num_classes > 0 needs a noise-conditional network (model.conditional=True)")
   if class_labels is None:
     class_labels = jnp.full((temb.shape[0],), num_classes, jnp.int32)
-  table = nn.Embed(num_classes + 1, temb.shape[-1], embedding_init=nn.initializers.normal(1.0),
+  table = nn.Embed(num_classes + 1, temb.shape[-1], embedding_init=nn.initializers.normal(stddev),
                    name="class_embedding")
   return temb + table(jnp.asarray(class_labels, jnp.int32)).astype(temb.dtype)
 

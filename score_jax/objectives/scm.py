@@ -86,6 +86,9 @@ class SCM(Objective):
                        f"{type(self.sde).__name__}")
     if self.warmup_steps < 0:
       raise ValueError(f"training.scm_warmup_steps={self.warmup_steps} must be >= 0")
+    if getattr(getattr(self.model, "network", self.model), "attention", None) == "cudnn":
+      raise ValueError("training.objective='scm' takes jax.jvp through the network, which cuDNN's attention "
+                       "(model.attention='cudnn', reverse-mode only) refuses: use 'xla' or 'chunked'")
 
   def frozen_variables(self):
     return {"teacher": attached_teacher(self).variables} if self.teacher_workdir else {}
