@@ -1,8 +1,9 @@
-"""diffusers-format `UNet2DModel` checkpoints <-> score_jax NCSN++ / DDPM variables and configs.
+"""diffusers-format `UNet2DModel` checkpoints <-> score_jax NCSN++ / DDPM variables and configs; DiTs read.
 
-A diffusers checkpoint is a folder (as downloaded from the Hugging Face Hub): the UNet's `config.json` and
-`diffusion_pytorch_model.safetensors` (or `.bin`), at its top or in `unet/`, and the scheduler's
-`scheduler_config.json` beside it or in `scheduler/`. Two families are read and written:
+A diffusers checkpoint is a folder (as downloaded from the Hugging Face Hub): the network's `config.json` and
+`diffusion_pytorch_model.safetensors` (or `.bin`), at its top or in `unet/` or `transformer/`, and the scheduler's
+`scheduler_config.json` beside it or in `scheduler/` (for a pipeline's `unet/` or `transformer/` given alone, the
+pipeline's `scheduler/`). Two families are read and written, a third read:
 
 * NCSN++ (`google/ncsnpp-*`, `ScoreSdeVePipeline`): Skip / AttnSkip blocks, Fourier time embedding.
   The UNet takes data in [0, 1] (`center_input_sample`, score_jax `data.centered = False`) and sigma itself,
@@ -13,6 +14,10 @@ A diffusers checkpoint is a folder (as downloaded from the Hugging Face Hub): th
   embedding of the integer step n in 0..N-1, eps prediction on data in [-1, 1]: score_jax's `ddpm` model
   (with `model.attn_per_up_resnet = True`: an attention block after every up resnet, diffusers' layout) on
   the discrete VP SDE whose betas are the scheduler's linear ones.
+* DiT (`facebook/DiT-*`, `DiTPipeline`: `DiTTransformer2DModel`, or `Transformer2DModel` with `norm_type=
+  "ada_norm_zero"` in the Hub's folders): score_jax's `dit` network with diffusers' conventions
+  (`score_jax.diffusers_dit`), eps prediction of the integer step on the same discrete VP SDE (the scheduler's
+  learned-variance output is read and dropped).
 
 The parameter names are mapped module by module in the network's creation order (`models.layout.network_layout`),
 every shape is checked, and names left over on either side are an error that lists them. Safetensors are
@@ -27,7 +32,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import base_config, safetensors_io, torch_pickle
+from score_jax import base_config, diffusers_dit, safetensors_io, torch_pickle
 from score_jax.models.layout import network_layout
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -65,9 +70,9 @@ _TOP = {"Dense": "dense", "Conv": "conv", "GroupNorm": "norm", "GaussianFourierP
 
 # ------------------------------------------------------------------------------ the folder
 
-def find_file(path, names, subfolder):
-  """The first of `names` in folder `path`, else in its `subfolder` (a pipeline's component); None if neither."""
-  for directory in (path, os.path.join(path, subfolder)):
+def find_file(path, names, *subfolders):
+  """The first of `names` in folder `path`, else in its `subfolders` (a pipeline's components); None if none."""
+  for directory in (path, *(os.path.join(path, subfolder) for subfolder in subfolders)):
     for name in names:
       candidate = os.path.join(directory, name)
       if os.path.isfile(candidate):
@@ -76,17 +81,22 @@ def find_file(path, names, subfolder):
 
 
 def read_folder(path):
-  """`(unet_config, scheduler_config or None, state_dict)` of a diffusers checkpoint folder (numpy arrays)."""
+  """`(model_config, scheduler_config or None, state_dict)` of a diffusers checkpoint folder (numpy arrays): its
+  UNet's or its transformer's."""
   if not os.path.isdir(path):
     raise ValueError(f"{path!r} is not a folder; a diffusers checkpoint is a folder with config.json and "
                      f"{' or '.join(WEIGHTS)}")
-  config_path = find_file(path, ["config.json"], "unet")
-  weights_path = find_file(path, WEIGHTS, "unet")
+  config_path = find_file(path, ["config.json"], "unet", "transformer")
+  weights_path = find_file(path, WEIGHTS, "unet", "transformer")
   if config_path is None or weights_path is None:
-    raise ValueError(f"{path!r} has no config.json with {' or '.join(WEIGHTS)} (at its top or in unet/)")
+    raise ValueError(f"{path!r} has no config.json with {' or '.join(WEIGHTS)} (at its top or in unet/ or "
+                     "transformer/)")
   with open(config_path) as f:
     unet_config = json.load(f)
   scheduler_path = find_file(path, ["scheduler_config.json"], "scheduler")
+  pipeline = os.path.join(path, os.pardir)
+  if scheduler_path is None and os.path.isfile(os.path.join(pipeline, "model_index.json")):  # a pipeline's unet/
+    scheduler_path = find_file(pipeline, ["scheduler_config.json"], "scheduler")
   scheduler_config = None
   if scheduler_path is not None:
     with open(scheduler_path) as f:
@@ -143,9 +153,29 @@ UNET_DEFAULTS = {"in_channels": 3, "out_channels": 3, "center_input_sample": Fal
                  "class_embed_type": None, "num_class_embeds": None}
 
 
+def _discrete_vp(config, scheduler):
+  """Eps prediction of the integer step n in 0..N-1 on data in [-1, 1] under the discrete VP SDE of a DDPM / DDIM
+  scheduler's linear betas (score_sde's beta_i = beta_min / N + ...), sampled by ancestral steps."""
+  model, training = config.model, config.training
+  model.scale_by_sigma, config.data.centered = False, True
+  training.sde, training.continuous = "vpsde", False
+  _require(scheduler, "beta_schedule", ("linear",), "linear")
+  _require(scheduler, "prediction_type", ("epsilon",), "epsilon")
+  n = int(scheduler.get("num_train_timesteps", 1000))
+  model.num_scales = n
+  model.beta_min = float(scheduler.get("beta_start", 1e-4)) * n
+  model.beta_max = float(scheduler.get("beta_end", 0.02)) * n
+  config.sampling.predictor, config.sampling.corrector = "ancestral_sampling", "none"
+
+
 def config_from_diffusers(unet, scheduler=None):
-  """The score_jax config of a diffusers `UNet2DModel` config (and its scheduler's config), or a `ValueError`
-  naming the setting score_jax cannot reproduce."""
+  """The score_jax config of a diffusers `UNet2DModel` or DiT config (and its scheduler's config), or a
+  `ValueError` naming the setting score_jax cannot reproduce."""
+  if diffusers_dit.is_dit(unet):
+    config = base_config.get_config()
+    diffusers_dit.set_network(config, unet)
+    _discrete_vp(config, scheduler or {})
+    return config
   unet = {**UNET_DEFAULTS, **unet}
   if unet.get("_class_name", "UNet2DModel") != "UNet2DModel":
     raise ValueError(f"{unet.get('_class_name')} is not a UNet2DModel")
@@ -198,14 +228,8 @@ def config_from_diffusers(unet, scheduler=None):
     head = unet.get("attention_head_dim")
     if head is not None and head not in [nf * m for m in ch_mult]:
       raise ValueError(f"attention_head_dim={head}: score_jax's DDPM attention has one head")
-    model.name, model.attn_per_up_resnet, model.scale_by_sigma, data.centered = "ddpm", True, False, True
-    training.sde, training.continuous = "vpsde", False
-    _require(scheduler, "beta_schedule", ("linear",), "linear")
-    n = int(scheduler.get("num_train_timesteps", 1000))
-    model.num_scales = n
-    model.beta_min = float(scheduler.get("beta_start", 1e-4)) * n   # beta_i = beta_min / N + ...: score_sde's
-    model.beta_max = float(scheduler.get("beta_end", 0.02)) * n     # discrete VP betas
-    config.sampling.predictor, config.sampling.corrector = "ancestral_sampling", "none"
+    model.name, model.attn_per_up_resnet = "ddpm", True
+    _discrete_vp(config, scheduler)
   else:
     raise ValueError(f"time_embedding_type={unet.get('time_embedding_type')!r}: score_jax reads fourier (NCSN++) "
                      "and positional (DDPM) UNets")
@@ -354,7 +378,9 @@ def name_map(config):
 
 
 def state_dict_to_variables(state_dict, config):
-  """A diffusers UNet2DModel state dict -> variables of `get_model(config)`; every name and shape checked."""
+  """A diffusers UNet2DModel (or DiT) state dict -> variables of `get_model(config)`; every name and shape checked."""
+  if config.model.name == "dit":
+    return diffusers_dit.state_dict_to_variables(state_dict, config)
   mapping, shapes = name_map(config)
   wanted = {name for name, _, _ in mapping.values()}
   ignored = {k for k in state_dict if k.endswith("time_proj.W")}  # diffusers' legacy alias of time_proj.weight
