@@ -35,6 +35,8 @@ class LayoutError(ValueError):
   """A checkpoint that is readable but holds other items than the state restored into (never skipped)."""
 
 
+CONFIG_FILE = "config.json"  # a run's config, beside its checkpoints: what loading its model reads
+
 LEGACY_ITEM = "default"  # the one item of a state that names no parts (and of every checkpoint before the parts)
 
 
@@ -119,3 +121,16 @@ def restore_latest(managers, target, restore_fn=None):
       logging.warning("Checkpoint step %d in %s is unreadable (%s: %s); trying an older one.",
                       step, manager.directory, type(error).__name__, str(error).splitlines()[0][:200])
   return target, None
+
+
+def save_run_config(config, workdir):
+  """Writes `config` as `<workdir>/config.json` (process 0, atomically): what `trained_model.run_config` and
+  `trained_model.load_model` read; the file is read as data, never executed."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+  os.replace(path + ".tmp", path)
+

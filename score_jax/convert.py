@@ -261,7 +261,7 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   Returns:
     `(config, ckpt, orbax_step)`.
   """
-  from score_jax import checkpoint as checkpoint_lib, train_state, trained_model  # noqa: I001 -- heavy, CLI only
+  from score_jax import checkpoint as checkpoint_lib, train_state  # noqa: I001 -- heavy, CLI only
 
   config, variables, ema_variables, step, named_ckpt = read_released_checkpoint(path, config)
   variables = dict(variables)
@@ -276,7 +276,7 @@ def write_train_state_checkpoint(config, path, workdir, ckpt=None):
   if orbax_step in manager.all_steps():
     raise ValueError(f"{manager.directory}/{orbax_step} exists already; choose another --workdir or --ckpt")
   checkpoint_lib.save(manager, orbax_step, state)
-  trained_model.save_run_config(config, workdir)  # what `trained_model.load_model` builds the model from
+  checkpoint_lib.save_run_config(config, workdir)  # what `trained_model.load_model` builds the model from
   if os.path.isdir(path):  # the derived config, for main.py --config= and for people
     with open(os.path.join(workdir, "config.py"), "w") as f:
       f.write(diffusers_format.config_file(config, os.path.abspath(path)))

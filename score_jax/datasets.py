@@ -530,3 +530,25 @@ def get_dataset(config, labels=False, batch_size=None):
     sampler = LABELLED_TOY_DATASETS[name] if labels else TOY_DATASETS[name]
   return ToyDataset(sampler=sampler, seed=config.seed, batch_size=config.training.batch_size,
                     eval_batch_size=config.eval.batch_size, num_eval=config.data.num_eval)
+
+
+class Data:
+  """A run's data as its config states it, before any is read: the maps between the data's [0, 1] space and
+  the model's (`scaler`, `inverse_scaler`) and the data sets, each built on first use (`dataset(labels)`), so
+  that sampling and editing read no data."""
+
+  def __init__(self, config):
+    self._config = config
+    self.scaler = get_data_scaler(config)
+    self.inverse_scaler = get_data_inverse_scaler(config)
+
+  @functools.cache
+  def dataset(self, labels=False):
+    """`get_dataset(config, labels)`, built once."""
+    return get_dataset(self._config, labels=labels)
+
+
+def get_data(config):
+  """The `Data` of a (completed) config."""
+  return Data(config)
+

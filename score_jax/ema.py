@@ -108,7 +108,12 @@ def check_ema_config(config):
 
 
 def power_gammas(config):
-  """The exponents of the tracked power profiles, or None for the fixed EMA."""
+  """The exponents of the tracked power profiles, or None for the fixed EMA; the EMA's keys checked first.
+
+  Raises:
+    ValueError: a bad EMA key (`check_ema_config`).
+  """
+  check_ema_config(config)
   if config.model.ema_type != "power":
     return None
   return tuple(sigma_rel_to_gamma(s) for s in config.model.ema_sigma_rels)

@@ -27,7 +27,7 @@ from score_jax.utils import choice_error
 STEP_LOOPS = ("auto", "scan", "dispatch")
 
 
-def step_loop(config):
+def step_loop(config, data_shape):
   """How the `n_jitted_steps` of one block run: one `lax.scan` program, or one dispatch per step.
 
   "auto" scans, except for image data on CPU: XLA:CPU runs convolutions inside a
@@ -40,7 +40,7 @@ def step_loop(config):
     raise choice_error("training.step_loop", choice, STEP_LOOPS)
   if choice != "auto":
     return choice
-  images = len(get_data_shape(config)) == 3
+  images = len(data_shape) == 3
   return "dispatch" if images and jax.default_backend() == "cpu" else "scan"
 
 
@@ -54,14 +54,15 @@ def _dispatch_steps(single_step, state, batches, frozen):
 
 def prepare_config(config):
   """The config of a run, completed with the base's defaults, with the parameterization its objective trains
-  (`objectives.resolve_parameterization`) and checked across keys (`config_utils.check_config`): what every
+  (`objectives.trained_parameterization`) and checked across keys (`config_utils.check_config`): what every
   entry point (main.py's modes, the drivers' Python functions) does once before building anything.
 
   Raises:
     ValueError: one line naming the first bad key.
   """
   config = base_config.complete(config)
-  objectives.resolve_parameterization(config)
+  config.model.parameterization = objectives.trained_parameterization(config.training.objective,
+                                                                      config.model.parameterization)
   check_config(config)
   return config
 
@@ -80,18 +81,20 @@ class RunSetup:
   def __init__(self, config, *, companions=("teacher", "guide")):
     self.config = config = prepare_config(config)
     self.mesh = parallel.make_mesh()
+    self.data_shape = get_data_shape(config)  # one example in model space
+    self.data = datasets.get_data(config)
     self.sde, self.sampling_eps = sde_lib.get_sde(config)
     self.model = get_model(config)
     self.optimizer = optim.get_optimizer(config)
     self.objective = objectives.get_objective(config, self.sde, self.model)
-    ema.check_ema_config(config)
-    self.ema_gammas = ema.power_gammas(config)  # the power EMA's exponents, or None for the fixed EMA
+    self.ema_gammas = ema.power_gammas(config)  # the power EMA's exponents (None for the fixed EMA), checked
     self.class_conditional = config.model.num_classes > 0
-    if "teacher" in companions and "teacher" in self.objective.__dataclass_fields__:
-      teacher = trained_model.load_teacher(config)
-      if teacher is not None:
-        self.objective = dataclasses.replace(self.objective, teacher=teacher)
-    self.guide = trained_model.guiding_model(config) if "guide" in companions else None
+    learns_from_teacher = "teacher" in self.objective.__dataclass_fields__
+    loaded = trained_model.load_companions(
+        config, [role for role in companions if role != "teacher" or learns_from_teacher])
+    if loaded.get("teacher") is not None:
+      self.objective = dataclasses.replace(self.objective, teacher=loaded["teacher"])
+    self.guide = loaded.get("guide")
     if self.guide is not None or not config.sampling.guidance_workdir:
       self.sampler(config.sampling.batch_size)  # the sampler's options are checked before anything compiles
     else:
@@ -105,24 +108,22 @@ class RunSetup:
     The batch is split over every device of every process (the samples come back as a global
     array: `parallel.gather` fetches them); sample i is the same whatever the device count.
     """
-    shape = (batch_size,) + get_data_shape(self.config)
-    return sampling.get_sampling_fn(self.config, self.sde, self.model, shape,
-                                    datasets.get_data_inverse_scaler(self.config), self.sampling_eps, mesh=self.mesh,
-                                    guide=self.guide)
+    return sampling.get_sampling_fn(self.config, self.sde, self.model, (batch_size,) + self.data_shape,
+                                    self.data.inverse_scaler, self.sampling_eps, mesh=self.mesh, guide=self.guide)
 
-  @functools.cached_property
+  @property
   def dataset(self):
     """The data alone (evaluation's statistics and likelihoods)."""
-    return datasets.get_dataset(self.config)
+    return self.data.dataset()
 
-  @functools.cached_property
+  @property
   def train_dataset(self):
     """What the loss trains on: `(data, labels)` batches for a class-conditional model."""
-    return datasets.get_dataset(self.config, labels=True) if self.class_conditional else self.dataset
+    return self.data.dataset(labels=self.class_conditional)
 
-  @functools.cached_property
+  @property
   def scaler(self):
-    return datasets.get_data_scaler(self.config)
+    return self.data.scaler
 
   @functools.cached_property
   def _read_train_batches(self):
@@ -142,7 +143,7 @@ class RunSetup:
     train_step = get_train_step(self.objective, self.optimizer, ema_rate=self.config.model.ema_rate,
                                 rng=jax.random.fold_in(base_rng, 0), ema_gammas=self.ema_gammas)
     replicated = parallel.replicated(self.mesh)
-    if step_loop(self.config) == "scan":
+    if step_loop(self.config, self.data_shape) == "scan":
       multi_step = jax.jit(get_multi_step(train_step), donate_argnums=0,
                            in_shardings=(replicated, parallel.data_sharded(self.mesh, 1), replicated),
                            out_shardings=(replicated, replicated))
@@ -166,7 +167,7 @@ class RunSetup:
 
   def initial_state(self, rng, params=None):
     """The train state from `rng`'s random weights, or from `params` of the same structure."""
-    variables = trained_model.init_variables(rng, self.config, self.sde, self.model)
+    variables = trained_model.init_variables(rng, self.sde, self.model, self.data_shape)
     if params is not None:
       variables["params"] = params
     power = self.config.model.ema_type == "power"

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import base_config, noise_schedule
+from score_jax import noise_schedule
 from score_jax.utils import batch_mul, choice_error, flat_sum
 
 
@@ -522,11 +522,13 @@ def get_sde(config):
   """Builds the SDE named by `config.training.sde`; returns `(sde, sampling_eps)`.
 
   The sampling eps is the reference's: 1e-3 for VP and sub-VP, 1e-5 for VE; 1e-3 for the Gaussian paths.
+  `config` is complete (every config in configs/ is; `base_config.complete` fills a partial one, e.g. the
+  reference's own, with the base configuration's defaults).
   """
   name = config.training.sde.lower()
   if name not in SDES:
     raise choice_error("training.sde", config.training.sde, SDES)
-  model = base_config.complete(config).model  # a partial config (the reference's) takes the base's defaults
+  model = config.model
   if model.sigma_max <= model.sigma_min:
     raise ValueError(f"model.sigma_max={model.sigma_max} must exceed model.sigma_min={model.sigma_min}")
   if name == "vesde":

@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 
 from score_jax import base_config, checkpoint, sde as sde_lib
-from score_jax.models import GuidingModel, get_data_shape, get_denoiser_fn, get_model, init_model, parameterization_of
+from score_jax.models import GuidingModel, get_data_shape, get_denoiser_fn, get_model, init_network, parameterization_of
 from score_jax.train_state import MODEL_ITEM, model_item, profile_names
 
 # Runs written before config.json recorded the parameterization that an objective implies: their
@@ -32,7 +32,7 @@ def run_config(workdir):
   Raises:
     ValueError: `workdir` has no readable config.json.
   """
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
   try:
     with open(path) as f:
       values = json.load(f)
@@ -45,22 +45,10 @@ def run_config(workdir):
   return config
 
 
-def save_run_config(config, workdir):
-  """Writes `config` as `<workdir>/config.json` (process 0, atomically): what `run_config` and `load_model` read;
-  the file is read as data, never executed."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-  os.replace(path + ".tmp", path)
-
-
-def init_variables(rng, config, sde, model):
-  """The initial variables of `model` (the network of `config`) under `sde`: the network's, with a learned
+def init_variables(rng, sde, model, shape):
+  """The initial variables of `model` for examples of `shape` under `sde`: the network's, with a learned
   schedule's parameters among the params (`params["noise_schedule"]`)."""
-  variables = init_model(rng, config, model=model)
+  variables = init_network(rng, model, shape)
   variables["params"] = {**variables["params"], **sde.init_params(jax.random.fold_in(rng, 1))}
   return variables
 
@@ -68,7 +56,7 @@ def init_variables(rng, config, sde, model):
 def abstract_model_item(config, sde, model):
   """The structure, dtypes and (replicated) shardings of a checkpoint's `model` item for this network."""
   def item():
-    variables = dict(init_variables(jax.random.PRNGKey(0), config, sde, model))
+    variables = dict(init_variables(jax.random.PRNGKey(0), sde, model, get_data_shape(config)))
     params = variables.pop("params")
     power = config.model.ema_type == "power"
     power_ema = {name: params for name in profile_names(config.model.ema_sigma_rels)} if power else None
@@ -235,3 +223,14 @@ def guiding_model(config):
   if guide is None:
     return None
   return GuidingModel(guide.model, guide.variables, continuous=guide.config.training.continuous)
+
+
+# The frozen companions a driver may read for a run (`load_companions`), each from its own config key.
+COMPANIONS = {"teacher": load_teacher, "guide": guiding_model}
+
+
+def load_companions(config, roles):
+  """`{role: companion}` for each of `roles` (names in `COMPANIONS`), each read once and checked against the
+  model of `config`; None for a role whose key is empty."""
+  return {role: COMPANIONS[role](config) for role in roles}
+

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from configs.toy import default as toy_default
-from score_jax import checkpoint, models, objectives, run_setup, trained_model
+from score_jax import checkpoint, models, objectives, run_setup
 
 # The reference's numbers (score_sde_pytorch@cb1f359, cross-checked against the JAX original):
 # tests/fixtures/REFCHECK.md says what each file holds.
@@ -21,7 +21,7 @@ def save_untrained_run(config, workdir, step=2):
   (key 0) at `step`, as training writes them (nothing trained, nothing jitted); returns the state."""
   run = run_setup.RunSetup(config, companions=())
   state = run.initial_state(jax.random.PRNGKey(0)).replace(step=jnp.asarray(step, jnp.int32))
-  trained_model.save_run_config(run.config, workdir)
+  checkpoint.save_run_config(run.config, workdir)
   checkpoint.save(checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR)), step, state)
   return state
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from score_jax import ema, posthoc_ema, run_setup, trained_model
+from score_jax import checkpoint, ema, posthoc_ema, run_setup
 from score_jax.train_state import TrainState
 from tests.helpers import tiny_toy_config
 
@@ -133,7 +133,7 @@ def test_reconstruct_of_constant_snapshots_is_that_constant(tmp_path):
   config = tiny_toy_config(**{"model.ema_type": "power", "training.ema_snapshot_freq": 150})
   config.model.ema_sigma_rels = (0.05, 0.10)
   state = run_setup.RunSetup(config, companions=()).initial_state(jax.random.PRNGKey(0))
-  trained_model.save_run_config(config, str(tmp_path))
+  checkpoint.save_run_config(config, str(tmp_path))
   manager = posthoc_ema.snapshot_manager(str(tmp_path))
   for step in range(150, 1501, 150):
     posthoc_ema.save_snapshot(manager, step, state, config.model.ema_sigma_rels)

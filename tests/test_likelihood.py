@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from score_jax import likelihood, models
+from score_jax import base_config, likelihood, models
 from score_jax import sde as sde_lib
 from tests.helpers import FIXTURES, ReferenceToyModel
 from tests import test_sampling
@@ -142,6 +142,7 @@ def test_get_likelihood_fn_runs_the_model():
       name="mlp", nf=16, num_res_blocks=1, embedding_type="positional", embedding_dim=8, fourier_scale=16.0,
       scale_by_sigma=False, dropout=0.0, sigma_min=0.01, sigma_max=4.0, beta_min=0.1, beta_max=20.0,
       num_scales=1000))
+  config = base_config.complete(config)
   sde = sde_lib.VPSDE()
   model, variables = models.get_model(config), models.init_model(jax.random.key(0), config)
   bpd_fn = likelihood.get_likelihood_fn(config, sde, model, lambda v: (v + 1) / 2, rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import models, parameterization as param_lib, sde as sde_lib
+from score_jax import base_config, models, parameterization as param_lib, sde as sde_lib
 from score_jax.utils import batch_mul
 
 jax.config.update("jax_enable_x64", False)
@@ -144,7 +144,7 @@ def tiny_mlp_config(parameterization="reference", sde="vpsde", dtype="float32"):
       embedding_dim=8, fourier_scale=16.0, scale_by_sigma=sde == "vesde", dropout=0.0, sigma_min=0.01,
       sigma_max=4.0, beta_min=0.1, beta_max=20.0, num_scales=100, parameterization=parameterization,
       dtype=dtype, sigma_data=0.5))
-  return config
+  return base_config.complete(config)
 
 
 @pytest.mark.parametrize("name", NAMES)

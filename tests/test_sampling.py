@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import models, sampling
+from score_jax import base_config, models, sampling
 from score_jax import sde as sde_lib
 from score_jax.parameterization import ScoreFunction, denoiser_of, network_evaluations_of, tweedie
 from tests.helpers import FIXTURES, ReferenceToyModel
@@ -191,7 +191,7 @@ def tiny_config(method="pc"):
       name="mlp", nf=16, num_res_blocks=1, embedding_type="positional", embedding_dim=8, fourier_scale=16.0,
       scale_by_sigma=False, dropout=0.0, sigma_min=0.01, sigma_max=4.0, beta_min=0.1, beta_max=20.0,
       num_scales=40))  # beta_max / N < 1: the DDPM discretisation needs sqrt(1 - beta_i)
-  return config
+  return base_config.complete(config)
 
 
 @pytest.mark.parametrize("method", ["pc", "ode"])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import models, objectives, parameterization as param_lib
+from score_jax import models, objectives, parameterization as param_lib, run_setup
 from score_jax import sde as sde_lib
 from score_jax.objectives import scm
 from tests.helpers import assert_samples_the_gaussian, gaussian_denoiser, tiny_toy_config, train_on_gaussian
@@ -18,7 +18,7 @@ def scm_config(**overrides):
   parameterization set)."""
   config = tiny_toy_config(**{"training.objective": "scm", "training.sde": "cosine",
                               "training.loss_weighting": "uncertainty", **overrides})
-  return objectives.resolve_parameterization(config)
+  return run_setup.prepare_config(config)
 
 
 def exact_consistency_fn(sde, mu=1.5, scale=0.5):

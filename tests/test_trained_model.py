@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from score_jax import convert, datasets, objectives, run_setup, sampling, trained_model
+from score_jax import checkpoint, convert, datasets, objectives, run_setup, sampling, trained_model
 from score_jax.drivers import evaluate, generate, train
 from tests.helpers import FIXTURES, save_untrained_run, tiny_toy_config
 from tests.test_generate import tiny_config as tiny_image_config
@@ -74,7 +74,7 @@ def test_a_distilled_student_samples_evaluates_and_converts_without_its_teacher(
 def test_checkpoints_that_the_config_cannot_read_are_named(tmp_path):
   save_untrained_run(tiny_toy_config(), str(tmp_path))
   wider = tiny_toy_config(**{"model.nf": 32})
-  trained_model.save_run_config(run_setup.prepare_config(wider), str(tmp_path))  # config.json no longer fits
+  checkpoint.save_run_config(run_setup.prepare_config(wider), str(tmp_path))  # config.json no longer fits
   with pytest.raises(ValueError, match=r"has checkpoints \(steps 2\) but none is readable as the network of its "
                                        r"config.json; the newest: step 2: "):
     trained_model.load_model(str(tmp_path))
@@ -103,7 +103,7 @@ def test_a_config_that_disagrees_with_the_runs_own_is_refused(tmp_path):
 def companion_workdir(tmp_path, name, **overrides):
   """A workdir holding only the config.json of `tiny_image_config(**overrides)`: the checks read it first."""
   workdir = str(tmp_path / name)
-  trained_model.save_run_config(tiny_image_config(**overrides), workdir)
+  checkpoint.save_run_config(tiny_image_config(**overrides), workdir)
   return workdir
 
 

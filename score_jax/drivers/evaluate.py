@@ -29,9 +29,8 @@ from absl import logging
 
 import tqdm
 
-from score_jax import checkpoint, datasets, parallel, plotting, toy_data, trained_model
+from score_jax import checkpoint, parallel, plotting, toy_data, trained_model
 from score_jax.metrics import distances
-from score_jax.models import get_data_shape
 from score_jax.run_setup import RunSetup, trained_run_config
 from score_jax.train_state import MODEL_ITEM, OBJECTIVE_ITEM
 
@@ -89,14 +88,14 @@ def _negative_log_likelihood(config, run, state, rng, directory):
 
   ev = config.eval
   repeats = ev.bpd_num_repeats
-  flat = len(get_data_shape(config)) == 1
+  flat = len(run.data_shape) == 1
   hutchinson = ev.hutchinson
   if flat:
     logp_fn = likelihood.get_log_likelihood_fn(config, run.sde, run.model, hutchinson=hutchinson,
                                                num_repeats=repeats, mesh=run.mesh)
     nll_fn = lambda rng, variables, x: -logp_fn(rng, variables, x).logp / x.shape[1]
   else:
-    bpd_fn = likelihood.get_likelihood_fn(config, run.sde, run.model, datasets.get_data_inverse_scaler(config),
+    bpd_fn = likelihood.get_likelihood_fn(config, run.sde, run.model, run.data.inverse_scaler,
                                           hutchinson=hutchinson, num_repeats=repeats, mesh=run.mesh)
     nll_fn = lambda rng, variables, x: bpd_fn(rng, variables, x).bpd
   batches = list(run.dataset.eval_batches(split="train" if ev.bpd_dataset == "train" else "eval"))  # local parts
@@ -117,7 +116,7 @@ def _elbo(config, run, state, rng, directory):
   elbo_fn = jax.jit(elbo.get_elbo_fn(run.sde, run.model, t0=elbo_start(run.sde, run.objective.settings),
                                      levels=objectives.pixel_levels(config)))
   num_times = config.eval.elbo_num_times
-  shape = get_data_shape(config)
+  shape = run.data_shape
   flat = len(shape) == 1
 
   def one_batch(i, batch):
@@ -239,7 +238,7 @@ def evaluate(config, workdir, eval_folder="eval"):
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))
   target = jax.jit(run.initial_state, out_shardings=parallel.replicated(run.mesh))(jax.random.PRNGKey(0))
   timeout = config.eval.checkpoint_timeout
-  images = len(get_data_shape(config)) == 3
+  images = len(run.data_shape) == 3
   features_fn = _features_fn(config) if images and config.eval.enable_sampling and config.eval.enable_fid else None
   reports = {}
   for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):

@@ -28,8 +28,7 @@ import tqdm
 from absl import logging
 from PIL import Image
 
-from score_jax import datasets, parallel, plotting, sampling, trained_model
-from score_jax.models import get_data_shape
+from score_jax import parallel, plotting, sampling, trained_model
 from score_jax.run_setup import RunSetup, trained_run_config
 
 MAX_SEED = 2**32 - 1  # jax.random.PRNGKey's seeds are uint32
@@ -236,8 +235,8 @@ def generate(config, workdir, seeds, out, *, step=None, batch_size=64, labels=No
   logging.info("Sampling %d of %d seeds (%d already written) with checkpoint %d of %s, %s", len(todo), len(seeds),
                len(seeds) - len(todo), step, workdir, config.sampling.method)
   if todo:
-    shape = (batch_size,) + get_data_shape(config)
-    sample_fn = sampling.get_seed_sampling_fn(config, run.sde, model, shape, datasets.get_data_inverse_scaler(config),
+    shape = (batch_size,) + run.data_shape
+    sample_fn = sampling.get_seed_sampling_fn(config, run.sde, model, shape, run.data.inverse_scaler,
                                               run.sampling_eps, mesh=mesh, guide=run.guide)
     if jax.process_index() == 0:
       os.makedirs(folder, exist_ok=True)

@@ -5,10 +5,9 @@ import os
 import jax
 from absl import logging
 
-from score_jax import checkpoint, parallel, plotting, posthoc_ema, trained_model
+from score_jax import checkpoint, parallel, plotting, posthoc_ema
 from score_jax.drivers import loop
 from score_jax.drivers.loop import NonFiniteLossError  # noqa: F401 -- raised by the loop, named here too
-from score_jax.models import get_data_shape
 from score_jax.run_setup import RunSetup
 
 
@@ -29,10 +28,10 @@ def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state."""
   run = RunSetup(config)
   config, training = run.config, run.config.training
-  trained_model.save_run_config(config, workdir)  # what loading the trained model reads
+  checkpoint.save_run_config(config, workdir)  # what loading the trained model reads
   power_ema = config.model.ema_type == "power"
   ema_snapshots = posthoc_ema.snapshot_manager(workdir) if power_ema else None
-  reference = next(iter(run.dataset.eval_batches())) if get_data_shape(config) == (2,) else None
+  reference = next(iter(run.dataset.eval_batches())) if run.data_shape == (2,) else None
 
   def step_block(state, step):
     state, losses = run.multi_step(state, run.train_batches(step))

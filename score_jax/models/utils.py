@@ -23,8 +23,13 @@ def init_model(rng, config, batch_size=1, *, model=None):
   """Initialises the network of `config` (`model`: the one `get_model(config)` built already); returns its
   variables (`params`, maybe `constants`)."""
   model = get_model(config) if model is None else model
+  return init_network(rng, model, get_data_shape(config), batch_size)
+
+
+def init_network(rng, model, shape, batch_size=1):
+  """The variables (`params`, maybe `constants`) of `model` initialised for examples of `shape`."""
   params_rng, dropout_rng = jax.random.split(rng)
-  x = jnp.zeros((batch_size,) + get_data_shape(config), jnp.float32)
+  x = jnp.zeros((batch_size,) + tuple(shape), jnp.float32)
   labels = jnp.ones((batch_size,), jnp.float32)
   variables = model.init({"params": params_rng, "dropout": dropout_rng}, x, labels, train=False)
   return dict(variables)

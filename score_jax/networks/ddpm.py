@@ -85,4 +85,4 @@ def build_ddpm(config):
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, resamp_with_conv=m.resamp_with_conv,
               conditional=m.conditional, nonlinearity=m.nonlinearity,
               attn_per_up_resnet=m.attn_per_up_resnet, num_classes=m.num_classes,
-              remat=m.remat, dtype=compute_dtype(config))
+              remat=m.remat, dtype=compute_dtype(config.model.dtype))

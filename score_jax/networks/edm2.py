@@ -235,4 +235,4 @@ def build_edm2(config):
   m = config.model
   return EDM2UNet(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                   attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_classes=m.num_classes,
-                  remat=m.remat, dtype=compute_dtype(config))
+                  remat=m.remat, dtype=compute_dtype(config.model.dtype))

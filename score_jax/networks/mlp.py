@@ -60,4 +60,4 @@ def build_mlp(config):
   return MLPScoreModel(hidden=model.nf, num_layers=model.num_res_blocks, embedding_type=model.embedding_type,
                        embedding_dim=model.embedding_dim, fourier_scale=model.fourier_scale,
                        dropout=model.dropout, input_frequencies=model.input_frequencies,
-                       num_classes=model.num_classes, dtype=compute_dtype(config))
+                       num_classes=model.num_classes, dtype=compute_dtype(config.model.dtype))

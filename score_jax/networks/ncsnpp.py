@@ -178,5 +178,5 @@ def build_ncsnpp(config):
       progressive_input=m.progressive_input.lower(), progressive_combine=m.progressive_combine.lower(),
       embedding_type=m.embedding_type.lower(), fourier_scale=m.fourier_scale, init_scale=m.init_scale,
       nonlinearity=m.nonlinearity, num_classes=m.num_classes, remat=m.remat,
-      dtype=compute_dtype(config))
+      dtype=compute_dtype(config.model.dtype))
 

@@ -214,7 +214,7 @@ def _builder(architecture, conditional=False):
     m = config.model
     return NCSNv2(architecture=architecture, nf=m.nf, nonlinearity=m.nonlinearity, normalization=m.normalization,
                   interpolation=m.interpolation, conditional=conditional,
-                  num_scales=m.num_scales, dtype=compute_dtype(config))
+                  num_scales=m.num_scales, dtype=compute_dtype(config.model.dtype))
   return build
 
 

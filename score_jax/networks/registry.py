@@ -21,9 +21,9 @@ def register_model(name):
   return register
 
 
-def compute_dtype(config):
-  """The networks' compute dtype from `model.dtype` (None for float32, the flax default)."""
-  return None if config.model.dtype == "float32" else jnp.dtype(config.model.dtype)
+def compute_dtype(name):
+  """The networks' compute dtype from the name `model.dtype` holds (None for float32, the flax default)."""
+  return None if name == "float32" else jnp.dtype(name)
 
 
 def model_names():

@@ -70,18 +70,22 @@ def objective_class(config, sde=None):
   return OBJECTIVES[sde.discrete_loss]
 
 
-def resolve_parameterization(config):
-  """Sets `model.parameterization` to the one the run's objective trains, when it trains one of its own
-  (`Objective.parameterization`); a parameterization it does not refine is refused in one line."""
-  cls = objective_class(config)
-  own, name = cls.parameterization, config.model.parameterization
-  if own is None or name == own:
-    return config
-  if name not in cls.refines:
-    raise ValueError(f"training.objective={config.training.objective!r} trains model.parameterization={own!r} "
-                     f"(its boundary condition), not {name!r}: leave the key at its default")
-  config.model.parameterization = own
-  return config
+def trained_parameterization(objective, parameterization):
+  """The `model.parameterization` that `training.objective = objective` trains: its own
+  (`Objective.parameterization`), or `parameterization` (the config's) for an objective that trains any.
+  An unregistered name is returned as it is (`get_objective` refuses it).
+
+  Raises:
+    ValueError: `parameterization` is one the objective's own does not refine (one line).
+  """
+  cls = OBJECTIVES.get(objective)
+  own = None if cls is None else cls.parameterization
+  if own is None or parameterization == own:
+    return parameterization
+  if parameterization not in cls.refines:
+    raise ValueError(f"training.objective={objective!r} trains model.parameterization={own!r} "
+                     f"(its boundary condition), not {parameterization!r}: leave the key at its default")
+  return own
 
 
 def get_objective(config, sde, model, *, teacher=None):
@@ -120,4 +124,4 @@ def get_objective(config, sde, model, *, teacher=None):
 
 __all__ = ["OBJECTIVES", "PURPOSES", "LossConfig", "LossOutput", "ModelCall", "Objective", "drop_labels",
            "get_loss_fn", "get_objective", "objective_choices", "objective_class", "pixel_levels", "purpose_keys",
-           "register_objective", "resolve_parameterization", "split_batch"]
+           "register_objective", "trained_parameterization", "split_batch"]
