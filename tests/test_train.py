@@ -337,3 +337,37 @@ def test_run_setup_builds_each_component_once(monkeypatch):
   jax.eval_shape(run.init_state)
   assert calls == {name: 1 for name in ("get_sde", "get_model", "get_parameterization", "get_optimizer",
                                         "get_objective", "config_options")}, calls
+
+
+def test_the_config_enters_each_module_once(tmp_path):
+  """Following `config` from `train_and_evaluate` (a short toy run with its eval, snapshot and sampling): each
+  score_jax module is entered once by a call that passes it a ConfigDict from another module (the config is
+  prepared once at the entry; the builders take what they need, none climbs back to complete or re-derive it)."""
+  import collections
+
+  import ml_collections
+
+  config = tiny_toy_config(**{"training.n_iters": 2, "training.n_jitted_steps": 1, "training.log_freq": 2,
+                              "training.eval_freq": 2, "training.snapshot_freq": 2,
+                              "training.snapshot_freq_for_preemption": 2})
+  entries = []
+
+  def profile(frame, event, arg):
+    module = frame.f_globals.get("__name__", "")
+    if event != "call" or not module.startswith("score_jax"):
+      return
+    code = frame.f_code
+    arguments = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
+    if caller != module and any(isinstance(frame.f_locals.get(a), ml_collections.ConfigDict) for a in arguments):
+      entries.append(f"{module}.{code.co_name} <- {caller}")
+
+  sys.setprofile(profile)
+  try:
+    train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    sys.setprofile(None)
+  per_module = collections.Counter(entry.split(" <- ")[0].rsplit(".", 1)[0] for entry in entries)
+  assert {"score_jax.run_setup", "score_jax.models.registry", "score_jax.objectives", "score_jax.sde",
+          "score_jax.datasets", "score_jax.checkpoint"} <= set(per_module), entries
+  assert max(per_module.values()) == 1, [e for e in entries if per_module[e.split(" <- ")[0].rsplit(".", 1)[0]] > 1]
