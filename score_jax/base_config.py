@@ -98,6 +98,16 @@ def get_config():
   data.eval_path = ""                       # folder: held-out images (else data.num_eval set aside from data.path)
   data.labels_from = "none"                 # folder labels: none | dataset_json (EDM's dataset.json) | subfolders
   data.download = True                      # TFDS sets: prepare a missing one on first use (process 0; others wait)
+  # Latent data (docs/latent.md#latent-data): train, sample and evaluate in an autoencoder's latent space.
+  data.autoencoder = ""                     # diffusers AutoencoderKL folder or score_jax autoencoder workdir; "": pixels
+  data.latent_cache = ""                    # encoded moments (default $SCORE_JAX_LATENT_CACHE or ~/.cache/score_jax/latents/<dataset>_<size>_<hash>)
+  data.latent_norm = "scaling"              # scaling: (z - shift_factor) * scaling_factor | channels: (z - latent_mean) / latent_std * latent_target_std
+  data.latent_mean = ()                     # channels: per-channel mean (EDM2, sd-vae-ft-mse: 5.81, 3.25, 0.12, -2.15)
+  data.latent_std = ()                      # channels: per-channel std (EDM2, sd-vae-ft-mse: 4.17, 4.62, 3.71, 3.28)
+  data.latent_target_std = 0.5              # channels: the std of the normalised latents (EDM2: 0.5)
+  data.autoencoder_batch_size = 64          # images per jitted encode call, latents per decode step of the samples
+  data.latent_channels = 0                  # recorded from data.autoencoder when the config is prepared (not set by hand)
+  data.latent_factor = 0                    # recorded likewise: the autoencoder's downsampling factor
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256 | edm2 | dit

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from score_jax import (base_config, datasets, ema, objectives, optim, parallel, sampling, sde as sde_lib,
-                       trained_model)
+from score_jax import (base_config, datasets, ema, latent_data, objectives, optim, parallel, sampling,
+                       sde as sde_lib, trained_model)
 from score_jax.config_utils import check_config
 from score_jax.models import get_data_shape, get_model
 from score_jax.train_state import init_train_state
@@ -63,6 +63,7 @@ def prepare_config(config):
   config = base_config.complete(config)
   config.model.parameterization = objectives.trained_parameterization(config.training.objective,
                                                                       config.model.parameterization)
+  latent_data.resolve_latent_shape(config)  # a latent run's network input follows its autoencoder
   check_config(config)
   return config
 
@@ -94,6 +95,9 @@ class RunSetup:
         config, [role for role in companions if role != "teacher" or learns_from_teacher])
     if loaded.get("teacher") is not None:
       self.objective = dataclasses.replace(self.objective, teacher=loaded["teacher"])
+    if config.data.autoencoder:  # latent data: its frozen autoencoder (read by any run that reads companions)
+      autoencoder = latent_data.data_autoencoder(config) if companions else None
+      self.data = latent_data.get_latent_data(config, autoencoder)
     self.guide = loaded.get("guide")
     if self.guide is not None or not config.sampling.guidance_workdir:
       self.sampler(config.sampling.batch_size)  # the sampler's options are checked before anything compiles
@@ -232,7 +236,10 @@ def validate_config(config):
 # What defines a trained model, compared between a --config and the run's config.json by the modes that read a
 # trained run; the rest (sampling, evaluation, the EMA's and the optimizer's settings) stays the user's to choose.
 TRAINING_ONLY_MODEL_KEYS = ("ema_rate", "ema_type", "ema_sigma_rels", "dropout", "dtype", "remat")
-MODEL_DATA_KEYS = ("image_size", "num_channels", "dim", "centered")
+MODEL_DATA_KEYS = ("image_size", "num_channels", "dim", "centered", "latent_channels", "latent_factor", "latent_norm",
+                   "latent_mean", "latent_std", "latent_target_std")
+# Latent data's keys that stay the user's when reading a trained run (the autoencoder may have moved).
+LATENT_RUN_KEYS = ("autoencoder", "latent_cache", "autoencoder_batch_size")
 MODEL_TRAINING_KEYS = ("sde", "continuous", "loss_weighting")
 
 
@@ -273,6 +280,9 @@ def trained_run_config(workdir, config=None):
   if "classifier" in config:  # trained beside it, by its own mode
     merged.classifier = ml_collections.ConfigDict(config.classifier.to_dict())
   merged.seed = config.seed
+  if run.data.autoencoder and config.data.autoencoder:  # the same geometry (compared above), maybe moved
+    for key in LATENT_RUN_KEYS:
+      merged.data[key] = config.data[key]
   if run.training.continuous:
     merged.model.num_scales = config.model.num_scales
   return prepare_config(merged)

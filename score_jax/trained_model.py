@@ -179,6 +179,11 @@ def check_companion(companion_config, config, key, *, shares=SHARED):
     if companion_config.data.centered != config.data.centered:
       raise ValueError(f"{prefix} has data.centered={companion_config.data.centered}, this run "
                        f"{config.data.centered}: both must scale the data alike")
+    theirs, own = (c.data.get("latent_norm", "") if c.data.get("autoencoder", "") else "pixels"
+                   for c in (companion_config, config))
+    if theirs != own:
+      raise ValueError(f"{prefix} models {theirs} data, this run {own} (data.autoencoder, data.latent_norm): "
+                       "both must model the same data")
   if "path" in shares:
     check_same_path(sde_lib.get_sde(companion_config)[0], sde_lib.get_sde(config)[0], key, workdir)
   theirs, own = companion_config.model.num_classes, config.model.num_classes

@@ -13,9 +13,16 @@ def get_sigmas(config):
 
 
 def get_data_shape(config):
-  """Shape of one example: `(dim,)` for flat data, `(H, W, C)` for images."""
+  """Shape of one example: `(dim,)` for flat data, `(H, W, C)` for images, `(H / f, W / f, latent_channels)` for
+  the latents of `data.autoencoder` (its geometry recorded by `run_setup.prepare_config`)."""
   if config.data.get("dim", None):
     return (config.data.dim,)
+  if config.data.get("autoencoder", ""):
+    if not config.data.latent_channels:
+      raise ValueError(f"data.autoencoder={config.data.autoencoder!r}: the latent shape is not recorded yet "
+                       "(data.latent_channels); prepare the config first (run_setup.prepare_config)")
+    size = config.data.image_size // config.data.latent_factor
+    return (size, size, config.data.latent_channels)
   return (config.data.image_size, config.data.image_size, config.data.num_channels)
 
 

@@ -1,0 +1,180 @@
+"""Latent data (score_jax.latent_data, score_jax.latent_cache): a run on the latents of the tiny diffusers
+SD-VAE fixture (16 px, factor 2, 4 channels) over a folder of 16x16 RGB images written here."""
+
+import json
+import lzma
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import digits as digits_config
+from score_jax import autoencoder as autoencoder_lib, datasets, latent_cache, latent_data, run_setup, trained_model
+from score_jax.drivers import generate, train
+from tests.helpers import FIXTURES
+
+VAE = FIXTURES / "diffusers" / "autoencoder_kl" / "sd"
+NUM_IMAGES, NUM_EVAL = 40, 8
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+  """The fixture folder as the Hub has it (its weights unpacked)."""
+  target = tmp_path_factory.mktemp("vae") / "sd"
+  target.mkdir()
+  shutil.copy(VAE / "config.json", target)
+  with lzma.open(VAE / "diffusion_pytorch_model.safetensors.xz") as f:
+    (target / "diffusion_pytorch_model.safetensors").write_bytes(f.read())
+  return str(target)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  """A folder of smooth 16x16 RGB images (colour gradients at random angles)."""
+  root = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(0)
+  grid = np.stack(np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij"), -1)
+  for i in range(NUM_IMAGES):
+    directions = rng.normal(size=(2, 3))
+    image = 0.5 + 0.4 * np.tanh(grid @ directions + rng.normal(size=3))
+    Image.fromarray(np.uint8(np.round(image * 255))).save(root / f"{i:05d}.png")
+  return str(root)
+
+
+def latent_config(vae, images, cache, **overrides):
+  config = digits_config.get_config()
+  settings = {"data.dataset": "folder", "data.path": images, "data.num_channels": 3, "data.num_eval": NUM_EVAL,
+              "data.autoencoder": vae, "data.latent_cache": str(cache), "data.autoencoder_batch_size": 8,
+              "training.batch_size": 8, "eval.batch_size": 8, "sampling.batch_size": 4, "model.nf": 8,
+              "model.ch_mult": (1,), "model.attn_resolutions": (), "model.num_scales": 4, **overrides}
+  for key, value in settings.items():
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
+def pixels_of(config, split="train"):
+  """The uint8 images of the folder data set in index order."""
+  source = datasets.get_dataset(config)
+  source = source.train_source if split == "train" else source.eval_source
+  return np.stack([source[i] for i in range(len(source))])
+
+
+def test_the_network_input_follows_the_latents(vae, images, tmp_path):
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path))
+  assert (config.data.latent_channels, config.data.latent_factor) == (4, 2)
+  assert run_setup.RunSetup(config, companions=()).data_shape == (8, 8, 4)
+
+
+def test_the_cache_holds_the_direct_encoding(vae, images, tmp_path):
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path / "cache"))
+  ae = autoencoder_lib.load_autoencoder(vae)
+  caches = latent_data.get_latent_data(config, ae).dataset().caches
+  for split in ("train", "eval"):
+    x = pixels_of(config, split)[:len(caches[split])].astype(np.float32) / 127.5 - 1.0
+    mean, logvar = ae.encode(x)
+    got_mean, got_std, labels = caches[split].gather(np.arange(len(caches[split])))
+    assert labels is None and len(got_mean) == (NUM_IMAGES - NUM_EVAL if split == "train" else NUM_EVAL)
+    np.testing.assert_allclose(got_mean, mean, atol=1e-5)
+    np.testing.assert_allclose(got_std, np.exp(0.5 * np.asarray(logvar)), rtol=1e-5)
+
+
+def test_an_interrupted_encoding_resumes_to_the_same_cache(vae, images, tmp_path, monkeypatch):
+  monkeypatch.setattr(latent_cache, "CHUNK", 8)  # 4 chunks of training images
+  ae = autoencoder_lib.load_autoencoder(vae)
+  whole = latent_data.get_latent_data(run_setup.prepare_config(latent_config(vae, images, tmp_path / "a")), ae)
+  expected = whole.dataset().caches["train"].gather(np.arange(NUM_IMAGES - NUM_EVAL))
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path / "b"))
+  latent_data.get_latent_data(config, ae).dataset().caches  # noqa: B018 -- encodes
+  train_dir = tmp_path / "b" / "train"
+  shutil.rmtree(train_dir / "chunk_00002")  # killed while writing chunk 2: its temporary folder is left
+  shutil.rmtree(train_dir / "chunk_00003")
+  (train_dir / "chunk_00002.tmp123").mkdir()
+  (train_dir / "chunk_00002.tmp123" / "mean.npy").write_bytes(b"partial")
+  calls = []
+  original = latent_cache.encode_split
+  monkeypatch.setattr(latent_cache, "encode_split", lambda *a, **k: calls.append(original(*a, **k)) or calls[-1])
+  resumed = latent_data.get_latent_data(config, ae).dataset().caches["train"]
+  assert calls == [2, 0]  # the two missing training chunks, no held-out one
+  for got, want in zip(resumed.gather(np.arange(NUM_IMAGES - NUM_EVAL))[:2], expected[:2]):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_cache_of_another_autoencoder_is_refused(vae, images, tmp_path):
+  ae = autoencoder_lib.load_autoencoder(vae)
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path / "cache"))
+  latent_data.get_latent_data(config, ae).dataset().caches  # noqa: B018 -- encodes
+  other = str(tmp_path / "other_vae")
+  shutil.copytree(vae, other)
+  config = run_setup.prepare_config(latent_config(other, images, tmp_path / "cache"))
+  with pytest.raises(ValueError, match="data.latent_cache=.*another autoencoder or data.*autoencoder") as error:
+    latent_data.get_latent_data(config, ae).dataset().caches  # noqa: B018
+  assert "\n" not in str(error.value)
+
+
+def test_training_draws_have_the_stored_moments(vae, images, tmp_path):
+  """z = mean + std eps: (z - mean) / std over many steps is N(0, 1); flips pick either encoding."""
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"data.random_flip": True}))
+  data = latent_data.get_latent_data(config, autoencoder_lib.load_autoencoder(vae))
+  dataset = data.dataset()
+  cache = dataset.caches["train"]
+  size = len(cache)
+  mean, std, _ = cache.gather(np.arange(size))
+  assert mean.shape == (size, 2, 8, 8, 4)  # as is, mirrored
+  ae = autoencoder_lib.load_autoencoder(vae)
+  mirrored = pixels_of(config)[:, :, ::-1].astype(np.float32) / 127.5 - 1.0
+  np.testing.assert_allclose(mean[:, 1], ae.encode(mirrored)[0], atol=1e-5)
+  steps = 120
+  z = dataset.train_batches(0, steps).reshape((steps * 8,) + mean.shape[2:])
+  positions = np.arange(steps * 8)
+  indices = datasets.example_indices(config.seed, size, positions)
+  as_is = (z - mean[indices, 0]) / std[indices, 0]
+  flipped = (z - mean[indices, 1]) / std[indices, 1]
+  unit = np.where((np.abs(as_is).max(axis=(1, 2, 3)) < np.abs(flipped).max(axis=(1, 2, 3)))[:, None, None, None],
+                  as_is, flipped)  # each draw's own orientation: the one it is a unit Gaussian of
+  picked_flip = np.abs(as_is).max(axis=(1, 2, 3)) >= np.abs(flipped).max(axis=(1, 2, 3))
+  assert 0.35 < picked_flip.mean() < 0.65
+  assert abs(unit.mean()) < 0.02 and abs(unit.std() - 1.0) < 0.02
+  np.testing.assert_allclose(data.scaler(z), (z - 0.0) * 0.18215, rtol=1e-6)  # latent_norm "scaling"
+  np.testing.assert_array_equal(dataset.train_batches(5, 2), dataset.train_batches(5, 2))  # a function of the step
+
+
+def test_channel_normalisation_inverts(vae, images, tmp_path):
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{
+      "data.latent_norm": "channels", "data.latent_mean": (1.0, 2.0, 3.0, 4.0), "data.latent_std": (2.0, 2.0, 4.0, 4.0)}))
+  normalize, denormalize = latent_data.get_normalizer(config, None)
+  z = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype(np.float32)
+  np.testing.assert_allclose(normalize(z)[..., 2], (z[..., 2] - 3.0) / 4.0 * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(denormalize(normalize(z)), z, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="data.latent_std has 3 values"):
+    run_setup.prepare_config(latent_config(vae, images, tmp_path, **{
+        "data.latent_norm": "channels", "data.latent_mean": (0.0,) * 4, "data.latent_std": (1.0,) * 3}))
+  with pytest.raises(ValueError, match="eval.enable_bpd"):
+    run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"eval.enable_bpd": True}))
+
+
+def test_train_then_sample_decoded_pixels_and_load_the_network_alone(vae, images, tmp_path):
+  own_vae = str(tmp_path / "vae")
+  shutil.copytree(vae, own_vae)
+  workdir = str(tmp_path / "run")
+  config = latent_config(own_vae, images, tmp_path / "cache", **{
+      "training.n_iters": 1, "training.n_jitted_steps": 1, "training.snapshot_freq": 1, "training.log_freq": 1,
+      "training.eval_freq": 1, "training.snapshot_sampling": True, "sampling.method": "ddim", "sampling.steps": 2})
+  train.train_and_evaluate(config, workdir)
+  snapshot = np.load(os.path.join(workdir, "samples", "iter_1.npz"))
+  assert snapshot[snapshot.files[0]].shape[1:] == (16, 16, 3)  # decoded pixels
+  with open(os.path.join(workdir, "config.json")) as f:
+    recorded = json.load(f)["data"]
+  assert (recorded["latent_channels"], recorded["latent_factor"]) == (4, 2)
+  out = str(tmp_path / "samples")
+  generate.generate(config, workdir, "0-2", out, batch_size=3)
+  for seed in range(3):
+    image = np.asarray(Image.open(os.path.join(out, generate.png_name(seed))))
+    assert image.shape == (16, 16, 3)
+  shutil.rmtree(own_vae)  # the network loads from config.json and the checkpoint alone
+  model, variables, step = trained_model.load_model(workdir)
+  out = model.apply(variables, jnp.zeros((1, 8, 8, 4)), jnp.ones((1,)))
+  assert step == 1 and out.shape == (1, 8, 8, 4)
