@@ -37,6 +37,10 @@ def get_config():
   training.class_dropout = 0.0              # class-conditional models: probability of the null class (CFG: 0.1-0.2)
   training.ema_snapshot_freq = 50000               # model.ema_type=power: steps between stored EMA snapshots
   training.reduce_mean = False              # per-sample mean over dims (False: 0.5 * sum, as the reference)
+  training.repa_weight = 0.0                # REPA (Yu et al. 2025): lambda of -cos(projected tokens, encoder features); 0 = off
+  training.repa_depth = 1                   # REPA: the block (1-based) whose output tokens are aligned (model.name = dit)
+  training.repa_hidden = 2048               # REPA: hidden width of the 3-layer SiLU projector MLP (the paper's 2048)
+  training.repa_encoder = "digits"          # REPA: the frozen feature encoder, digits | inception (score_jax.feature_encoders)
   training.batch_size = 128                 # global batch size, split over all devices
   training.n_iters = 1300001                # number of optimisation steps
   training.n_jitted_steps = 5               # optimisation steps per device dispatch (lax.scan)

@@ -74,12 +74,13 @@ class RunSetup:
   compiled); the data and the jitted train / eval steps (built on first use, so that sampling, editing and
   post-hoc EMA load no data).
 
-  `companions`: the frozen companions it reads (`trained_model.load_companion`): "teacher" (the objective's,
-  when it learns from one) and "guide" (`sampling.guidance_workdir`); () reads none and checks the config alone
+  `companions`: the frozen companions it reads (`trained_model.load_companions`): "teacher" (the objective's,
+  when it learns from one), "guide" (`sampling.guidance_workdir`) and "repa_encoder" (REPA's, when
+  `training.repa_weight` > 0); () reads none and checks the config alone
   (`validate_config`). Sampling a trained run needs its guide, never its teacher.
   """
 
-  def __init__(self, config, *, companions=("teacher", "guide")):
+  def __init__(self, config, *, companions=("teacher", "guide", "repa_encoder")):
     self.config = config = prepare_config(config)
     self.mesh = parallel.make_mesh()
     self.data_shape = get_data_shape(config)  # one example in model space
@@ -98,6 +99,7 @@ class RunSetup:
     if config.data.autoencoder:  # latent data: its frozen autoencoder (read by any run that reads companions)
       autoencoder = latent_data.data_autoencoder(config) if companions else None
       self.data = latent_data.get_latent_data(config, autoencoder)
+    self.repa_encoder = loaded.get("repa_encoder")  # REPA's frozen encoder's variables (None without REPA)
     self.guide = loaded.get("guide")
     if self.guide is not None or not config.sampling.guidance_workdir:
       self.sampler(config.sampling.batch_size)  # the sampler's options are checked before anything compiles
@@ -138,8 +140,12 @@ class RunSetup:
 
   @functools.cached_property
   def _frozen(self):
-    """The frozen companions' variables that the steps receive (a teacher's), on every device once."""
-    return jax.device_put(self.objective.frozen_variables(), parallel.replicated(self.mesh))
+    """The frozen companions' variables that the steps receive (a teacher's, REPA's encoder's), on every device
+    once."""
+    frozen = dict(self.objective.frozen_variables())
+    if self.repa_encoder is not None:
+      frozen["repa_encoder"] = self.repa_encoder  # `objectives.repa.ROLE`
+    return jax.device_put(frozen, parallel.replicated(self.mesh))
 
   @functools.cached_property
   def _jitted_steps(self):
@@ -240,7 +246,7 @@ MODEL_DATA_KEYS = ("image_size", "num_channels", "dim", "centered", "latent_chan
                    "latent_mean", "latent_std", "latent_target_std")
 # Latent data's keys that stay the user's when reading a trained run (the autoencoder may have moved).
 LATENT_RUN_KEYS = ("autoencoder", "latent_cache", "autoencoder_batch_size")
-MODEL_TRAINING_KEYS = ("sde", "continuous", "loss_weighting")
+MODEL_TRAINING_KEYS = ("sde", "continuous", "loss_weighting", "repa_weight", "repa_hidden", "repa_encoder")
 
 
 def _model_defining(config):

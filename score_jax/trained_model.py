@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from score_jax import base_config, checkpoint, sde as sde_lib
+from score_jax import base_config, checkpoint, feature_encoders, sde as sde_lib
 from score_jax.models import GuidingModel, get_data_shape, get_denoiser_fn, get_model, init_network, parameterization_of
 from score_jax.train_state import MODEL_ITEM, model_item, profile_names
 
@@ -230,8 +230,9 @@ def guiding_model(config):
   return GuidingModel(guide.model, guide.variables, continuous=guide.config.training.continuous)
 
 
-# The frozen companions a driver may read for a run (`load_companions`), each from its own config key.
-COMPANIONS = {"teacher": load_teacher, "guide": guiding_model}
+# The frozen companions a driver may read for a run (`load_companions`), each from its own config key (REPA's
+# encoder: from `training.repa_weight` and `training.repa_encoder`).
+COMPANIONS = {"teacher": load_teacher, "guide": guiding_model, "repa_encoder": feature_encoders.load_repa_encoder}
 
 
 def load_companions(config, roles):

@@ -37,7 +37,8 @@ class ClassifierOutput(NamedTuple):
 
 
 class DigitsClassifier(nn.Module):
-  """conv 32 -> pool -> conv 64 -> pool -> dense 64 (the features) -> dense 10, on [0, 1] images."""
+  """conv 32 -> pool -> conv 64 -> pool -> dense 64 (the features) -> dense 10, on [0, 1] images; the second
+  pool's 4x4x64 map is sown as `intermediates["spatial"]`."""
   num_features: int = 64
   channels: tuple = (32, 64)
 
@@ -46,6 +47,7 @@ class DigitsClassifier(nn.Module):
     x = 2.0 * _to_network_input(images) - 1.0
     x = nn.avg_pool(nn.relu(nn.Conv(self.channels[0], (3, 3))(x)), (2, 2), (2, 2))  # 8 px
     x = nn.avg_pool(nn.relu(nn.Conv(self.channels[1], (3, 3))(x)), (2, 2), (2, 2))  # 4 px
+    self.sow("intermediates", "spatial", x)  # (B, 4, 4, 64): the features REPA aligns to (`feature_encoders`)
     features = nn.relu(nn.Dense(self.num_features)(x.reshape(x.shape[0], -1)))
     return ClassifierOutput(features, nn.Dense(NUM_CLASSES)(features))
 

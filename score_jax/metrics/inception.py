@@ -244,6 +244,7 @@ class InceptionV3(nn.Module):
     x = InceptionD(self.precision, name="Mixed_7a")(x)            # 8x8x1280
     x = InceptionE("avg", self.precision, name="Mixed_7b")(x)     # 8x8x2048
     x = InceptionE("max", self.precision, name="Mixed_7c")(x)
+    self.sow("intermediates", "spatial", x)                       # 8x8x2048: what REPA may align to
     pool3 = jnp.mean(x, axis=(1, 2))                              # (B, 2048)
     logits = nn.Dense(NUM_CLASSES, precision=self.precision, name="fc")(pool3)
     return InceptionOutput(pool3, logits)

@@ -34,26 +34,47 @@ class LogVariance(nn.Module):
     return nn.Dense(1, kernel_init=nn.initializers.zeros)(embedding)[:, 0]
 
 
+class RepaProjector(nn.Module):
+  """h_phi of REPA (Yu et al. 2025, Sec. 3.2): three dense layers with SiLU between them, from the network's tokens
+  to the frozen encoder's feature channels (`training.repa_hidden`, the paper's 2048)."""
+
+  hidden: int
+  channels: int
+
+  @nn.compact
+  def __call__(self, tokens):
+    h = nn.silu(nn.Dense(self.hidden)(tokens))
+    h = nn.silu(nn.Dense(self.hidden)(h))
+    return nn.Dense(self.channels)(h)
+
+
 class ScoreModel(nn.Module):
   """`network` with its `parameterization`; `apply(variables, x, labels, train, class_labels)` is the raw network.
 
   The network shares this module's scope, so the variables are the network's own (the reference's
   parameter names, unchanged by the wrapper). A model trained with the learned loss weighting also has its
-  `LogVariance` head (`params["log_variance"]`, `apply(variables, sigma, method="log_variance")`).
+  `LogVariance` head (`params["log_variance"]`, `apply(variables, sigma, method="log_variance")`), one trained with
+  REPA its projector (`params["repa_projector"]`, `apply(variables, tokens, method="repa_projection")`;
+  `repa_projector`: `(hidden, channels)`, None without REPA).
   """
 
   network: nn.Module
   parameterization: parameterization_lib.Parameterization
   learned_weighting: bool = False
+  repa_projector: Any = None
 
   def setup(self):
     nn.share_scope(self, self.network)
     if self.learned_weighting:
       self.log_variance_head = LogVariance(name="log_variance")
+    if self.repa_projector is not None:
+      self.repa_head = RepaProjector(*self.repa_projector, name="repa_projector")
 
   def __call__(self, x, labels, train=False, class_labels=None):
     if self.learned_weighting and self.is_initializing():  # its parameters are created with the network's
       self.log_variance(jnp.ones(x.shape[:1], jnp.float32))
+    if self.repa_projector is not None and self.is_initializing():
+      self.repa_projection(jnp.zeros((1, 1, self.network.hidden_size), jnp.float32))
     if class_labels is None:  # every network, class-conditional ones given the null class
       return self.network(x, labels, train=train)
     return self.network(x, labels, train=train, class_labels=class_labels)
@@ -63,6 +84,12 @@ class ScoreModel(nn.Module):
     if not self.learned_weighting:
       raise ValueError("this model has no learned loss weighting (training.loss_weighting='uncertainty')")
     return self.log_variance_head(noise_levels)
+
+  def repa_projection(self, tokens):
+    """h_phi(tokens), `(B, N, channels)`, of REPA's projector."""
+    if self.repa_projector is None:
+      raise ValueError("this model has no REPA projector (training.repa_weight > 0)")
+    return self.repa_head(tokens)
 
 
 def parameterization_of(model):

@@ -10,6 +10,7 @@
   reflow.py    rectified flow's reflow: flow matching on a teacher's (noise, sample) pairs (Liu et al. 2023)
   uncertainty.py  the learned per-noise-level loss weighting (`training.loss_weighting`, Karras et al. 2024)
   discrete.py  the reference's SMLD and DDPM losses (`training.continuous=False`)
+  repa.py      representation alignment, a term added to any objective's loss (`training.repa_weight`, Yu et al. 2025)
   base.py      the shared settings (`LossConfig`), `LossOutput`, `ModelCall`, the `Objective` interface
   loss.py      `get_loss_fn`: a batch, the step's keys and the model call around an objective's loss
 

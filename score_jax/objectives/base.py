@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from score_jax import elbo
 from score_jax.base_config import BASE
 from score_jax.models import get_denoiser_fn, get_model_fn, get_output_fn, get_score_fn
+from score_jax.objectives.repa import RepaConfig
 from score_jax.rng import PURPOSES, per_example, purpose_keys  # noqa: F401 -- the purposes, named here too
 
 
@@ -64,13 +65,14 @@ class LossConfig:
   num_classes: int = BASE.model.num_classes     # class-conditional model: batches are (x, class labels)
   class_dropout: float = _TRAINING.class_dropout  # probability of the null class in training
   loss_weighting: str = _TRAINING.loss_weighting    # none | uncertainty (`weigh_by_uncertainty`)
+  repa: Any = None  # REPA's settings (`repa.RepaConfig`), None when `training.repa_weight` is 0
 
   @classmethod
   def from_config(cls, config):
     training = config.training
     return cls(objective=training.objective, continuous=training.continuous, reduce_mean=training.reduce_mean,
                eps=training.eps, num_classes=config.model.num_classes, class_dropout=training.class_dropout,
-               loss_weighting=training.loss_weighting)
+               loss_weighting=training.loss_weighting, repa=RepaConfig.from_config(config))
 
 
 def pixel_levels(config):

@@ -1,10 +1,10 @@
 """`get_loss_fn`: one training or evaluation loss around an objective: the batch split into data and class
-labels, the step's keys (one per purpose), class-label dropout, the model call and the learned weighting."""
+labels, the step's keys (one per purpose), class-label dropout, the model call, the learned weighting and REPA."""
 
 import jax.numpy as jnp
 
-from score_jax.objectives import uncertainty
-from score_jax.objectives.base import ModelCall, purpose_keys, scalar_per_example
+from score_jax.objectives import repa, uncertainty
+from score_jax.objectives.base import ModelCall, output, purpose_keys, scalar_per_example
 
 
 def split_batch(batch, num_classes):
@@ -23,6 +23,14 @@ def drop_labels(key, class_labels, num_classes, rate):
   return jnp.where(dropped, num_classes, class_labels)
 
 
+def add_repa(loss, settings, model, variables, tokens, x, encoder_variables):
+  """`loss` plus REPA's term (`repa.repa_term`) per example; the term's batch mean kept in `terms["repa"]`."""
+  if tokens is None:
+    raise ValueError("training.repa_weight > 0: the objective made no network call that sows tokens")
+  term = repa.repa_term(settings, model, variables, tokens, x, encoder_variables)
+  return output(loss.per_example + term, dict(loss.terms or {}, repa=jnp.mean(term)), loss.noise_levels)
+
+
 def get_loss_fn(objective, *, train):
   """Returns `loss_fn(rng, variables, batch, inputs=None) -> LossOutput` of `objective` (`objectives.get_objective`).
 
@@ -32,16 +40,20 @@ def get_loss_fn(objective, *, train):
   objective's loss receives beyond the batch (`Objective.loss`: the step, its own state, its companions' variables).
   """
   settings, model, sde = objective.settings, objective.model, objective.sde
+  align = train and settings.repa is not None  # REPA's term, in training only
 
   def loss_fn(rng, variables, batch, inputs=None):
     x, class_labels = split_batch(batch, settings.num_classes)
     keys = purpose_keys(rng)
     if train and settings.class_dropout:
       class_labels = drop_labels(keys["labels"], class_labels, settings.num_classes, settings.class_dropout)
-    call = ModelCall(model, sde.bind(variables), variables, train, keys["dropout"], class_labels)
+    recorder = repa.TokenRecorder(model) if align else None  # the objective's own forward pass, its tokens kept
+    call = ModelCall(recorder or model, sde.bind(variables), variables, train, keys["dropout"], class_labels)
     loss = objective.loss(call, x, objective.draw(keys, x), inputs)
     if settings.loss_weighting == "uncertainty":
       loss = uncertainty.weigh_by_uncertainty(loss, call)
+    if align:
+      loss = add_repa(loss, settings.repa, model, variables, recorder.tokens, x, inputs[repa.ROLE])
     return loss
 
   return loss_fn
