@@ -8,6 +8,10 @@ HWIO, linear weights transposed. The attention's old names (`query`, `key`, `val
 checkpoints such as CompVis/stable-diffusion-v1-4's VAE) are read as `to_q`, `to_k`, `to_v`, `to_out.0`, as
 diffusers' own loader renames them (diffusers' Flax loader drops them: diffusers issue 4840). A missing,
 unexpected or wrongly shaped tensor is refused with its name.
+
+`path` may also be the workdir of a score_jax run of `training.objective = "autoencoder"`
+(`objectives.autoencoder`): its config.json's `autoencoder_kl` network with a checkpoint's EMA parameters
+(`trained_model.load_model`), and the scaling factor its training recorded for that checkpoint (`LATENT_SCALE_FILE`).
 """
 
 import dataclasses
@@ -22,10 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from score_jax import diffusers_format
+from score_jax import checkpoint, diffusers_format, trained_model
 from score_jax.networks import autoencoder_kl
 
 SUBFOLDER = "vae"  # a diffusers pipeline's autoencoder
+LATENT_SCALE_FILE = "latent_scale.json"  # a trained autoencoder's workdir: {step: its scaling_factor}
 LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -67,7 +72,9 @@ def _apply(module, method, variables, x):
 
 
 def load_autoencoder(path, *, dtype=None):
-  """The autoencoder stored at `path` (a diffusers `AutoencoderKL` folder or pipeline folder).
+  """The autoencoder stored at `path`: a diffusers `AutoencoderKL` folder or pipeline folder, or the workdir of a
+  score_jax run of `training.objective = "autoencoder"` (its newest snapshot's EMA parameters, with the
+  `scaling_factor` recorded at that snapshot: 1 / std of its training latents; shift 0).
 
   Args:
     path: the folder.
@@ -81,9 +88,47 @@ def load_autoencoder(path, *, dtype=None):
   weights_path = diffusers_format.find_file(path, diffusers_format.WEIGHTS, SUBFOLDER) if config_path else None
   if weights_path:
     return _load_diffusers(config_path, weights_path, dtype)
-  # A score_jax autoencoder workdir (training.objective = "autoencoder") is to be read here.
+  if os.path.isfile(os.path.join(path, checkpoint.CONFIG_FILE)):
+    return _load_workdir(path, dtype)
   raise ValueError(f"{path!r} is not a diffusers AutoencoderKL folder (config.json with "
-                   f"{' or '.join(diffusers_format.WEIGHTS)}, at its top or in {SUBFOLDER}/)")
+                   f"{' or '.join(diffusers_format.WEIGHTS)}, at its top or in {SUBFOLDER}/) nor a score_jax "
+                   "autoencoder workdir (training.objective='autoencoder')")
+
+
+def record_latent_scale(workdir, step, scaling_factor):
+  """Records `scaling_factor` (1 / the std of the training latents) of checkpoint `step` in `<workdir>/`
+  `LATENT_SCALE_FILE`, which `load_autoencoder(workdir)` reads (the training driver writes it at each snapshot)."""
+  scales = latent_scales(workdir)
+  scales[int(step)] = float(scaling_factor)
+  path = os.path.join(workdir, LATENT_SCALE_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump({str(k): v for k, v in sorted(scales.items())}, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def latent_scales(workdir):
+  """`{step: scaling_factor}` recorded in a trained autoencoder's workdir (empty when none is)."""
+  path = os.path.join(workdir, LATENT_SCALE_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {int(step): float(value) for step, value in json.load(f).items()}
+
+
+def _load_workdir(workdir, dtype):
+  """The autoencoder a score_jax run trained (`training.objective = "autoencoder"`): the network of its config.json
+  with the EMA parameters of the newest checkpoint whose latent scale was recorded, shift 0."""
+  objective = trained_model.run_config(workdir).training.objective
+  if objective != "autoencoder":
+    raise ValueError(f"{workdir!r} is not a diffusers AutoencoderKL folder (no weights) nor a score_jax autoencoder "
+                     f"workdir: its config.json has training.objective={objective!r}, not 'autoencoder'")
+  scales = latent_scales(workdir)
+  if not scales:
+    raise ValueError(f"{workdir!r} has no {LATENT_SCALE_FILE} (written at each snapshot of its training): "
+                     "train it with `python main.py --mode=train` until a snapshot")
+  model, variables, step = trained_model.load_model(workdir, step=max(scales))
+  module = model.network if dtype is None else model.network.clone(dtype=dtype)
+  return Autoencoder(module, jax.device_get(variables), scaling_factor=scales[step], shift_factor=0.0)
 
 
 def _load_diffusers(config_path, weights_path, dtype):

@@ -21,11 +21,13 @@ def get_config():
   training.sde = "vesde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM) | rectified_flow | cosine
   training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
   training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
-  training.objective = "dsm"                # dsm | edm | vdm | ssm | consistency_training | consistency_distillation | scm | reflow
+  training.objective = "dsm"                # dsm | edm | vdm | ssm | consistency_training | consistency_distillation | scm | reflow | autoencoder
   training.importance_sampling = False      # importance-sampled t for likelihood_weighting (Song et al. 2021b)
   training.edm_p_mean = -1.2                # edm objective: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022)
   training.edm_p_std = 1.2
   training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
+  training.reconstruction_loss = "mse"      # autoencoder objective: mse | l1, per pixel value (no GAN, no LPIPS)
+  training.kl_weight = 1e-3                 # autoencoder objective: weight of KL(q(z | x) || N(0, I)), nats per pixel value
   training.consistency_schedule = "ict"     # consistency_training: discretisation 10 -> 1280 levels over training
   training.consistency_loss = "pseudo_huber"  # consistency_training distance: pseudo_huber | l2
   training.init_workdir = ""                # start from the EMA weights of this trained run (ECT's tuning); "": none
@@ -166,6 +168,12 @@ def get_config():
   model.attention_block = 512               # dit, attention=chunked: queries per block (memory O(N * block))
   model.time_freq_shift = 0.0               # dit: timestep frequencies 10000^(-i / (128 - shift)) (diffusers' DiT: 1)
   model.mlp_norm_eps = 1e-6                 # dit: epsilon of the layer norm before the MLP (diffusers' DiT: 1e-5)
+  # autoencoder_kl (training.objective = "autoencoder"; diffusers' AutoencoderKL layout, docs/latent.md).
+  model.ae_channels = (32, 64)              # autoencoder_kl: channels per level (block_out_channels); 2x down between levels
+  model.ae_layers_per_block = 1             # autoencoder_kl: resnets per encoder level (the decoder: one more)
+  model.latent_channels = 4                 # autoencoder_kl: channels of the latents
+  model.ae_norm_groups = 8                  # autoencoder_kl: GroupNorm groups (divides every ae_channels entry)
+  model.ae_attention = True                 # autoencoder_kl: self-attention in the mid blocks
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "Adam"                  # Adam (the only optimizer of the reference)

@@ -425,8 +425,20 @@ class Consistency(EDM):
     return mean_scale, sigma, c_skip, c_out, 1.0 / jnp.sqrt(sigma**2 + self.sigma_data**2), 0.25 * jnp.log(sigma)
 
 
+@dataclasses.dataclass(frozen=True)
+class Autoencoder(Parameterization):
+  """`training.objective = "autoencoder"`: the network is called as itself (its `encode` and `decode`,
+  `objectives.ModelCall.network_method`), never at a noise level, so it has no D(x, t), score or target."""
+
+  def _no_denoiser(self, *args):
+    raise ValueError("an autoencoder (model.parameterization='autoencoder') has no denoiser D(x, t): it encodes "
+                     "and decodes (score_jax.autoencoder.load_autoencoder)")
+
+  network_inputs = denoised = target = output_from_denoised = score = _no_denoiser
+
+
 PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow,
-                     "trigflow": TrigFlow, "edm": EDM, "consistency": Consistency}
+                     "trigflow": TrigFlow, "edm": EDM, "consistency": Consistency, "autoencoder": Autoencoder}
 DTYPES = ("float32", "bfloat16", "float16")
 
 

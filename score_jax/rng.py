@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 
 
-PURPOSES = ("noise", "time", "dropout", "labels", "projection", "decoder_noise")
+# New purposes go last: JAX's partitionable threefry gives `split(rng, n)[i]` the same key for any n >= i + 1, so
+# the earlier purposes keep their keys. "posterior": an autoencoder's reparameterised latent draw.
+PURPOSES = ("noise", "time", "dropout", "labels", "projection", "decoder_noise", "posterior")
 
 
 def purpose_keys(rng):

@@ -101,7 +101,9 @@ class RunSetup:
       self.data = latent_data.get_latent_data(config, autoencoder)
     self.repa_encoder = loaded.get("repa_encoder")  # REPA's frozen encoder's variables (None without REPA)
     self.guide = loaded.get("guide")
-    if self.guide is not None or not config.sampling.guidance_workdir:
+    if not self.objective.generative:
+      pass  # an autoencoder has no sampler (`sampler` refuses)
+    elif self.guide is not None or not config.sampling.guidance_workdir:
       self.sampler(config.sampling.batch_size)  # the sampler's options are checked before anything compiles
     else:
       sampling.config_options(config.sampling.method.lower(), config.sampling, self.sampling_eps)
@@ -113,7 +115,13 @@ class RunSetup:
 
     The batch is split over every device of every process (the samples come back as a global
     array: `parallel.gather` fetches them); sample i is the same whatever the device count.
+
+    Raises:
+      ValueError: the run trains an autoencoder, which has no sampler (one line).
     """
+    if not self.objective.generative:
+      raise ValueError(f"training.objective={self.config.training.objective!r} trains an autoencoder, which draws "
+                       "no samples: load it with score_jax.autoencoder.load_autoencoder(workdir)")
     return sampling.get_sampling_fn(self.config, self.sde, self.model, (batch_size,) + self.data_shape,
                                     self.data.inverse_scaler, self.sampling_eps, mesh=self.mesh, guide=self.guide)
 

@@ -143,7 +143,7 @@ def test_a_path_that_is_no_autoencoder_is_refused(tmp_path):
   (tmp_path / "only_config" / "config.json").write_text("{}")
   (tmp_path / "file").write_text("")
   for path in (tmp_path / "absent", tmp_path / "file", tmp_path / "only_config"):
-    with pytest.raises(ValueError, match="is not a diffusers AutoencoderKL folder .* or in vae/"):
+    with pytest.raises(ValueError, match="is not a diffusers AutoencoderKL folder .* nor a score_jax autoencoder"):
       autoencoder.load_autoencoder(str(path))
 
 

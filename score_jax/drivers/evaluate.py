@@ -233,6 +233,10 @@ def evaluate(config, workdir, eval_folder="eval"):
                     teacher_workdir)
     config.eval.enable_loss = False
   run = RunSetup(config, companions=("teacher", "guide") if has_teacher else ("guide",))
+  if not run.objective.generative and (config.eval.enable_sampling or config.eval.enable_bpd):
+    logging.warning("training.objective=%r trains an autoencoder: evaluating its held-out loss alone (no samples, "
+                    "no likelihood)", config.training.objective)
+    config.eval.enable_sampling = config.eval.enable_bpd = False
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
   manager = checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR))

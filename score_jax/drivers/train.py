@@ -1,14 +1,19 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `main.py --mode=train`."""
 
+import itertools
 import os
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
-from score_jax import checkpoint, parallel, plotting, posthoc_ema
+from score_jax import autoencoder, checkpoint, parallel, plotting, posthoc_ema
 from score_jax.drivers import loop
 from score_jax.drivers.loop import NonFiniteLossError  # noqa: F401 -- raised by the loop, named here too
+from score_jax.objectives.autoencoder import latent_std
 from score_jax.run_setup import RunSetup
+
+LATENT_SCALE_BATCHES = 8  # an autoencoder's latent scale: at most this many eval.batch_size batches of training data
 
 
 def _snapshot_samples(run, workdir, state, step, reference=None):
@@ -22,6 +27,26 @@ def _snapshot_samples(run, workdir, state, step, reference=None):
                                reference=reference, title=f"step {step}, {int(output.nfe)} score evaluations")
   logging.info("Wrote %s", path)
   return path
+
+
+def _autoencoder_snapshot(run, workdir, state, step):
+  """An autoencoder's snapshot (`training.objective = "autoencoder"`, which draws no samples): its scaling factor,
+  1 / std of the posterior means of the first training examples (`eval_batches(split="train")`, at most
+  `LATENT_SCALE_BATCHES` batches: the same examples at every snapshot), recorded for `load_autoencoder(workdir)`;
+  with `training.snapshot_sampling`, held-out images (top half of the grid) over their reconstructions."""
+  trained = autoencoder.Autoencoder(run.model.network, jax.device_get(state.variables()), 1.0)
+  batches = itertools.islice(run.dataset.eval_batches(split="train"), LATENT_SCALE_BATCHES)
+  scaling_factor = 1.0 / latent_std(trained.encode, [run.scaler(batch) for batch in batches])
+  if jax.process_index() != 0:
+    return
+  autoencoder.record_latent_scale(workdir, step, scaling_factor)
+  logging.info("Latent scale of step %d: scaling_factor %.4f", step, scaling_factor)
+  if run.config.training.snapshot_sampling:
+    x = run.scaler(next(iter(run.dataset.eval_batches())))[:run.config.sampling.batch_size // 2]
+    images = run.data.inverse_scaler(jnp.concatenate([x, trained.decode(trained.encode(x)[0])]))
+    directory = os.path.join(workdir, "samples")
+    os.makedirs(directory, exist_ok=True)
+    logging.info("Wrote %s", plotting.save_samples(os.path.join(directory, f"iter_{step}_reconstructions"), images))
 
 
 def train_and_evaluate(config, workdir):
@@ -42,7 +67,9 @@ def train_and_evaluate(config, workdir):
       posthoc_ema.save_snapshot(ema_snapshots, step, state, config.model.ema_sigma_rels)
 
   def on_snapshot(state, step):
-    if training.snapshot_sampling:
+    if not run.objective.generative:
+      _autoencoder_snapshot(run, workdir, state, step)
+    elif training.snapshot_sampling:
       _snapshot_samples(run, workdir, state, step, reference)
 
   task = loop.TrainingTask(

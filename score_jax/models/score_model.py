@@ -79,6 +79,10 @@ class ScoreModel(nn.Module):
       return self.network(x, labels, train=train)
     return self.network(x, labels, train=train, class_labels=class_labels)
 
+  def network_method(self, name, *args):
+    """The network's own method `name` on `args` (an autoencoder's `encode` / `decode`), in this module's scope."""
+    return getattr(self.network, name)(*args)
+
   def log_variance(self, noise_levels):
     """u(sigma), `(B,)`, of the learned loss weighting."""
     if not self.learned_weighting:

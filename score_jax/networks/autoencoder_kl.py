@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from score_jax.networks import layers
 from score_jax.networks import up_or_down_sampling as resample
+from score_jax.networks.registry import compute_dtype, register_model
 from score_jax.utils import choice_error
 
 # diffusers' `get_activation` (the resnets' activation; the encoder's and decoder's last one is always SiLU).
@@ -257,9 +258,35 @@ class AutoencoderKL(nn.Module):
       z = self.post_quant_conv(z)
     return self.decoder(z).astype(jnp.float32)
 
-  def __call__(self, x):
-    """The posterior's mean decoded (used to create every variable)."""
+  def __call__(self, x, labels=None, train=False):
+    """The posterior's mean decoded (used to create every variable); `labels` and `train`, which a score
+    network's caller passes (`models.ScoreModel`), are ignored."""
+    del labels, train
     return self.decode(self.encode(x)[0])
+
+
+@register_model("autoencoder_kl")
+def autoencoder_from_config(config):
+  """The `AutoencoderKL` that `training.objective = "autoencoder"` trains: `model.ae_channels` (diffusers'
+  `block_out_channels`: one level each, 2x downsampling between levels), `model.ae_layers_per_block`,
+  `model.latent_channels`, `model.ae_norm_groups`, `model.ae_attention` (the mid block's), SiLU, quant convs;
+  `data.num_channels` in and out."""
+  model = config.model
+  if model.parameterization != "autoencoder":
+    raise ValueError("model.name='autoencoder_kl' is trained by training.objective='autoencoder' (it takes no "
+                     "noise level), not as a score network")
+  channels = tuple(model.ae_channels)
+  bad = [c for c in channels if c <= 0 or c % model.ae_norm_groups]
+  if not channels or bad:
+    raise ValueError(f"model.ae_channels={channels} must be positive multiples of model.ae_norm_groups="
+                     f"{model.ae_norm_groups} (one per level)")
+  if model.ae_layers_per_block < 1 or model.latent_channels < 1:
+    raise ValueError(f"model.ae_layers_per_block={model.ae_layers_per_block} and model.latent_channels="
+                     f"{model.latent_channels} must be at least 1")
+  return AutoencoderKL(in_channels=config.data.num_channels, out_channels=config.data.num_channels,
+                       block_out_channels=channels, layers_per_block=model.ae_layers_per_block,
+                       latent_channels=model.latent_channels, norm_num_groups=model.ae_norm_groups,
+                       mid_block_add_attention=model.ae_attention, dtype=compute_dtype(model.dtype))
 
 
 def from_diffusers_config(config, dtype=None):

@@ -112,6 +112,10 @@ class ModelCall:
     = "uncertainty"`)."""
     return self.model.apply(self.variables, noise_levels, method="log_variance")
 
+  def network_method(self, name):
+    """`fn(*args)`: the raw network's method `name` with the variables, e.g. an autoencoder's `encode` / `decode`."""
+    return lambda *args: self.model.apply(self.variables, name, *args, method="network_method")
+
   def model_fn(self):
     return get_model_fn(self.model, self.variables, train=self.train, rng=self.rng,
                         class_labels=self.class_labels)
@@ -147,6 +151,7 @@ class Objective:
   reports_noise_levels: ClassVar[bool] = False  # its `LossOutput.noise_levels` are set: a learned weighting applies
   parameterization: ClassVar[Optional[str]] = None  # the parameterization it trains, whatever the config says
   refines: ClassVar[tuple] = ()  # `model.parameterization` values that give way to it (it refines them)
+  generative: ClassVar[bool] = True  # trains a model that samples (False: an autoencoder, which has no sampler)
 
   @classmethod
   def options(cls, config):
