@@ -153,7 +153,7 @@ class LatentDataset:
 
   def _draw(self, split, indices, keys, flips):
     mean, std, labels = self.caches[split].gather(indices)
-    if self.flip:  # axis 1: as is, mirrored
+    if self.flip and split == "train":  # axis 1: as is, mirrored (held-out latents are encoded as they are)
       mean, std = (a[np.arange(len(a)), flips.astype(np.int64)] for a in (mean, std))
     eps = np.stack([_normal(key, mean.shape[1:]) for key in keys])
     return mean + std * eps, labels

@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs import digits as digits_config
 from score_jax import autoencoder as autoencoder_lib, datasets, latent_cache, latent_data, run_setup, trained_model
-from score_jax.drivers import generate, train
+from score_jax.drivers import edit, generate, train
 from tests.helpers import FIXTURES
 
 VAE = FIXTURES / "diffusers" / "autoencoder_kl" / "sd"
@@ -50,7 +50,7 @@ def latent_config(vae, images, cache, **overrides):
   settings = {"data.dataset": "folder", "data.path": images, "data.num_channels": 3, "data.num_eval": NUM_EVAL,
               "data.autoencoder": vae, "data.latent_cache": str(cache), "data.autoencoder_batch_size": 8,
               "training.batch_size": 8, "eval.batch_size": 8, "sampling.batch_size": 4, "model.nf": 8,
-              "model.ch_mult": (1,), "model.attn_resolutions": (), "model.num_scales": 4, **overrides}
+              "model.ch_mult": (1,), "model.num_res_blocks": 1, "model.attn_resolutions": (), "model.num_scales": 4, **overrides}
   for key, value in settings.items():
     config.update_from_flattened_dict({key: value})
   return config
@@ -140,9 +140,15 @@ def test_training_draws_have_the_stored_moments(vae, images, tmp_path):
   assert abs(unit.mean()) < 0.02 and abs(unit.std() - 1.0) < 0.02
   np.testing.assert_allclose(data.scaler(z), (z - 0.0) * 0.18215, rtol=1e-6)  # latent_norm "scaling"
   np.testing.assert_array_equal(dataset.train_batches(5, 2), dataset.train_batches(5, 2))  # a function of the step
+  held_out = list(dataset.eval_batches())
+  assert len(held_out) == 1 and held_out[0].shape == (8, 8, 8, 4)  # eval.batch_size 8 of the 8 held-out latents
+  mean, std, _ = dataset.caches["eval"].gather(np.arange(8))
+  eps = (held_out[0] - mean) / std
+  assert np.abs(eps).max() < 6 and 0.8 < eps.std() < 1.2  # unflipped draws
+  np.testing.assert_array_equal(held_out[0], next(dataset.eval_batches()))
 
 
-def test_channel_normalisation_inverts(vae, images, tmp_path):
+def test_latent_keys_are_checked_and_channel_normalisation_inverts(vae, images, tmp_path):
   config = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{
       "data.latent_norm": "channels", "data.latent_mean": (1.0, 2.0, 3.0, 4.0), "data.latent_std": (2.0, 2.0, 4.0, 4.0)}))
   normalize, denormalize = latent_data.get_normalizer(config, None)
@@ -154,6 +160,10 @@ def test_channel_normalisation_inverts(vae, images, tmp_path):
         "data.latent_norm": "channels", "data.latent_mean": (0.0,) * 4, "data.latent_std": (1.0,) * 3}))
   with pytest.raises(ValueError, match="eval.enable_bpd"):
     run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"eval.enable_bpd": True}))
+  with pytest.raises(ValueError, match="data.centered=True"):
+    run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"data.centered": False}))
+  with pytest.raises(ValueError, match="--mode=inpaint edits pixels"):
+    edit.edit(latent_config(vae, images, tmp_path), str(tmp_path), "inpaint", from_dataset=1)
 
 
 def test_train_then_sample_decoded_pixels_and_load_the_network_alone(vae, images, tmp_path):
@@ -162,7 +172,7 @@ def test_train_then_sample_decoded_pixels_and_load_the_network_alone(vae, images
   workdir = str(tmp_path / "run")
   config = latent_config(own_vae, images, tmp_path / "cache", **{
       "training.n_iters": 1, "training.n_jitted_steps": 1, "training.snapshot_freq": 1, "training.log_freq": 1,
-      "training.eval_freq": 1, "training.snapshot_sampling": True, "sampling.method": "ddim", "sampling.steps": 2})
+      "training.eval_freq": 100, "training.snapshot_sampling": True, "sampling.method": "ddim", "sampling.steps": 2})
   train.train_and_evaluate(config, workdir)
   snapshot = np.load(os.path.join(workdir, "samples", "iter_1.npz"))
   assert snapshot[snapshot.files[0]].shape[1:] == (16, 16, 3)  # decoded pixels

@@ -172,6 +172,9 @@ def edit(config, workdir, mode, *, images=(), from_dataset=0, mask="half", label
     raise choice_error("mode", mode, MODES)
   # The inputs are checked against `config` first (None: the run's config.json), which must agree with the run's.
   config = trained_run_config(workdir) if config is None else prepare_config(config)
+  if config.data.autoencoder:
+    raise ValueError(f"--mode={mode} edits pixels, but this model's data are the latents of data.autoencoder="
+                     f"{config.data.autoencoder!r}: editing latent runs is not supported")
   size, channels = config.data.image_size, config.data.num_channels
   guided = mode == "conditional" and config.model.num_classes > 0  # classifier-free guidance
   if mode == "conditional":
