@@ -1,6 +1,8 @@
 """REPA (`objectives.repa`, `feature_encoders`): the term against numpy, where its gradient goes, REPA off leaves a
 run as it was, a few driver steps of a tiny DiT on the digits, refusals."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,12 +42,12 @@ def test_repa_term_is_the_hand_computation():
   config = run_setup.prepare_config(tiny_repa(**{"training.repa_weight": 0.7}))
   settings = objectives.LossConfig.from_config(config).repa
   model = models.get_model(config)
-  variables = perturbed(models.init_network(jax.random.key(0), model, (8, 8, 1)))
+  variables = jax.jit(lambda key: perturbed(models.init_network(key, model, (8, 8, 1))))(jax.random.key(0))
   tokens = tuple(jax.random.normal(jax.random.key(i), (3, 16, 16)) for i in (2, 3))
   features = np.asarray(jax.random.normal(jax.random.key(4), (3, 4, 4, 64)))
   feature_encoders.ENCODERS["fixed"] = feature_encoders.FeatureEncoder(64, lambda v, images: v, lambda c: None)
   try:
-    term = repa.repa_term(dataclasses_replace(settings, encoder="fixed"), model, variables, tokens,
+    term = repa.repa_term(dataclasses.replace(settings, encoder="fixed"), model, variables, tokens,
                           jnp.zeros((3, 8, 8, 1)), jnp.asarray(features))
   finally:
     del feature_encoders.ENCODERS["fixed"]
@@ -55,11 +57,6 @@ def test_repa_term_is_the_hand_computation():
   np.testing.assert_allclose(term, -0.7 * cosine.mean(-1), rtol=1e-5, atol=1e-6)
 
 
-def dataclasses_replace(settings, **changes):
-  import dataclasses
-  return dataclasses.replace(settings, **changes)
-
-
 @pytest.mark.parametrize("objective", ["edm", "dsm"])
 def test_gradients_reach_the_projector_and_the_first_blocks_not_the_encoder(objective):
   """d(REPA term): nonzero for the projector and blocks 1..repa_depth, zero for later blocks, the output layer and
@@ -67,37 +64,45 @@ def test_gradients_reach_the_projector_and_the_first_blocks_not_the_encoder(obje
   config = run_setup.prepare_config(tiny_repa(**{"model.depth": 3, "training.repa_depth": 2,
                                                  "training.objective": objective}))
   run = run_setup.RunSetup(config, companions=())
-  params = perturbed(run.initial_state(jax.random.key(0)).params)
+  params = jax.jit(lambda key: perturbed(run.initial_state(key).params))(jax.random.key(0))
   encoder = digits.load_variables()
   batch = jax.random.uniform(jax.random.key(5), (4, 8, 8, 1), minval=-1.0, maxval=1.0)
   loss_fn = objectives.get_loss_fn(run.objective, train=True)
 
-  def repa_of(params, encoder):
-    return loss_fn(jax.random.key(6), {"params": params}, batch, {"step": 0, "repa_encoder": encoder}).terms["repa"]
+  plain_fn = objectives.get_loss_fn(run.objective, train=False)
 
-  grads, encoder_grads = jax.jit(jax.grad(repa_of, argnums=(0, 1)))(params, encoder)
+  @jax.jit
+  def check(params, encoder):
+    repa_of = lambda p, e: loss_fn(jax.random.key(6), {"params": p}, batch, {"step": 0, "repa_encoder": e})  # noqa: E731
+    grads = jax.grad(lambda p, e: repa_of(p, e).terms["repa"], argnums=(0, 1))(params, encoder)
+    return grads, repa_of(params, encoder), plain_fn(jax.random.key(6), {"params": params}, batch)
+
+  (grads, encoder_grads), loss, plain = check(params, encoder)
   size = lambda tree: float(sum(jnp.abs(a).sum() for a in jax.tree.leaves(tree)))  # noqa: E731
   assert size(grads["repa_projector"]) > 0 and size(grads["block_0"]) > 0 and size(grads["block_1"]) > 0
   assert size(grads["patch_embed"]) > 0
   assert size(grads["block_2"]) == size(grads["final_linear"]) == size(encoder_grads) == 0
-  loss = loss_fn(jax.random.key(6), {"params": params}, batch, {"step": 0, "repa_encoder": encoder})
-  plain = objectives.get_loss_fn(run.objective, train=False)(jax.random.key(6), {"params": params}, batch)
   np.testing.assert_allclose(loss.loss - loss.terms["repa"], plain.loss, rtol=1e-5)
 
 
 def test_repa_off_leaves_the_run_as_before():
-  """repa_weight = 0 (whatever the other repa keys): no projector, no encoder, the same state after two steps."""
-  before = run_setup.RunSetup(tiny_repa(**{"training.repa_weight": 0.0}))
-  other = run_setup.RunSetup(tiny_repa(**{"training.repa_weight": 0.0, "training.repa_depth": 9,
-                                          "training.repa_encoder": "inception", "training.repa_hidden": 8}))
-  assert before.repa_encoder is None and "repa_encoder" not in before._frozen
-  states = []
-  for run in (before, other):
-    state = run.init_state()
-    assert "repa_projector" not in state.params
-    batches = jax.tree.map(lambda a: jnp.stack([a, a]), (jax.random.uniform(jax.random.key(7), (8, 8, 8, 1)) * 2 - 1))
-    states.append(jax.device_get(run.multi_step(state, batches)))
-  jax.tree.map(np.testing.assert_array_equal, states[0], states[1])
+  """repa_weight = 0, whatever the other repa keys: no projector, no encoder, no term, the same loss as a config
+  that never set them."""
+  runs = [run_setup.RunSetup(tiny_repa(**{"training.repa_weight": 0.0, "training.repa_depth": 1})),
+          run_setup.RunSetup(tiny_repa(**{"training.repa_weight": 0.0, "training.repa_depth": 9,
+                                          "training.repa_encoder": "inception", "training.repa_hidden": 8}))]
+  shapes = [jax.eval_shape(run.initial_state, jax.random.key(0)) for run in runs]
+  assert "repa_projector" not in shapes[0].params and jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1])
+  params = runs[0].initial_state(jax.random.key(0)).params
+  batch = jax.random.uniform(jax.random.key(7), (8, 8, 8, 1)) * 2 - 1
+  losses = []
+  for run in runs:
+    assert run.repa_encoder is None and not run._frozen and run.objective.settings.repa is None
+    loss = jax.jit(objectives.get_loss_fn(run.objective, train=True))(jax.random.key(8), {"params": params}, batch,
+                                                                     {"step": 0})
+    assert not loss.terms or "repa" not in loss.terms
+    losses.append(float(loss.loss))
+  assert losses[0] == losses[1]
 
 
 def test_a_tiny_dit_trains_with_repa_through_the_driver(tmp_path):
