@@ -112,8 +112,8 @@ def get_config():
   data.latent_std = ()                      # channels: per-channel std (EDM2, sd-vae-ft-mse: 4.17, 4.62, 3.71, 3.28)
   data.latent_target_std = 0.5              # channels: the std of the normalised latents (EDM2: 0.5)
   data.autoencoder_batch_size = 64          # images per jitted encode call, latents per decode step of the samples
-  data.latent_channels = 0                  # recorded from data.autoencoder when the config is prepared (not set by hand)
-  data.latent_factor = 0                    # recorded likewise: the autoencoder's downsampling factor
+  data.latent_channels = 0                  # recorded from data.autoencoder when the config is prepared (a config may state it: SD VAE 4)
+  data.latent_factor = 0                    # recorded likewise: the autoencoder's downsampling factor (SD VAE 8)
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"                     # ncsnpp (NCSN++ / DDPM++) | ddpm | ncsn | ncsnv2_64 | ncsnv2_128 | ncsnv2_256 | edm2 | dit

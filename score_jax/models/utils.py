@@ -19,8 +19,10 @@ def get_data_shape(config):
     return (config.data.dim,)
   if config.data.get("autoencoder", ""):
     if not config.data.latent_channels:
-      raise ValueError(f"data.autoencoder={config.data.autoencoder!r}: the latent shape is not recorded yet "
-                       "(data.latent_channels); prepare the config first (run_setup.prepare_config)")
+      raise ValueError(f"data.autoencoder={config.data.autoencoder!r}: the latent shape is not recorded yet: "
+                       "prepare the config (run_setup.prepare_config reads it from the autoencoder), or state "
+                       "data.latent_channels and data.latent_factor in a config whose autoencoder is elsewhere "
+                       "(the SD VAE's: 4 and 8)")
     size = config.data.image_size // config.data.latent_factor
     return (size, size, config.data.latent_channels)
   return (config.data.image_size, config.data.image_size, config.data.num_channels)
