@@ -100,6 +100,7 @@ def test_load_autoencoder_reads_the_workdir(trained):
 
 def test_eval_reports_the_held_out_loss_and_sampling_refuses(trained):
   config, workdir, final = trained
+  config = tiny_config(**{"eval.enable_sampling": True})  # switched off, with a warning: an autoencoder draws none
   reports = evaluate.evaluate(config, workdir)
   assert set(reports) == {1, 2} and set(reports[2]) == {"ckpt", "step", "eval_loss"}
   assert 0.0 < reports[2]["eval_loss"] < 0.5
