@@ -38,6 +38,7 @@ def get_config():
 
   model = config.model
   model.name = "autoencoder_kl"
+  model.parameterization = "autoencoder"    # what the objective trains (set at the entry anyway): encode / decode
   model.ae_channels = (16, 32)              # 8 px, 4 px
   model.ae_layers_per_block = 1
   model.latent_channels = 2
