@@ -9,6 +9,7 @@ made the cache (the autoencoder's path, config and weight files' sizes and times
 a cache with another fingerprint is refused. `LatentCache(directory)` reads it back, memory-mapped.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -75,9 +76,11 @@ def chunk_dir(directory, k):
   return os.path.join(directory, f"chunk_{k:05d}")
 
 
+@functools.lru_cache(maxsize=8)
 def get_encode_fn(autoencoder, mesh, flip):
   """`encode_fn(images) -> (mean, std)`: float images `(B, H, W, C)` in [-1, 1], the batch split over `mesh`;
-  the moments `(B, h, w, c)`, or `(B, 2, h, w, c)` with `flip` (as is, mirrored)."""
+  the moments `(B, h, w, c)`, or `(B, 2, h, w, c)` with `flip` (as is, mirrored). Built (and compiled) once per
+  autoencoder, mesh and `flip`."""
   def encode(variables, x):
     if flip:
       x = jnp.stack([x, x[:, :, ::-1]], axis=1).reshape((-1,) + x.shape[1:])

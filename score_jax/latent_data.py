@@ -47,8 +47,9 @@ def latent_geometry(path):
 
 def resolve_latent_shape(config):
   """Records the latent geometry of `data.autoencoder` in `config` (`data.latent_channels`,
-  `data.latent_factor`), read from the autoencoder when it is there, else kept as recorded (a trained run's
-  config.json: its network loads without the autoencoder); checks the latent keys. No-op for pixel runs.
+  `data.latent_factor`), read from the autoencoder when it is there (and checked against values stated or
+  recorded before), else kept as recorded (a trained run's config.json: its network loads without the
+  autoencoder); checks the latent keys. No-op for pixel runs.
 
   Raises:
     ValueError: one line naming the first bad key.
@@ -61,6 +62,10 @@ def resolve_latent_shape(config):
     if in_channels != data.num_channels:
       raise ValueError(f"data.autoencoder={data.autoencoder!r} encodes {in_channels}-channel images, but "
                        f"data.num_channels={data.num_channels}")
+    stated = (data.latent_channels, data.latent_factor)
+    if stated != (0, 0) and stated != (channels, factor):
+      raise ValueError(f"data.latent_channels={stated[0]} and data.latent_factor={stated[1]} (stated or recorded) "
+                       f"differ from data.autoencoder={data.autoencoder!r}'s {channels} and {factor}")
     data.latent_channels, data.latent_factor = channels, factor
   elif not data.latent_channels:
     raise ValueError(f"data.autoencoder={data.autoencoder!r} does not exist, and no latent shape is recorded "

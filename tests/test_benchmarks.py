@@ -97,3 +97,13 @@ def test_autoguidance_dry_run_writes_every_case_sampler_and_weight(tmp_path):
   for (model, guidance, sampler, w), evaluations in nfe.items():  # a guided evaluation is two
     assert evaluations == (2 if w else 1) * nfe[(model, guidance, sampler, 0.0)] > 0
   assert (tmp_path / "out" / "autoguidance.png").exists()
+
+
+def test_latent_encoding_dry_run_times_the_cache_and_resumes_a_killed_encoding(tmp_path):
+  """The tiny test VAE on 64 images of 16 px; the encoding killed with SIGKILL after two chunks resumes to the
+  same cache."""
+  import latent_encoding
+
+  result = latent_encoding.main(["--dry_run", "--kill_demo", "--json", str(tmp_path / "latent_encoding.json")])
+  assert result["images_per_s"] > 0 and result["latent_shape"] == [8, 8, 4]
+  assert result["kill_demo"]["resume_identical"] and result["kill_demo"]["chunks_before_kill"] >= 2

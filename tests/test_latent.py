@@ -160,6 +160,9 @@ def test_latent_keys_are_checked_and_channel_normalisation_inverts(vae, images, 
         "data.latent_norm": "channels", "data.latent_mean": (0.0,) * 4, "data.latent_std": (1.0,) * 3}))
   with pytest.raises(ValueError, match="eval.enable_bpd"):
     run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"eval.enable_bpd": True}))
+  with pytest.raises(ValueError, match="data.latent_channels=8 and data.latent_factor=2 .* differ"):
+    run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"data.latent_channels": 8,
+                                                                     "data.latent_factor": 2}))
   with pytest.raises(ValueError, match="data.centered=True"):
     run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"data.centered": False}))
   with pytest.raises(ValueError, match="--mode=inpaint edits pixels"):
