@@ -29,6 +29,16 @@ The `ddpmpp_scm` row trains the same network by continuous-time consistency trai
 (configs/fewstep/cifar10_scm.py: `training.objective = "scm"`, whose step adds a `jax.jvp` through the
 network and a second forward pass): its ms per step against the `ddpmpp` row's is the tangent's cost.
 
+The `dit_xl2` row trains DiT-XL/2 (configs/latent/imagenet256_dit_xl2.py, 675M parameters) on 32x32x4
+latents, the shape of ImageNet-256 through the SD-VAE, at batch `--dit_batch` (256, DiT's), on a fixed
+synthetic latent batch (the encoding is the `sd_vae` rows' work), unconditional (the class table is 1.2M of the
+675M parameters): images/s and MFU as above.
+
+The `encode` / `decode` rows of `sd_vae` time the Stable Diffusion VAE (sd-vae-ft-mse's architecture:
+`block_out_channels` 128-256-512-512, two resnets a level, 4 latent channels; random weights, whose values
+do not change the time) encoding 256x256 images to 32x32x4 latents and decoding them back, batch
+`--vae_batch` (32), in bf16 and float32: images/s.
+
 Sampling rows (DDPM++, batch `--sample_batch` 1024): images/s of the 1000-step PC sampler (Euler-
 Maruyama, no corrector) and of 20-NFE DPM-Solver++, in float32 (TF32) and bf16. The PC sampler is
 timed over `--pc_steps` of its 1000 steps (the steps are identical programs in one loop) and scaled to
@@ -46,15 +56,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 MODELS = {"ddpmpp": "configs.vp.cifar10_ddpmpp_continuous", "ncsnpp": "configs.ve.cifar10_ncsnpp_continuous",
-          "ddpmpp_scm": "configs.fewstep.cifar10_scm"}
+          "ddpmpp_scm": "configs.fewstep.cifar10_scm", "dit_xl2": "configs.latent.imagenet256_dit_xl2"}
+LATENT_SHAPE = (32, 32, 4)  # ImageNet-256 through the SD-VAE (8x down, 4 channels)
+# sd-vae-ft-mse's config.json (the fields that shape the network).
+SD_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
+          "norm_num_groups": 32, "act_fn": "silu", "in_channels": 3, "out_channels": 3}
 # Dense peak TFLOP/s (NVIDIA's datasheets, without sparsity); the H200 has the H100 SXM's compute.
 PEAK_TFLOPS = {"float32": 67.0, "tf32": 494.7, "bf16": 989.4}
 PEAK_DEVICES = ("H100", "H200")
 # The rows, most valuable first: (kind, model, precision).
-ROWS = [("train", "ddpmpp", "bf16"), ("train", "ddpmpp", "tf32"), ("sample_dpm_solver", "ddpmpp", "bf16"),
+ROWS = [("train", "ddpmpp", "bf16"), ("train", "ddpmpp", "tf32"), ("train", "dit_xl2", "bf16"),
+        ("encode", "sd_vae", "bf16"), ("decode", "sd_vae", "bf16"), ("sample_dpm_solver", "ddpmpp", "bf16"),
         ("train", "ddpmpp_scm", "bf16"), ("train", "ncsnpp", "bf16"), ("train", "ncsnpp", "tf32"), ("sample_pc", "ddpmpp", "bf16"),
         ("sample_dpm_solver", "ddpmpp", "tf32"), ("sample_pc", "ddpmpp", "tf32"), ("train", "ddpmpp", "float32"),
-        ("train", "ncsnpp", "float32")]
+        ("train", "ncsnpp", "float32"), ("encode", "sd_vae", "float32"), ("decode", "sd_vae", "float32")]
 FLOPS_FILE = os.path.join(ROOT, "benchmarks", "results", "train_flops.json")
 
 
@@ -66,6 +81,17 @@ def _config(model, precision, batch_size, dry_run):
   config.training.snapshot_sampling = False
   config.data.dataset = "blobs"  # synthetic images of the same shape: the batch is fixed anyway
   config.model.dtype = "bfloat16" if precision == "bf16" else "float32"
+  if config.model.name == "dit":  # on latents of ImageNet-256's shape, drawn like the images above
+    config.data.autoencoder = ""
+    config.data.image_size, config.data.num_channels = LATENT_SHAPE[0], LATENT_SHAPE[2]
+    config.data.centered = False
+    config.model.num_classes = 0  # the synthetic batch has no labels (the class table: 1.2M of 675M parameters)
+    config.training.class_dropout, config.sampling.guidance_scale = 0.0, 0.0
+    if dry_run:  # one block of width 32 on 4x4x4
+      config.data.image_size = 4
+      config.model.depth, config.model.hidden_size, config.model.num_heads = 1, 32, 2
+      config.training.n_jitted_steps = 1
+    return config
   if dry_run:  # one level of 4 px: the rows' plumbing, compiled in seconds on a CPU
     config.data.image_size = 4
     config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 8, (1,), 1
@@ -104,7 +130,7 @@ def measure_train(model, precision, batch_size, repeats, dry_run):
     run = run_setup.RunSetup(config)
     state = run.init_state()
     n = config.training.n_jitted_steps
-    shape = (n, batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    shape = (n, batch_size) + run.data_shape
     batches = parallel.shard_batch(run.mesh, np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32),
                                    batch_axis=1)
     train_step = get_train_step(run.objective, run.optimizer, ema_rate=config.model.ema_rate,
@@ -160,25 +186,62 @@ def measure_sampling(method, precision, batch_size, pc_steps, dry_run):
           "timed_steps": pc_steps if full_steps else nfe}
 
 
+def measure_autoencoder(direction, precision, batch_size, repeats, dry_run):
+  """images/s of the SD-VAE's `direction` ("encode" 256 px images, "decode" 32x32x4 latents)."""
+  import jax
+  import jax.numpy as jnp
+
+  from score_jax.networks import autoencoder_kl
+
+  config, size = (dict(SD_VAE, block_out_channels=[32, 32], layers_per_block=1), 8) if dry_run else (SD_VAE, 256)
+  levels = len(config["block_out_channels"])
+  config = dict(config, down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels)
+  module = autoencoder_kl.from_diffusers_config(config, dtype=jnp.bfloat16 if precision == "bf16" else None)
+  factor = 2 ** (levels - 1)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (batch_size, size, size, 3), jnp.float32, -1, 1)
+  latents = jax.random.normal(jax.random.PRNGKey(1), (batch_size, size // factor, size // factor, 4))
+  variables = jax.jit(module.init)(jax.random.PRNGKey(2), images[:1])
+  if direction == "encode":
+    fn, inputs = jax.jit(lambda v, x: module.apply(v, x, method="encode")), images
+  else:
+    fn, inputs = jax.jit(lambda v, z: module.apply(v, z, method="decode")), latents
+  start = time.perf_counter()
+  jax.block_until_ready(fn(variables, inputs))
+  compile_s = time.perf_counter() - start
+  jax.block_until_ready(fn(variables, inputs))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = fn(variables, inputs)
+  jax.block_until_ready(out)
+  seconds = (time.perf_counter() - start) / repeats
+  params = sum(x.size for x in jax.tree_util.tree_leaves(variables))
+  return {"parameters": int(params), "compile_s": compile_s, "seconds_per_batch": seconds,
+          "images_per_s": batch_size / seconds, "image_size": size}
+
+
 def measure(kind, model, precision, args):
   """One row, in this process."""
   import jax
 
   if kind == "train":
-    row = measure_train(model, precision, args.batch_size, args.repeats, args.dry_run)
+    row = measure_train(model, precision, args.dit_batch if model == "dit_xl2" else args.batch_size, args.repeats,
+                        args.dry_run)
+  elif kind in ("encode", "decode"):
+    row = measure_autoencoder(kind, precision, args.vae_batch, args.repeats, args.dry_run)
   else:
     row = measure_sampling(kind.split("_", 1)[1], precision, args.sample_batch, args.pc_steps, args.dry_run)
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   row.update(kind=kind, model=model, precision=precision, device=device.device_kind,
-             batch_size=args.batch_size if kind == "train" else args.sample_batch,
+             batch_size={"train": args.dit_batch if model == "dit_xl2" else args.batch_size, "encode": args.vae_batch,
+                         "decode": args.vae_batch}.get(kind, args.sample_batch),
              peak_memory_gib=stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None)
   if "achieved_tflops" in row and any(name in device.device_kind for name in PEAK_DEVICES):
     row["utilisation"] = row["achieved_tflops"] / PEAK_TFLOPS[precision]
   return row
 
 
-def count_flops(batch_size):
+def count_flops(args):
   """Fills `FLOPS_FILE` with the lowered training step's flop count per model (CPU; no compilation)."""
   import jax
   import numpy as np
@@ -188,11 +251,11 @@ def count_flops(batch_size):
 
   counts = json.load(open(FLOPS_FILE)) if os.path.exists(FLOPS_FILE) else {}
   for model in MODELS:
+    batch_size = args.dit_batch if model == "dit_xl2" else args.batch_size
     config = _config(model, "float32", batch_size, False)
     run = run_setup.RunSetup(config)
     state = jax.eval_shape(run.init_state)
-    batch = jax.ShapeDtypeStruct((batch_size, config.data.image_size, config.data.image_size,
-                                  config.data.num_channels), np.float32)
+    batch = jax.ShapeDtypeStruct((batch_size,) + run.data_shape, np.float32)
     train_step = get_train_step(run.objective, run.optimizer, ema_rate=config.model.ema_rate,
                                 rng=jax.random.PRNGKey(0))
     cost = jax.jit(train_step).lower(state, batch).cost_analysis()
@@ -241,6 +304,8 @@ def main(argv=None):
   parser.add_argument("--rows", default="all", help="'all' or comma-separated kind:model:precision")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--sample_batch", type=int, default=1024)
+  parser.add_argument("--dit_batch", type=int, default=256, help="the dit_xl2 row's training batch")
+  parser.add_argument("--vae_batch", type=int, default=32, help="the sd_vae rows' batch of 256 px images")
   parser.add_argument("--pc_steps", type=int, default=50, help="PC steps timed (scaled to 1000)")
   parser.add_argument("--repeats", type=int, default=10, help="timed blocks of n_jitted_steps steps")
   parser.add_argument("--budget_s", type=float, default=540.0, help="no row starts after this many seconds")
@@ -253,8 +318,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.dry_run:
     args.batch_size, args.sample_batch, args.pc_steps, args.repeats = 4, 4, 3, 1
+    args.dit_batch, args.vae_batch = 4, 2
   if args.count_flops:
-    count_flops(args.batch_size)
+    count_flops(args)
     return
   if args.one:
     _enable_cache(args.cache_dir)
@@ -296,6 +362,7 @@ def _enable_cache(cache_dir):
 def _run_row(kind, model, precision, args, timeout):
   command = [sys.executable, os.path.abspath(__file__), f"--one={kind}:{model}:{precision}",
              f"--batch_size={args.batch_size}", f"--sample_batch={args.sample_batch}",
+             f"--dit_batch={args.dit_batch}", f"--vae_batch={args.vae_batch}",
              f"--pc_steps={args.pc_steps}", f"--repeats={args.repeats}", f"--cache_dir={args.cache_dir}"]
   try:
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)

@@ -29,6 +29,17 @@ def test_gpu_benchmark_dry_run_writes_every_row(tmp_path):
   assert gpu_train._ratio([dict(train, precision="bf16", images_per_s=90.0), train]) == 90.0 / train["images_per_s"]
 
 
+def test_gpu_benchmark_dry_run_writes_the_latent_rows(tmp_path):
+  """DiT-XL/2's training row (on latents of ImageNet-256's shape) and the SD-VAE's encode / decode rows."""
+  out = tmp_path / "gpu.json"
+  gpu_train.main(["--dry_run", "--rows", "train:dit_xl2:bf16,encode:sd_vae:float32,decode:sd_vae:float32",
+                  "--json", str(out), "--cache_dir", str(tmp_path / "cache")])
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["kind"], r["model"]) for r in rows] == [("train", "dit_xl2"), ("encode", "sd_vae"), ("decode", "sd_vae")]
+  assert all(r["images_per_s"] > 0 and r["parameters"] > 0 for r in rows)
+  assert rows[0]["flops_per_step"] > 0 and rows[0]["batch_size"] == 4  # --dry_run's DiT batch
+
+
 def test_rows_are_ordered_by_value_and_validated():
   assert gpu_train.ROWS[:2] == [("train", "ddpmpp", "bf16"), ("train", "ddpmpp", "tf32")]
   try:

@@ -48,6 +48,11 @@ PARAM_COUNTS = {
     "vp_cifar10": 61_804_419,
     "ve_cifar10": 62_758_787 + 128,
     "subvp_cifar10": 61_804_419,
+    # DiT-XL/2 at 256 px (32x32x4 latents, 1000 classes): the 674,834,720 of tests/test_dit.py's learned-sigma
+    # network (the paper's 675M) less the second half of the output layer (1152 x 16 + 16) that
+    # model.learn_sigma = False does not build.
+    "latent/imagenet256_dit_xl2": 674_834_720 - (1152 * 16 + 16),
+    "latent/imagenet256_sit_xl2": 674_834_720 - (1152 * 16 + 16),
 }
 
 
