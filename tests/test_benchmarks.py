@@ -110,6 +110,18 @@ def test_autoguidance_dry_run_writes_every_case_sampler_and_weight(tmp_path):
   assert (tmp_path / "out" / "autoguidance.png").exists()
 
 
+def test_dit_digits_dry_run_writes_each_run_and_snapshot(tmp_path):
+  """DiT and DiT + REPA (tiny, 2 steps, snapshots at 1 and 2): FD rows and the steps to reach DiT's final FD."""
+  rows = _dry_run("dit_digits", tmp_path)
+  snapshots = [(r["run"], r["step"]) for r in rows[:-1]]
+  assert snapshots == [("dit", 1), ("dit", 2), ("dit_repa", 1), ("dit_repa", 2)]
+  assert all(r["digits_fd"] > 0 and r["parameters"] > 0 for r in rows[:-1])
+  assert rows[1]["parameters"] == rows[3]["parameters"]  # the network alone, without REPA's projector
+  summary = rows[-1]
+  assert summary["run"] == "summary" and summary["dit_final_fd"] == rows[1]["digits_fd"]
+  assert summary["steps_to_reach"]["dit"] in (1, 2) and set(summary["steps_to_reach"]) == {"dit", "dit_repa"}
+
+
 def test_latent_encoding_dry_run_times_the_cache_and_resumes_a_killed_encoding(tmp_path):
   """The tiny test VAE on 64 images of 16 px; the encoding killed with SIGKILL after two chunks resumes to the
   same cache."""
