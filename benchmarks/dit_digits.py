@@ -7,8 +7,8 @@ the digits classifier's features (2 CPU cores).
                                     [--dry_run]
 
 Trains through main.py (a finished run is reused; its training time kept in `benchmark_seconds.json`)
-configs/digits.py's run and recipe with DiT in place of DDPM++ (`DIT`: patch 2 on 16 px, 64 tokens of width 64, 4
-blocks of 4 heads: 328k parameters against DDPM++ digits' 317k), once plain and once with REPA aligned to the
+configs/digits_dit.py (configs/digits.py's run and recipe with DiT in place of DDPM++: patch 2 on 16 px, 64 tokens of
+width 64, 4 blocks of 4 heads, 328k parameters against DDPM++ digits' 317k), once plain and once with REPA aligned to the
 digits classifier's 4x4x64 features (`training.repa_encoder = "digits"`, offline; the projector's hidden width
 `--repa_hidden`, not the paper's 2048, which would outweigh the network 14 to 1). Each keeps a snapshot every
 `--eval_every` steps; at each, `--num_samples` digits drawn with Heun's method are measured against the 297
@@ -35,9 +35,7 @@ from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_mode
 from score_jax.metrics import digits as digits_metrics  # noqa: E402
 from score_jax.models import get_data_shape  # noqa: E402
 
-CONFIG = "configs/digits.py"
-DIT = {"model.name": "dit", "model.patch_size": 2, "model.hidden_size": 64, "model.depth": 4, "model.num_heads": 4,
-       "model.mlp_ratio": 4.0, "model.dropout": 0.0}
+CONFIG = "configs/digits_dit.py"
 DRY_RUN = {**DRY_RUN_TRAINING, "training.snapshot_freq": 1, "model.hidden_size": 16, "model.depth": 2,
            "model.num_heads": 2}
 
@@ -88,7 +86,7 @@ def main(argv=None):
   rows, seconds = [], {}
   for run, extra in (("dit", {}), ("dit_repa", repa)):
     workdir = pathlib.Path(args.workdir) / run
-    overrides = {**DIT, "training.n_iters": args.steps, "training.snapshot_freq": args.eval_every,
+    overrides = {"training.n_iters": args.steps, "training.snapshot_freq": args.eval_every,
                  "training.snapshot_sampling": False, **extra, **(DRY_RUN if args.dry_run else {})}
     seconds[run] = train(CONFIG, workdir, overrides, in_process=args.dry_run)
     config = trained_model.run_config(str(workdir))
