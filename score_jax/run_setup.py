@@ -119,11 +119,15 @@ class RunSetup:
     Raises:
       ValueError: the run trains an autoencoder, which has no sampler (one line).
     """
+    self.check_samples()
+    return sampling.get_sampling_fn(self.config, self.sde, self.model, (batch_size,) + self.data_shape,
+                                    self.data.inverse_scaler, self.sampling_eps, mesh=self.mesh, guide=self.guide)
+
+  def check_samples(self):
+    """Raises a one-line `ValueError` when the run trains an autoencoder, which draws no samples."""
     if not self.objective.generative:
       raise ValueError(f"training.objective={self.config.training.objective!r} trains an autoencoder, which draws "
                        "no samples: load it with score_jax.autoencoder.load_autoencoder(workdir)")
-    return sampling.get_sampling_fn(self.config, self.sde, self.model, (batch_size,) + self.data_shape,
-                                    self.data.inverse_scaler, self.sampling_eps, mesh=self.mesh, guide=self.guide)
 
   @property
   def dataset(self):

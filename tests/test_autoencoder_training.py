@@ -14,7 +14,7 @@ import pytest
 from configs.latent.digits_autoencoder import get_config as digits_autoencoder
 from score_jax import objectives, run_setup
 from score_jax.autoencoder import LATENT_SCALE_FILE, Autoencoder, load_autoencoder
-from score_jax.drivers import evaluate, train
+from score_jax.drivers import evaluate, generate, train
 from score_jax.metric_writer import read_metrics
 from score_jax.objectives.base import normal_per_example, purpose_keys
 
@@ -107,6 +107,8 @@ def test_eval_reports_the_held_out_loss_and_sampling_refuses(trained):
   with pytest.raises(ValueError, match="trains an autoencoder, which draws no samples") as error:
     run_setup.RunSetup(run_setup.trained_run_config(workdir), companions=()).sampler(4)
   assert "\n" not in str(error.value)
+  with pytest.raises(ValueError, match="trains an autoencoder, which draws no samples"):  # --mode=sample
+    generate.generate(config, workdir, [0, 1], os.path.join(workdir, "png"))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -211,6 +211,7 @@ def generate(config, workdir, seeds, out, *, step=None, batch_size=64, labels=No
   as_npz = str(out).endswith(".npz")
   folder = str(out) + ".parts" if as_npz else str(out)
   run = RunSetup(config, companions=("guide",))  # its path, network and guide (read once); never its teacher
+  run.check_samples()
   model, variables, step = trained_model.load_model(workdir, ema=ema, step=step)
   classes = seed_labels(seeds, config.model.num_classes, labels, class_label)
 
