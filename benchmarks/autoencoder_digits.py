@@ -9,8 +9,8 @@ workdir with `load_autoencoder` (the EMA parameters and the recorded scaling fac
 digits (8x8, in [-1, 1] as the run sees them) from the posterior mean and from one posterior draw. Reports the
 reconstruction MSE per pixel value (in [-1, 1] and in [0, 1]) and the Fréchet distance in the digits classifier's
 features (`score_jax.metrics.digits`, not FID) of the reconstructions to the held-out digits, beside the FD of
-297 training digits to the held-out ones (two sets of real digits: the floor a perfect autoencoder would not go
-below by much). Prints the table, writes `autoencoder_digits.json`. `--dry_run`: a tiny autoencoder trained 2 steps
+297 training digits to the held-out ones (two different sets of real digits: a scale for the numbers; the
+reconstructions are paired with the digits they are measured against, so a good autoencoder lies far below it). Prints the table, writes `autoencoder_digits.json`. `--dry_run`: a tiny autoencoder trained 2 steps
 in this process (the plumbing on a CPU; tests/test_benchmarks.py).
 """
 
