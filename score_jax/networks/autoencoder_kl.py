@@ -272,9 +272,9 @@ def autoencoder_from_config(config):
   `model.latent_channels`, `model.ae_norm_groups`, `model.ae_attention` (the mid block's), SiLU, quant convs;
   `data.num_channels` in and out."""
   model = config.model
-  if model.parameterization != "autoencoder":
-    raise ValueError("model.name='autoencoder_kl' is trained by training.objective='autoencoder' (it takes no "
-                     "noise level), not as a score network")
+  if config.training.objective != "autoencoder":
+    raise ValueError(f"model.name='autoencoder_kl' is trained by training.objective='autoencoder' (it takes no "
+                     f"noise level), not {config.training.objective!r}")
   channels = tuple(model.ae_channels)
   bad = [c for c in channels if c <= 0 or c % model.ae_norm_groups]
   if not channels or bad:
