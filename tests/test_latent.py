@@ -182,6 +182,10 @@ def test_train_then_sample_decoded_pixels_and_load_the_network_alone(vae, images
   with open(os.path.join(workdir, "config.json")) as f:
     recorded = json.load(f)["data"]
   assert (recorded["latent_channels"], recorded["latent_factor"]) == (4, 2)
+  run = run_setup.RunSetup(config, companions=("guide",))
+  variables = trained_model.load_model(workdir)[1]
+  program = jax.eval_shape(run.sampler(4).jitted, jax.random.PRNGKey(0), variables, None)
+  assert program.samples.shape == (4, 8, 8, 4)  # the decoder runs after the sampler's program, not inside it
   out = str(tmp_path / "samples")
   generate.generate(config, workdir, "0-2", out, batch_size=3)
   for seed in range(3):

@@ -77,9 +77,9 @@ def config_options(method, sampling_config, eps):
   return sampler
 
 
-def _sample_function(config, sde, model, shape, inverse_scaler, eps, guide=None):
-  """`sample_fn(rng, variables, class_labels) -> SampleOutput` of `config.sampling` for a batch of `shape`,
-  not jitted, and the model's class count; checked before anything compiles. `guide`: the autoguidance
+def _sample_function(config, sde, model, shape, eps, guide=None):
+  """`sample_fn(rng, variables, class_labels) -> SampleOutput` of `config.sampling` for a batch of `shape` (the
+  samples in model space), not jitted, and the model's class count; checked before anything compiles. `guide`: the autoguidance
   guide (`models.GuidingModel`) of `sampling.guidance_workdir`, loaded by the caller (samplers open no files)."""
   sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
   continuous = config.training.continuous
@@ -99,15 +99,15 @@ def _sample_function(config, sde, model, shape, inverse_scaler, eps, guide=None)
     z = prior_draw(rng, bound_sde, shape)  # the draw of z=None, placed where the batch is split
     if z_sharding is not None:
       z = jax.lax.with_sharding_constraint(z, z_sharding)
-    output = count_network_evaluations(sampler.run(rng, z, score_fn, bound_sde, shape), score_fn)
-    return output.replace(samples=inverse_scaler(output.samples))
+    return count_network_evaluations(sampler.run(rng, z, score_fn, bound_sde, shape), score_fn)
 
   return sample_fn, num_classes
 
 
-def _taking_class_labels(run_parallel, num_classes, batch_size):
+def _taking_class_labels(run_parallel, num_classes, batch_size, inverse_scaler):
   """`call(rng_or_keys, variables, class_labels=None)`: `run_parallel` with the labels checked, or the
-  default ones (`default_class_labels`)."""
+  default ones (`default_class_labels`), its samples passed through `inverse_scaler` after it (outside its
+  program: a latent run's decoder, `latent_data`, keeps its weights out of the sampler's compiled constants)."""
   default = default_class_labels(num_classes, batch_size)
 
   def call(rng, variables, class_labels=None):
@@ -118,7 +118,8 @@ def _taking_class_labels(run_parallel, num_classes, batch_size):
     class_labels = jnp.asarray(class_labels, jnp.int32)
     if class_labels.shape != (batch_size,):
       raise ValueError(f"class_labels of shape {class_labels.shape}; the batch needs ({batch_size},)")
-    return run_parallel(rng, variables, class_labels)
+    output = run_parallel(rng, variables, class_labels)
+    return output.replace(samples=inverse_scaler(output.samples))
 
   call.jitted = run_parallel.jitted
   return call
@@ -149,8 +150,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
 
   Returns:
     `sample_fn(rng, variables, class_labels=None) -> SampleOutput`, jitted; samples pass through
-    `inverse_scaler` and come back split over the mesh (`parallel.gather` fetches them on every
-    process); `nfe` counts network evaluations per sample (two per guided score evaluation).
+    `inverse_scaler` (after the jitted program, `sample_fn.jitted`, which returns them in model space) and come
+    back split over the mesh (`parallel.gather` fetches them on every process); `nfe` counts network evaluations per sample (two per guided score evaluation).
 
   Raises:
     ValueError: for an unknown method or option, or a batch `shape[0]` that is not a multiple of
@@ -158,12 +159,12 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
-  sample_fn, num_classes = _sample_function(config, sde, model, shape, inverse_scaler, eps, guide)
+  sample_fn, num_classes = _sample_function(config, sde, model, shape, eps, guide)
   batch_sharding = parallel.data_sharded(mesh)
   run_parallel = parallel.data_parallel(
       lambda rng, variables, class_labels: sample_fn(rng, variables, class_labels, batch_sharding), mesh,
       in_batch=(False, False, True), out_batch=SampleOutput(samples=True, nfe=False))
-  return _taking_class_labels(run_parallel, num_classes, shape[0])
+  return _taking_class_labels(run_parallel, num_classes, shape[0], inverse_scaler)
 
 
 def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None, guide=None):
@@ -182,7 +183,7 @@ def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch("sampling batch size shape[0]", shape[0], mesh)
   one = (1,) + tuple(shape[1:])
-  sample_fn, num_classes = _sample_function(config, sde, model, one, inverse_scaler, eps, guide)
+  sample_fn, num_classes = _sample_function(config, sde, model, one, eps, guide)
 
   def per_seed(key, variables, label):
     output = sample_fn(key, variables, label[None])
@@ -190,4 +191,4 @@ def get_seed_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh
 
   run_parallel = parallel.data_parallel(jax.vmap(per_seed, in_axes=(0, None, 0)), mesh,
                                         in_batch=(True, False, True), out_batch=SampleOutput(samples=True, nfe=True))
-  return _taking_class_labels(run_parallel, num_classes, shape[0])
+  return _taking_class_labels(run_parallel, num_classes, shape[0], inverse_scaler)
