@@ -149,6 +149,9 @@ class LatentDataset:
 
   @property
   def train_source(self):
+    """The pixel training images (uint8 `(H, W, C)`, without labels): `--mode=fid_stats` reads them."""
+    if self.pixels.labelled:
+      return datasets.MappedSource(self.pixels.train_source, lambda pair: pair[0])
     return self.pixels.train_source
 
   @functools.cached_property

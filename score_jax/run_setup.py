@@ -146,7 +146,8 @@ class RunSetup:
   @functools.cached_property
   def _read_train_batches(self):
     read = functools.partial(self.train_dataset.train_batches, n=self.config.training.n_jitted_steps)
-    if isinstance(self.train_dataset, datasets.ImageDataset):  # decoded on the host: read the next block ahead
+    if isinstance(self.train_dataset, (datasets.ImageDataset, latent_data.LatentDataset)):  # made on the host:
+      # read the next block ahead (images decoded, latents drawn)
       read = datasets.ReadAhead(read, self.config.training.n_jitted_steps)
     return read
 

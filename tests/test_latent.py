@@ -66,7 +66,8 @@ def pixels_of(config, split="train"):
 def test_the_network_input_follows_the_latents(vae, images, tmp_path):
   config = run_setup.prepare_config(latent_config(vae, images, tmp_path))
   assert (config.data.latent_channels, config.data.latent_factor) == (4, 2)
-  assert run_setup.RunSetup(config, companions=()).data_shape == (8, 8, 4)
+  run = run_setup.RunSetup(config, companions=())  # reads no autoencoder: --mode=fid_stats reads the pixels
+  assert run.data_shape == (8, 8, 4) and run.dataset.train_source[0].shape == (16, 16, 3)
 
 
 def test_the_cache_holds_the_direct_encoding(vae, images, tmp_path):
