@@ -123,7 +123,8 @@ def kill_demo(args, folder, autoencoder, root, reference):
   identical = all(np.array_equal(a, b) for a, b in zip(got[:2], reference[:2]))
   print(f"  killed after {written} chunks of {-(-size // KILL_CHUNK)}; resumed: "
         f"{'identical' if identical else 'DIFFERENT'}", file=sys.stderr)
-  return {"killed": killed, "chunks_before_kill": written, "chunks": -(-size // KILL_CHUNK), "resume_identical": identical}
+  return {"killed": killed, "chunks_before_kill": written, "chunks": -(-size // KILL_CHUNK),
+          "resume_identical": identical}
 
 
 def main(argv=None):

@@ -50,7 +50,8 @@ def latent_config(vae, images, cache, **overrides):
   settings = {"data.dataset": "folder", "data.path": images, "data.num_channels": 3, "data.num_eval": NUM_EVAL,
               "data.autoencoder": vae, "data.latent_cache": str(cache), "data.autoencoder_batch_size": 8,
               "training.batch_size": 8, "eval.batch_size": 8, "sampling.batch_size": 4, "model.nf": 8,
-              "model.ch_mult": (1,), "model.num_res_blocks": 1, "model.attn_resolutions": (), "model.num_scales": 4, **overrides}
+              "model.ch_mult": (1,), "model.num_res_blocks": 1, "model.attn_resolutions": (), "model.num_scales": 4,
+              **overrides}
   for key, value in settings.items():
     config.update_from_flattened_dict({key: value})
   return config
@@ -151,7 +152,8 @@ def test_training_draws_have_the_stored_moments(vae, images, tmp_path):
 
 def test_latent_keys_are_checked_and_channel_normalisation_inverts(vae, images, tmp_path):
   config = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{
-      "data.latent_norm": "channels", "data.latent_mean": (1.0, 2.0, 3.0, 4.0), "data.latent_std": (2.0, 2.0, 4.0, 4.0)}))
+      "data.latent_norm": "channels", "data.latent_mean": (1.0, 2.0, 3.0, 4.0),
+      "data.latent_std": (2.0, 2.0, 4.0, 4.0)}))
   normalize, denormalize = latent_data.get_normalizer(config, None)
   z = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype(np.float32)
   np.testing.assert_allclose(normalize(z)[..., 2], (z[..., 2] - 3.0) / 4.0 * 0.5, rtol=1e-6)

@@ -79,8 +79,9 @@ def config_options(method, sampling_config, eps):
 
 def _sample_function(config, sde, model, shape, eps, guide=None):
   """`sample_fn(rng, variables, class_labels) -> SampleOutput` of `config.sampling` for a batch of `shape` (the
-  samples in model space), not jitted, and the model's class count; checked before anything compiles. `guide`: the autoguidance
-  guide (`models.GuidingModel`) of `sampling.guidance_workdir`, loaded by the caller (samplers open no files)."""
+  samples in model space), not jitted, and the model's class count; checked before anything compiles. `guide`:
+  the autoguidance guide (`models.GuidingModel`) of `sampling.guidance_workdir`, loaded by the caller (samplers
+  open no files)."""
   sampler = config_options(config.sampling.method.lower(), config.sampling, eps)
   continuous = config.training.continuous
   shape = tuple(shape)
@@ -151,7 +152,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, *, mesh=None
   Returns:
     `sample_fn(rng, variables, class_labels=None) -> SampleOutput`, jitted; samples pass through
     `inverse_scaler` (after the jitted program, `sample_fn.jitted`, which returns them in model space) and come
-    back split over the mesh (`parallel.gather` fetches them on every process); `nfe` counts network evaluations per sample (two per guided score evaluation).
+    back split over the mesh (`parallel.gather` fetches them on every process); `nfe` counts network evaluations
+    per sample (two per guided score evaluation).
 
   Raises:
     ValueError: for an unknown method or option, or a batch `shape[0]` that is not a multiple of
