@@ -25,7 +25,7 @@ to float32.
 
 import abc
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +161,7 @@ class Parameterization(abc.ABC):
   """
 
   dtype: str = "float32"  # compute dtype of the network
+  denoises: ClassVar[bool] = True  # gives D(x, t) (False: `autoencoder`, whose network encodes and decodes)
 
   @classmethod
   def from_config(cls, config, network=None):
@@ -429,6 +430,8 @@ class Consistency(EDM):
 class Autoencoder(Parameterization):
   """`training.objective = "autoencoder"`: the network is called as itself (its `encode` and `decode`,
   `objectives.ModelCall.network_method`), never at a noise level, so it has no D(x, t), score or target."""
+
+  denoises: ClassVar[bool] = False
 
   def _no_denoiser(self, *args):
     raise ValueError("an autoencoder (model.parameterization='autoencoder') has no denoiser D(x, t): it encodes "

@@ -12,7 +12,7 @@ from score_jax.utils import batch_mul
 jax.config.update("jax_enable_x64", False)
 
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE(), "ve": sde_lib.VESDE(sigma_max=20.0)}
-NAMES = sorted(param_lib.PARAMETERIZATIONS)
+NAMES = sorted(name for name, cls in param_lib.PARAMETERIZATIONS.items() if cls.denoises)  # not `autoencoder`
 TRAINABLE = [name for name in NAMES if name != "reference"]
 MU, S = 0.3, 0.7  # Gaussian data N(MU, S^2) per dimension
 
@@ -187,7 +187,7 @@ def test_compute_dtype_is_applied_at_the_boundary():
 
 def test_unknown_parameterization_or_dtype_names_the_key():
   with pytest.raises(ValueError,
-                     match="model.parameterization=.*choose one of: consistency, edm, eps, flow, reference, trigflow, v, x0"):
+                     match="model.parameterization=.*choose one of: autoencoder, consistency, edm, eps, flow, reference, trigflow, v, x0"):
     models.get_model(tiny_mlp_config("score"))
   with pytest.raises(ValueError, match="model.dtype"):
     models.get_model(tiny_mlp_config("eps", dtype="int8"))
