@@ -198,3 +198,21 @@ def test_train_then_sample_decoded_pixels_and_load_the_network_alone(vae, images
   model, variables, step = trained_model.load_model(workdir)
   out = model.apply(variables, jnp.zeros((1, 8, 8, 4)), jnp.ones((1,)))
   assert step == 1 and out.shape == (1, 8, 8, 4)
+
+
+def test_a_companion_must_model_the_same_latents(vae, images, tmp_path):
+  """check_companion compares latent shapes (recorded in both configs), and pixels vs latents and their norm."""
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"training.teacher_workdir": "teacher"}))
+  same = run_setup.prepare_config(latent_config(vae, images, tmp_path))
+  trained_model.check_companion(same, config, "training.teacher_workdir", shares=("data",))
+  channels = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{
+      "data.latent_norm": "channels", "data.latent_mean": (0.0,) * 4, "data.latent_std": (1.0,) * 4}))
+  with pytest.raises(ValueError, match="training.teacher_workdir='teacher' models channels data, this run scaling"):
+    trained_model.check_companion(channels, config, "training.teacher_workdir", shares=("data",))
+  pixels = run_setup.prepare_config(latent_config("", images, tmp_path, **{"data.image_size": 8,
+                                                                           "data.num_channels": 4}))
+  with pytest.raises(ValueError, match="models pixels data, this run scaling"):
+    trained_model.check_companion(pixels, config, "training.teacher_workdir", shares=("data",))
+  smaller = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"data.image_size": 8}))
+  with pytest.raises(ValueError, match=r"models data of shape \(4, 4, 4\), this run \(8, 8, 4\)"):
+    trained_model.check_companion(smaller, config, "training.teacher_workdir", shares=("data",))
