@@ -4,7 +4,10 @@ SD-VAE fixture (16 px, factor 2, 4 channels) over a folder of 16x16 RGB images w
 import json
 import lzma
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +21,7 @@ from score_jax.drivers import edit, generate, train
 from tests.helpers import FIXTURES
 
 VAE = FIXTURES / "diffusers" / "autoencoder_kl" / "sd"
+REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_IMAGES, NUM_EVAL = 40, 8
 
 
@@ -216,3 +220,30 @@ def test_a_companion_must_model_the_same_latents(vae, images, tmp_path):
   smaller = run_setup.prepare_config(latent_config(vae, images, tmp_path, **{"data.image_size": 8}))
   with pytest.raises(ValueError, match=r"models data of shape \(4, 4, 4\), this run \(8, 8, 4\)"):
     trained_model.check_companion(smaller, config, "training.teacher_workdir", shares=("data",))
+
+
+ENCODE_SCRIPT = """
+import sys, jax
+from score_jax import latent_data, run_setup
+from tests.test_latent import latent_config
+assert jax.local_device_count() == 4, jax.devices()
+config = run_setup.prepare_config(latent_config(sys.argv[1], sys.argv[2], sys.argv[3],
+                                                **{"data.autoencoder_batch_size": 12}))
+latent_data.get_latent_data(config, latent_data.data_autoencoder(config)).dataset().caches
+"""
+
+
+def test_four_devices_encode_what_one_does(vae, images, tmp_path):
+  """The encoding batch split over 4 fake CPU devices (12 a batch: the last one padded) gives the same cache."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=4"]))
+  subprocess.run([sys.executable, "-c", ENCODE_SCRIPT, vae, images, str(tmp_path / "four")], cwd=REPO, env=env,
+                 check=True, capture_output=True)
+  config = run_setup.prepare_config(latent_config(vae, images, tmp_path / "one"))
+  one = latent_data.get_latent_data(config, autoencoder_lib.load_autoencoder(vae)).dataset().caches
+  for split in ("train", "eval"):
+    four = latent_cache.LatentCache(str(tmp_path / "four" / split), len(one[split]))
+    everything = np.arange(len(one[split]))
+    for a, b in zip(four.gather(everything)[:2], one[split].gather(everything)[:2]):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
