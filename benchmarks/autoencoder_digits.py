@@ -10,8 +10,9 @@ digits (8x8, in [-1, 1] as the run sees them) from the posterior mean and from o
 reconstruction MSE per pixel value (in [-1, 1] and in [0, 1]) and the Fréchet distance in the digits classifier's
 features (`score_jax.metrics.digits`, not FID) of the reconstructions to the held-out digits, beside the FD of
 297 training digits to the held-out ones (two different sets of real digits: a scale for the numbers; the
-reconstructions are paired with the digits they are measured against, so a good autoencoder lies far below it). Prints the table, writes `autoencoder_digits.json`. `--dry_run`: a tiny autoencoder trained 2 steps
-in this process (the plumbing on a CPU; tests/test_benchmarks.py).
+reconstructions are paired with the digits they are measured against, so a good autoencoder lies far below it).
+Prints the table, writes `autoencoder_digits.json`. `--dry_run`: a tiny autoencoder trained 2 steps in this process
+(the plumbing on a CPU; tests/test_benchmarks.py).
 """
 
 import argparse

@@ -27,7 +27,7 @@ def get_config():
   training.edm_p_std = 1.2
   training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
   training.reconstruction_loss = "mse"      # autoencoder objective: mse | l1, per pixel value (no GAN, no LPIPS)
-  training.kl_weight = 1e-3                 # autoencoder objective: weight of KL(q(z | x) || N(0, I)), nats per pixel value
+  training.kl_weight = 1e-3                 # autoencoder objective: weight of KL(q(z | x) || N(0, I)) per pixel value
   training.consistency_schedule = "ict"     # consistency_training: discretisation 10 -> 1280 levels over training
   training.consistency_loss = "pseudo_huber"  # consistency_training distance: pseudo_huber | l2
   training.init_workdir = ""                # start from the EMA weights of this trained run (ECT's tuning); "": none
@@ -169,7 +169,7 @@ def get_config():
   model.time_freq_shift = 0.0               # dit: timestep frequencies 10000^(-i / (128 - shift)) (diffusers' DiT: 1)
   model.mlp_norm_eps = 1e-6                 # dit: epsilon of the layer norm before the MLP (diffusers' DiT: 1e-5)
   # autoencoder_kl (training.objective = "autoencoder"; diffusers' AutoencoderKL layout, docs/latent.md).
-  model.ae_channels = (32, 64)              # autoencoder_kl: channels per level (block_out_channels); 2x down between levels
+  model.ae_channels = (32, 64)              # autoencoder_kl: channels per level (block_out_channels), 2x down between
   model.ae_layers_per_block = 1             # autoencoder_kl: resnets per encoder level (the decoder: one more)
   model.latent_channels = 4                 # autoencoder_kl: channels of the latents
   model.ae_norm_groups = 8                  # autoencoder_kl: GroupNorm groups (divides every ae_channels entry)
