@@ -87,7 +87,9 @@ def main(argv=None):
   for run, extra in (("dit", {}), ("dit_repa", repa)):
     workdir = pathlib.Path(args.workdir) / run
     overrides = {"training.n_iters": args.steps, "training.snapshot_freq": args.eval_every,
-                 "training.snapshot_sampling": False, **extra, **(DRY_RUN if args.dry_run else {})}
+                 "training.snapshot_sampling": False,
+                 "training.keep_checkpoints": args.steps // args.eval_every + 1,  # every snapshot is measured
+                 **extra, **(DRY_RUN if args.dry_run else {})}
     seconds[run] = train(CONFIG, workdir, overrides, in_process=args.dry_run)
     config = trained_model.run_config(str(workdir))
     for step in trained_model.checkpoint_steps(str(workdir)):
