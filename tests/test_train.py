@@ -237,7 +237,8 @@ def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
     ("model.dropout", 1.5, "model.dropout=1.5 must lie in [0, 1)"),
     ("training.eps", 0.0, "training.eps=0.0 must lie in (0, 1)"),
     ("sampling.snr", -0.1, "sampling.snr=-0.1 must be >= 0"),
-    ("model.parameterization", "score", "model.parameterization='score' is not valid; choose one of: consistency, edm, eps, flow,"),
+    ("model.parameterization", "score",
+     "model.parameterization='score' is not valid; choose one of: autoencoder, consistency, edm, eps, flow,"),
     ("model.dtype", "int8", "model.dtype='int8' is not valid"),
 ])
 def test_validate_config_names_the_bad_key(key, value, message):
