@@ -58,9 +58,6 @@ sys.path.insert(0, ROOT)
 MODELS = {"ddpmpp": "configs.vp.cifar10_ddpmpp_continuous", "ncsnpp": "configs.ve.cifar10_ncsnpp_continuous",
           "ddpmpp_scm": "configs.fewstep.cifar10_scm", "dit_xl2": "configs.latent.imagenet256_dit_xl2"}
 LATENT_SHAPE = (32, 32, 4)  # ImageNet-256 through the SD-VAE (8x down, 4 channels)
-# sd-vae-ft-mse's config.json (the fields that shape the network).
-SD_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
-          "norm_num_groups": 32, "act_fn": "silu", "in_channels": 3, "out_channels": 3}
 # Dense peak TFLOP/s (NVIDIA's datasheets, without sparsity); the H200 has the H100 SXM's compute.
 PEAK_TFLOPS = {"float32": 67.0, "tf32": 494.7, "bf16": 989.4}
 PEAK_DEVICES = ("H100", "H200")
@@ -193,9 +190,14 @@ def measure_autoencoder(direction, precision, batch_size, repeats, dry_run):
 
   from score_jax.networks import autoencoder_kl
 
-  config, size = (dict(SD_VAE, block_out_channels=[32, 32], layers_per_block=1), 8) if dry_run else (SD_VAE, 256)
+  from benchmarks.latent_encoding import SD_VAE  # sd-vae-ft-mse's config.json (the fields that shape the network)
+
+  config, size = dict(SD_VAE), 256
+  if dry_run:  # two levels of 32 channels on 8 px
+    config.update(block_out_channels=[32, 32], layers_per_block=1, down_block_types=["DownEncoderBlock2D"] * 2,
+                  up_block_types=["UpDecoderBlock2D"] * 2)
+    size = 8
   levels = len(config["block_out_channels"])
-  config = dict(config, down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels)
   module = autoencoder_kl.from_diffusers_config(config, dtype=jnp.bfloat16 if precision == "bf16" else None)
   factor = 2 ** (levels - 1)
   images = jax.random.uniform(jax.random.PRNGKey(0), (batch_size, size, size, 3), jnp.float32, -1, 1)

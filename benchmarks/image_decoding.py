@@ -27,14 +27,16 @@ from PIL import Image  # noqa: E402
 from score_jax import base_config, datasets  # noqa: E402
 
 
-def write_jpegs(folder, count, size, rng):
+def write_images(folder, count, size, rng, suffix=".jpg"):
+  """`count` synthetic `size` px RGB images (smooth content plus noise, as photographs compress) into `folder`:
+  JPEGs of quality 90, or PNGs with `suffix=".png"`."""
   os.makedirs(folder, exist_ok=True)
   grid = np.linspace(0, 1, size, dtype=np.float32)
   for i in range(count):
     phase = rng.uniform(0, 2 * np.pi, 3)
     smooth = 127 + 100 * np.sin(6 * grid[:, None, None] + 4 * grid[None, :, None] + phase)
     image = np.clip(smooth + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+    Image.fromarray(image).save(os.path.join(folder, f"{i:06d}{suffix}"), quality=90)
 
 
 def throughput(folder, image_size, batch, threads, blocks):
@@ -68,7 +70,7 @@ def main():
   with tempfile.TemporaryDirectory() as root:
     for source, target in ((32, 32), (256, 64)):
       folder = os.path.join(root, f"jpeg_{source}")
-      write_jpegs(folder, args.images, source, rng)
+      write_images(folder, args.images, source, rng)
       for threads in map(int, args.threads.split(",")):
         rate = throughput(folder, target, args.batch, threads, args.blocks)
         rows.append({"jpeg_px": source, "image_size": target, "threads": threads, "images_per_s": round(rate, 1)})

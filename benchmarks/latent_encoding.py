@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from score_jax import (autoencoder as autoencoder_lib, base_config, latent_cache, latent_data,  # noqa: E402
                        parallel, run_setup, safetensors_io)
+from benchmarks.image_decoding import write_images  # noqa: E402
 from score_jax.networks import autoencoder_kl  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "diffusers" / "autoencoder_kl" / "sd"
@@ -45,16 +45,6 @@ SD_VAE = {"_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 
           "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
           "scaling_factor": 0.18215}
 KILL_CHUNK = 8  # images per chunk in the kill demo
-
-
-def write_images(folder, count, size, rng):
-  os.makedirs(folder, exist_ok=True)
-  grid = np.linspace(0, 1, size, dtype=np.float32)
-  for i in range(count):
-    phase = rng.uniform(0, 2 * np.pi, 3)
-    smooth = 127 + 100 * np.sin(6 * grid[:, None, None] + 4 * grid[None, :, None] + phase)
-    image = np.clip(smooth + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.png"))
 
 
 def write_random_vae(folder):
@@ -147,7 +137,7 @@ def main(argv=None):
     args.images, args.image_size, args.batch, args.num_eval = 64, 16, 8, 8
   with tempfile.TemporaryDirectory() as root:
     folder = os.path.join(root, "images")
-    write_images(folder, args.images, args.image_size, np.random.default_rng(0))
+    write_images(folder, args.images, args.image_size, np.random.default_rng(0), suffix=".png")
     autoencoder_path = args.autoencoder or os.path.join(root, "vae")
     if not args.autoencoder:
       (unpack_fixture if args.dry_run else write_random_vae)(autoencoder_path)
