@@ -84,7 +84,6 @@ class RunSetup:
     self.config = config = prepare_config(config)
     self.mesh = parallel.make_mesh()
     self.data_shape = get_data_shape(config)  # one example in model space
-    self.data = datasets.get_data(config)
     self.sde, self.sampling_eps = sde_lib.get_sde(config)
     self.model = get_model(config)
     self.optimizer = optim.get_optimizer(config)
@@ -99,11 +98,13 @@ class RunSetup:
     if config.data.autoencoder:  # latent data: its frozen autoencoder (read by any run that reads companions)
       autoencoder = latent_data.data_autoencoder(config) if companions else None
       self.data = latent_data.get_latent_data(config, autoencoder)
+    else:
+      self.data = datasets.get_data(config)
     self.repa_encoder = loaded.get("repa_encoder")  # REPA's frozen encoder's variables (None without REPA)
     self.guide = loaded.get("guide")
-    if not self.objective.generative:
-      pass  # an autoencoder has no sampler (`sampler` refuses)
-    elif self.guide is not None or not config.sampling.guidance_workdir:
+    if not self.objective.generative:  # an autoencoder has no sampler (`sampler` refuses)
+      return
+    if self.guide is not None or not config.sampling.guidance_workdir:
       self.sampler(config.sampling.batch_size)  # the sampler's options are checked before anything compiles
     else:
       sampling.config_options(config.sampling.method.lower(), config.sampling, self.sampling_eps)
