@@ -235,8 +235,18 @@ class LatentData:
     normalize, denormalize = get_normalizer(config, autoencoder)
     batch_size = config.data.autoencoder_batch_size
     self.scaler = normalize
+    self._denormalize = denormalize
     self.inverse_scaler = lambda x: (decode_batched(autoencoder.module, autoencoder.variables, denormalize(x),
                                                     batch_size) + 1.0) / 2.0
+
+  def pixel_decoder(self):
+    """`(decode, variables)`: `decode(variables, x)` maps a batch `x` in the model's (normalised latent) space to
+    NHWC images in about [-1, 1], a pure function to trace inside a step (REPA's encoder reads the clean images);
+    `variables` are the autoencoder's, to pass in as a frozen input (not compiled in as constants)."""
+    if self.autoencoder is None:
+      _needs_autoencoder()
+    module, denormalize = self.autoencoder.module, self._denormalize
+    return (lambda variables, x: module.apply(variables, denormalize(x), method="decode")), self.autoencoder.variables
 
   @functools.cache
   def dataset(self, labels=False):

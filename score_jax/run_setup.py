@@ -19,6 +19,7 @@ from score_jax import (base_config, datasets, ema, latent_data, objectives, opti
                        sde as sde_lib, trained_model)
 from score_jax.config_utils import check_config
 from score_jax.models import get_data_shape, get_model
+from score_jax.objectives import repa
 from score_jax.train_state import init_train_state
 from score_jax.train_steps import get_eval_step, get_multi_step, get_train_step
 from score_jax.utils import choice_error
@@ -101,6 +102,10 @@ class RunSetup:
     else:
       self.data = datasets.get_data(config)
     self.repa_encoder = loaded.get("repa_encoder")  # REPA's frozen encoder's variables (None without REPA)
+    self.repa_decoder = None  # a latent REPA run's autoencoder variables: its encoder reads decoded clean images
+    if self.repa_encoder is not None and config.data.autoencoder:
+      decode, self.repa_decoder = self.data.pixel_decoder()
+      self.objective = repa.with_decoder(self.objective, decode)
     self.guide = loaded.get("guide")
     if not self.objective.generative:  # an autoencoder has no sampler (`sampler` refuses)
       return
@@ -158,7 +163,9 @@ class RunSetup:
     once."""
     frozen = dict(self.objective.frozen_variables())
     if self.repa_encoder is not None:
-      frozen["repa_encoder"] = self.repa_encoder  # `objectives.repa.ROLE`
+      frozen[repa.ROLE] = self.repa_encoder
+    if self.repa_decoder is not None:
+      frozen[repa.DECODER_ROLE] = self.repa_decoder
     return jax.device_put(frozen, parallel.replicated(self.mesh))
 
   @functools.cached_property

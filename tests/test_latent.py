@@ -247,3 +247,32 @@ def test_four_devices_encode_what_one_does(vae, images, tmp_path):
     everything = np.arange(len(one[split]))
     for a, b in zip(four.gather(everything)[:2], one[split].gather(everything)[:2]):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_repa_in_a_latent_run_aligns_with_the_decoded_clean_images(vae, images, tmp_path):
+  """A latent DiT run with REPA: its term equals the term of the pixel pipeline on the batch decoded outside by
+  `load_autoencoder(...).decode` (the normaliser inverted by hand); the driver's steps receive the decoder's
+  variables as a frozen input and train."""
+  from score_jax.objectives import repa
+
+  config = latent_config(vae, images, tmp_path / "cache", **{
+      "model.name": "dit", "model.hidden_size": 16, "model.depth": 2, "model.num_heads": 2, "model.patch_size": 2,
+      "training.repa_weight": 0.5, "training.repa_depth": 1, "training.repa_hidden": 16,
+      "training.repa_encoder": "digits", "training.n_jitted_steps": 1})
+  run = run_setup.RunSetup(config)
+  assert set(run._frozen) == {repa.ROLE, repa.DECODER_ROLE}
+  settings = run.objective.settings.repa
+  assert settings.latent and settings.decode is not None
+  variables = run.init_state().params
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 4))
+  tokens = (jax.random.normal(jax.random.key(1), (3, 16, 16)),) * 2
+  term = repa.repa_term(settings, run.model, {"params": variables}, tokens, x, run.repa_encoder, run.repa_decoder)
+  loaded = autoencoder_lib.load_autoencoder(vae)
+  pixels = loaded.decode(x / loaded.scaling_factor + loaded.shift_factor)
+  pixel_settings = repa.RepaConfig(weight=0.5, depth=1, encoder="digits", centered=True)
+  expected = repa.repa_term(pixel_settings, run.model, {"params": variables}, tokens, jnp.clip(pixels, -1, 1),
+                            run.repa_encoder)
+  np.testing.assert_allclose(term, expected, rtol=1e-5, atol=1e-6)
+  state = run.init_state()
+  state, losses = run.multi_step(state, run.train_batches(0))
+  assert int(state.step) == 1 and np.isfinite(np.asarray(losses)).all()

@@ -23,11 +23,11 @@ def drop_labels(key, class_labels, num_classes, rate):
   return jnp.where(dropped, num_classes, class_labels)
 
 
-def add_repa(loss, settings, model, variables, tokens, x, encoder_variables):
+def add_repa(loss, settings, model, variables, tokens, x, encoder_variables, decoder_variables=None):
   """`loss` plus REPA's term (`repa.repa_term`) per example; the term's batch mean kept in `terms["repa"]`."""
   if tokens is None:
     raise ValueError("training.repa_weight > 0: the objective made no network call that sows tokens")
-  term = repa.repa_term(settings, model, variables, tokens, x, encoder_variables)
+  term = repa.repa_term(settings, model, variables, tokens, x, encoder_variables, decoder_variables)
   return output(loss.per_example + term, dict(loss.terms or {}, repa=jnp.mean(term)), loss.noise_levels)
 
 
@@ -53,7 +53,8 @@ def get_loss_fn(objective, *, train):
     if settings.loss_weighting == "uncertainty":
       loss = uncertainty.weigh_by_uncertainty(loss, call)
     if align:
-      loss = add_repa(loss, settings.repa, model, variables, recorder.tokens, x, inputs[repa.ROLE])
+      loss = add_repa(loss, settings.repa, model, variables, recorder.tokens, x, inputs[repa.ROLE],
+                      inputs.get(repa.DECODER_ROLE))
     return loss
 
   return loss_fn

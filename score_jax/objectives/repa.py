@@ -14,6 +14,7 @@ is the objective's).
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from score_jax import feature_encoders
 
 ROLE = "repa_encoder"  # the companion's role (`trained_model.COMPANIONS`) and its key among the step's inputs
+DECODER_ROLE = "repa_decoder"  # a latent run's autoencoder variables among the step's inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,8 @@ class RepaConfig:
   depth: int             # 1-based block whose output tokens are aligned
   encoder: str           # `feature_encoders.ENCODERS` name
   centered: bool = True  # the data lie in [-1, 1] (`data.centered`), else in [0, 1]
+  latent: bool = False   # the data are an autoencoder's latents (`data.autoencoder`): decoded for the encoder
+  decode: Any = None     # a latent run's `decode(variables, x) -> images in [-1, 1]` (`with_decoder`)
 
   @classmethod
   def from_config(cls, config):
@@ -50,13 +54,18 @@ class RepaConfig:
                        f"model.name='dit' sows them, {config.model.name!r} does not")
     if not 1 <= training.repa_depth <= config.model.depth:
       raise ValueError(f"training.repa_depth={training.repa_depth} must lie in 1..model.depth={config.model.depth}")
-    if config.data.get("autoencoder", ""):
-      raise ValueError("training.repa_weight > 0 with data.autoencoder: the encoder needs the decoded clean "
-                       "images, not wired yet (score_jax.objectives.repa.encoder_input is the hook)")
     if config.data.get("dim", 0):
       raise ValueError("training.repa_weight > 0 needs image data (data.dim = 0)")
     return cls(weight=float(training.repa_weight), depth=int(training.repa_depth), encoder=training.repa_encoder,
-               centered=bool(config.data.centered))
+               centered=bool(config.data.centered), latent=bool(config.data.get("autoencoder", "")))
+
+
+def with_decoder(objective, decode):
+  """`objective` whose REPA term decodes its latent batches with `decode(variables, x) -> images in [-1, 1]`
+  (`latent_data.LatentData.pixel_decoder`); the variables reach the step as `inputs[DECODER_ROLE]`."""
+  settings = objective.settings
+  return dataclasses.replace(objective, settings=dataclasses.replace(
+      settings, repa=dataclasses.replace(settings.repa, decode=decode)))
 
 
 class TokenRecorder:
@@ -78,9 +87,16 @@ class TokenRecorder:
     return output
 
 
-def encoder_input(x, centered):
-  """The clean batch (model space) as images in [0, 1], the encoders' input (a latent run would decode here)."""
-  return (x + 1.0) / 2.0 if centered else x
+def encoder_input(settings, x, decoder_variables=None):
+  """The clean batch `x` (model space) as images in [0, 1], the encoders' input: a latent batch decoded first
+  (`settings.decode` with the autoencoder's `decoder_variables`, no gradient into them)."""
+  if settings.latent:
+    if settings.decode is None or decoder_variables is None:
+      raise ValueError("training.repa_weight > 0 with data.autoencoder: the REPA term needs the autoencoder's "
+                       "decoder (objectives.repa.with_decoder and the step's inputs[DECODER_ROLE])")
+    images = settings.decode(jax.lax.stop_gradient(decoder_variables), x)
+    return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+  return (x + 1.0) / 2.0 if settings.centered else x
 
 
 def target_features(features, num_tokens):
@@ -101,11 +117,12 @@ def negative_cosine(projected, targets):
   return -jnp.mean(dot / jnp.maximum(norms, 1e-6), axis=-1)
 
 
-def repa_term(settings, model, variables, tokens, x, encoder_variables):
+def repa_term(settings, model, variables, tokens, x, encoder_variables, decoder_variables=None):
   """lambda * (-cos) per example, `(B,)`: block `settings.depth`'s `tokens` (the sown tuple) projected by the
-  model's projector, against the frozen encoder's features of the clean batch `x` (no gradient into them)."""
+  model's projector, against the frozen encoder's features of the clean batch `x` (no gradient into them; a
+  latent batch decoded to images first with `decoder_variables`)."""
   encoder = feature_encoders.get_encoder(settings.encoder)
-  features = encoder.features_fn(encoder_variables, encoder_input(x, settings.centered))
+  features = encoder.features_fn(encoder_variables, encoder_input(settings, x, decoder_variables))
   h = tokens[settings.depth - 1]
   targets = jax.lax.stop_gradient(target_features(features.astype(jnp.float32), h.shape[1]))
   projected = model.apply(variables, h, method="repa_projection")
