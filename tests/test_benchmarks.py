@@ -147,3 +147,16 @@ def _dry_run_single(script, tmp_path):
   importlib.import_module(script).main(["--dry_run", "--out_dir", str(tmp_path / "out"), "--workdir",
                                         str(tmp_path / "runs")])
   return json.loads((tmp_path / "out" / f"{script}.json").read_text())
+
+
+def test_latent_digits_dry_run_decodes_each_snapshot(tmp_path):
+  """A tiny own autoencoder (2 steps), then DiT + REPA on its latents (2 steps): each snapshot's samples decoded to
+  8x8 digits and measured, beside the autoencoder's floor."""
+  import latent_digits
+
+  result = latent_digits.main(["--dry_run", "--runs", "dit_repa", "--out_dir", str(tmp_path / "out"), "--workdir",
+                               str(tmp_path / "runs")])
+  assert [(r["run"], r["step"]) for r in result["rows"]] == [("dit_repa", 1), ("dit_repa", 2)]
+  assert all(r["digits_fd"] > 0 and r["parameters"] > 0 for r in result["rows"])
+  assert result["autoencoder_floor_fd"] > 0 and result["autoencoder"] == str(tmp_path / "runs" / "autoencoder")
+  assert (tmp_path / "out" / "latent_digits.png").exists()
