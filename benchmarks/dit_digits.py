@@ -7,15 +7,15 @@ the digits classifier's features (2 CPU cores).
                                     [--dry_run]
 
 Trains through main.py (a finished run is reused; its training time kept in `benchmark_seconds.json`)
-configs/digits_dit.py (configs/digits.py's run and recipe with DiT in place of DDPM++: patch 2 on 16 px, 64 tokens of
-width 64, 4 blocks of 4 heads, 328k parameters against DDPM++ digits' 317k), once plain and once with REPA aligned to the
-digits classifier's 4x4x64 features (`training.repa_encoder = "digits"`, offline; the projector's hidden width
-`--repa_hidden`, not the paper's 2048, which would outweigh the network 14 to 1). Each keeps a snapshot every
-`--eval_every` steps; at each, `--num_samples` digits drawn with Heun's method are measured against the 297
-held-out digits (`score_jax.metrics.digits`, not FID). Prints the table, writes `dit_digits.json`: a row per run
-and snapshot, and a summary row with the steps each run needs to reach plain DiT's final FD (None: not within
-`--steps`). `--dry_run`: tiny DiTs trained 2 steps (in this process), snapshots at steps 1 and 2, 64 samples, Heun
-in 2 steps: the plumbing on a CPU (tests/test_benchmarks.py).
+configs/digits_dit.py (configs/edm/digits.py's run and recipe, EDM, with DiT in place of DDPM++: patch 2 on 16 px, 64
+tokens of width 64, 4 blocks of 4 heads, 328k parameters against DDPM++ digits' 317k), once plain and once with REPA
+aligned to the digits classifier's 4x4x64 features (`training.repa_encoder = "digits"`, offline; the projector's
+hidden width `--repa_hidden`, not the paper's 2048, which would outweigh the network 14 to 1). Each keeps a snapshot
+every `--eval_every` steps; at each, `--num_samples` digits drawn with Heun's method are measured against the 297
+held-out digits (`score_jax.metrics.digits`, not FID). Prints the table, writes `dit_digits.json`: a row per run and
+snapshot, and a summary row with the steps each run needs to reach plain DiT's final FD (None: not within
+`--steps`). `--dry_run`: tiny DiTs trained 2 steps (in this process), snapshots at steps 1 and 2, 64 samples, Heun in
+2 steps: the plumbing on a CPU (tests/test_benchmarks.py).
 """
 
 import argparse

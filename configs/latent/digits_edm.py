@@ -21,6 +21,8 @@ def get_config():
   data.image_size = 8                        # the digits' own size, the autoencoder's input
   data.autoencoder = "runs/digits_ae"        # a workdir of configs/latent/digits_autoencoder.py
   data.latent_norm = "scaling"               # the workdir's recorded scaling factor: unit-std latents
+  data.latent_channels = 2                   # digits_autoencoder.py's latents, stated so that the network builds
+  data.latent_factor = 2                     # without the workdir (checked against it when it is there)
 
   model = config.model
   model.sigma_data = 1.0                     # the scaled latents' std
