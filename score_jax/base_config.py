@@ -28,8 +28,10 @@ def get_config():
   training.ssm_projection = "rademacher"    # ssm objective: rademacher | gaussian projections
   training.reconstruction_loss = "mse"      # autoencoder objective: mse | l1, per pixel value (no GAN, no LPIPS)
   training.kl_weight = 1e-3                 # autoencoder objective: weight of KL(q(z | x) || N(0, I)) per pixel value
-  training.consistency_schedule = "ict"     # consistency_training: discretisation 10 -> 1280 levels over training
-  training.consistency_loss = "pseudo_huber"  # consistency_training distance: pseudo_huber | l2
+  training.consistency_schedule = "ict"     # consistency_training: ict (10 -> 1280 levels over training) | ect (r(t))
+  training.consistency_loss = ""            # consistency distance: pseudo_huber | l2; "": l2 for distillation, else pseudo_huber
+  training.consistency_target_ema = 0.0     # consistency_distillation: target EMA mu (0: current weights; 0.95 ImageNet)
+  training.init_from_teacher = True         # consistency_distillation: start from the teacher's weights when they fit
   training.init_workdir = ""                # start from the EMA weights of this trained run (ECT's tuning); "": none
   training.teacher_workdir = ""             # consistency_distillation, reflow, scm (then distillation): the teacher's workdir
   training.teacher_solver = "heun"          # consistency_distillation, reflow: the teacher's ODE step, euler | heun
@@ -217,6 +219,7 @@ def add_sampler_options(sampling):
   # Fast samplers (sampling.method ddim | dpm_solver | heun | adaptive_sde); unset = the method's default.
   sampling.steps = placeholder(int)         # time steps (ddim 50, dpm_solver 20, heun 18, consistency 1)
   sampling.consistency_times = ()           # consistency: the steps - 1 intermediate times; (): a log-SNR grid
+  sampling.consistency_grid = placeholder(int)  # consistency: snap those to this many Karras levels (unset: CD's teacher_steps)
   sampling.order = placeholder(int)         # dpm_solver order: 1, 2, 3 (multistep) or 1, 2 (singlestep)
   sampling.solver_type = placeholder(str)   # dpm_solver: multistep | singlestep
   sampling.schedule = placeholder(str)      # time grid: logsnr | time_uniform | time_quadratic

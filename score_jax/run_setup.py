@@ -65,6 +65,8 @@ def prepare_config(config):
   config.model.parameterization = objectives.trained_parameterization(config.training.objective,
                                                                       config.model.parameterization)
   latent_data.resolve_latent_shape(config)  # a latent run's network input follows its autoencoder
+  if config.sampling.consistency_grid is None and config.training.objective == "consistency_distillation":
+    config.sampling.consistency_grid = config.training.teacher_steps  # multistep times on its training grid
   check_config(config)
   return config
 
@@ -214,12 +216,14 @@ class RunSetup:
 
   def initial_params(self):
     """The EMA parameters of the newest checkpoint of `training.init_workdir` (ECT's consistency tuning starts
-    from a trained diffusion model), checked against this config's network; None without one.
+    from a trained diffusion model), or of the run the objective starts from (`Objective.start_from`: consistency
+    distillation's teacher), checked against this config's network; None without one.
 
     Raises:
-      ValueError: the workdir has no config.json or checkpoint, or its network differs from this one.
+      ValueError: the workdir has no config.json or checkpoint, or its network differs from this one (a teacher
+        chosen by default is then passed over, in one log line).
     """
-    workdir = self.config.training.init_workdir
+    workdir, key = self.objective.start_from(self.config)
     if not workdir:
       return None
     _, variables, step = trained_model.load_model(workdir)
@@ -228,9 +232,13 @@ class RunSetup:
     shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)  # noqa: E731
     if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(expected) or \
         shapes(params) != shapes(expected):
-      raise ValueError(f"training.init_workdir={workdir!r}: its network's parameters differ from this config's "
-                       "(model.name, nf, ch_mult, num_res_blocks, ... and a learned schedule must match)")
-    logging.info("Starting from the EMA parameters of step %d of %s (training.init_workdir)", step, workdir)
+      message = (f"{key}={workdir!r}: its network's parameters differ from this config's "
+                 "(model.name, nf, ch_mult, num_res_blocks, ... and a learned schedule must match)")
+      if key != "training.init_workdir":
+        logging.info("Starting from random weights: %s", message)
+        return None
+      raise ValueError(message)
+    logging.info("Starting from the EMA parameters of step %d of %s (%s)", step, workdir, key)
     return params
 
   def scale_batch(self, batch):

@@ -61,3 +61,27 @@ def test_the_default_grid_is_the_interior_of_the_log_snr_grid():
   full = np.asarray(sampling.get_timesteps(VP, "logsnr", 4, 1e-3))
   np.testing.assert_allclose(times, full[1:-1])
   assert sampling.config_key("times") == "consistency_times" and "consistency" in sampling.FAMILIES
+
+
+def test_with_a_training_grid_the_times_lie_on_its_levels():
+  """`grid`: the log-SNR times moved to the nearest interior level of Karras's rho = 7 grid of that many levels
+  between sigma(eps) and sigma(T) (consistency distillation's training grid, written out here); a distillation
+  config gets its `training.teacher_steps` by default (measured before: sigma 1.26 for 2 steps, off the grid)."""
+  from score_jax import run_setup
+  from tests.helpers import tiny_toy_config
+
+  sigma_min, sigma_max = (float(VP.noise_level(jnp.float32(t))) for t in (1e-3, 1.0))
+  levels = (sigma_min ** (1 / 7) + np.arange(18) / 17 * (sigma_max ** (1 / 7) - sigma_min ** (1 / 7))) ** 7
+  for steps in (2, 4):
+    times = sampling.ConsistencySampler(steps=steps, grid=18).intermediate_times(VP)
+    sigmas = np.asarray(VP.noise_level(times))
+    off = np.abs(np.log(sigmas)[:, None] - np.log(levels[1:-1])[None]).min(axis=1)
+    assert off.max() < 1e-4, (sigmas, off)
+    logsnr = np.asarray(VP.noise_level(sampling.get_timesteps(VP, "logsnr", steps, 1e-3)[1:-1]))
+    nearest = levels[1:-1][np.abs(np.log(logsnr)[:, None] - np.log(levels[1:-1])[None]).argmin(axis=1)]
+    np.testing.assert_allclose(sigmas, nearest, rtol=1e-4)
+  config = run_setup.prepare_config(tiny_toy_config(**{"training.objective": "consistency_distillation",
+                                                       "training.teacher_workdir": "unused"}))
+  assert config.sampling.consistency_grid == config.training.teacher_steps == 18
+  with pytest.raises(ValueError, match=r"grid=2 \(sampling.consistency_grid\)"):
+    sampling.ConsistencySampler(steps=2, grid=2).check()

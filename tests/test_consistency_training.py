@@ -141,9 +141,12 @@ def test_teacher_steps_are_ddim_and_heun_steps():
 
 
 def test_consistency_distillation_learns_the_flow_map_from_an_exact_teacher():
-  """A student distilled from the exact Gaussian denoiser (Heun steps) on 1-D N(1.5, 0.5^2): one-step samples
-  have the data's mean and std."""
+  """A student distilled from the exact Gaussian denoiser (Heun steps) on 1-D N(1.5, 0.5^2) with the squared l2
+  distance: one-step samples have the data's mean and std. The student starts from random weights (the exact
+  teacher has none), so its target is an EMA (mu = 0.95, the paper's setting for such a start; measured: mean /
+  std 1.494 / 0.528 at 2000 steps; mu = 0 from random weights: 1.28 / 0.47 after 5000)."""
   config = tiny_toy_config(**{"training.objective": "consistency_distillation", "training.n_iters": 2000,
+                              "training.consistency_target_ema": 0.95,
                               "training.teacher_workdir": "unused", "data.dim": 1, "model.nf": 64,
                               "model.num_res_blocks": 2, "model.embedding_dim": 32})
   config = run_setup.prepare_config(config)
@@ -258,17 +261,21 @@ def _objective_loss(objective, model, sde, x, draws, params, inputs):
   return np.asarray(objective.loss(call, jnp.asarray(x, jnp.float32), draws, inputs).per_example)
 
 
-@pytest.mark.parametrize("solver,distance", [("heun", "pseudo_huber"), ("euler", "l2")])
-def test_consistency_distillation_loss_by_hand(solver, distance):
+@pytest.mark.parametrize("solver,distance,target_ema", [("heun", "pseudo_huber", 0.95), ("euler", "", 0.0)])
+def test_consistency_distillation_loss_by_hand(solver, distance, target_ema):
   """One consistency-distillation loss in float64 numpy (Song et al. 2023, Algorithm 2) against the objective's to
   float32 rounding (measured: 1.2e-5 relative, the round trips sigma -> t -> sigma of the VP SDE): on the 6-level Karras grid the interval n = floor(u N), x at sigma_n+1 from the data, the exact
   Gaussian teacher's Euler / Heun step down to sigma_n in x / m, the student's f there against its EMA target's f
   at the teacher's point. The weighting is lambda(t_n) = 1 (the paper's choice in all its experiments), not
-  improved consistency training's 1 / (sigma_n+1 - sigma_n)."""
+  improved consistency training's 1 / (sigma_n+1 - sigma_n). The distance is by default the squared l2 (averaged
+  over the dimensions), and with mu = 0 (the default) the target is the student itself, not the state's copy."""
   objective, model, sde, draws, p = _consistency_problem(
       "consistency_distillation", **{"training.teacher_workdir": "unused", "training.teacher_steps": 6,
-                                     "training.teacher_solver": solver, "training.consistency_loss": distance})
+                                     "training.teacher_solver": solver, "training.consistency_loss": distance,
+                                     "training.consistency_target_ema": target_ema})
   student, target = {"w": 0.9, "b": 0.3}, {"w": 0.7, "b": -0.2}
+  assert (objective.init_state(student) is None) == (target_ema == 0.0)
+  aimed = target if target_ema else student
   n = 5
   index = np.minimum(np.floor(p["time"] * n).astype(int), n - 1)
   sigma, sigma_next = p["karras"](index, n), p["karras"](index + 1, n)
@@ -284,7 +291,7 @@ def test_consistency_distillation_loss_by_hand(solver, distance):
   if solver == "heun":
     stepped = x_hat + 0.5 * h * (slope + (stepped - teacher(stepped, sigma)) / sigma[:, None])
   prediction = p["consistency_fn"](student, noisy, sigma_next)
-  aim = p["consistency_fn"](target, m * stepped, sigma)
+  aim = p["consistency_fn"](aimed, m * stepped, sigma)
   expected = (p["pseudo_huber"](prediction, aim) if distance == "pseudo_huber"
               else np.mean((prediction - aim) ** 2, axis=-1))
   inputs = {"step": jnp.int32(0), "target": {key: jnp.float32(value) for key, value in target.items()}, "teacher": {}}
@@ -292,6 +299,8 @@ def test_consistency_distillation_loss_by_hand(solver, distance):
   assert len(set(index)) >= 4  # several intervals
   np.testing.assert_allclose(loss, expected, rtol=5e-5, atol=1e-6)
   assert np.abs(loss - expected / (sigma_next - sigma)).max() > 1e-2  # and not iCT's weighting
+  if not distance:  # the default distance: squared, not iCT's pseudo-Huber
+    assert np.abs(loss - p["pseudo_huber"](prediction, aim)).max() > 1e-3
 
 
 def test_consistency_training_loss_by_hand():
@@ -316,3 +325,94 @@ def test_consistency_training_loss_by_hand():
   loss = _objective_loss(objective, model, sde, p["x"], draws, params, {"step": jnp.int32(150)})
   assert len(set(index)) >= 4
   np.testing.assert_allclose(loss, expected, rtol=5e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ ECT and the recipes
+
+def test_the_ect_mapping_is_the_papers_at_chosen_points():
+  """r(t) = max(t (1 - 2^-(s+1) (1 + 8 / (1 + e^t))), 0) (Geng et al. 2024; locuslab/ect's `t_to_r_sigmoid`
+  with q = 2, k = 8, b = 1) written out at chosen t and stages, and the 8 equal stages of training."""
+  t = np.array([0.01, 0.3, 1.0, 2.5, 10.0])
+  for stage in (0, 2, 7):
+    expected = np.maximum(t * (1 - 2.0 ** -(stage + 1) * (1 + 8 / (1 + np.exp(t)))), 0.0)
+    np.testing.assert_allclose(consistency.ect_r(jnp.asarray(t, jnp.float32), stage), expected, rtol=1e-5,
+                               atol=1e-7)
+  np.testing.assert_allclose(consistency.ect_r(jnp.float32(1.0), 0), 0.0)  # stage 0: 1 - (1 + 8 / (1 + e)) / 2 < 0
+  assert [int(consistency.ect_stage(k, 8000)) for k in (0, 999, 1000, 3500, 7999, 9000)] == [0, 0, 1, 3, 7, 7]
+
+
+def test_ect_loss_by_hand():
+  """One ECT loss in float64 numpy against the objective's, at train step 150 of 800 (stage 1): t from the
+  log-normal ln t ~ N(-1.1, 2^2) truncated to [sigma_min, sigma_max] (scipy's inverse CDF), r(t), f at t against
+  f at r along the same noise or the data itself where r <= sigma_min, pseudo-Huber weighted by 1 / (t - r)."""
+  from scipy import special
+
+  objective, model, sde, draws, p = _consistency_problem("consistency_training", **{
+      "training.n_iters": 800, "training.consistency_schedule": "ect"})
+  params, stage = {"w": 0.9, "b": 0.3}, 1
+  low, high = (special.ndtr((np.log(s) + 1.1) / 2.0) for s in (p["sigma_min"], p["sigma_max"]))
+  t = np.exp(-1.1 + 2.0 * special.ndtri(low + p["time"] * (high - low)))
+  r = np.maximum(t * (1 - 2.0 ** -(stage + 1) * (1 + 8 / (1 + np.exp(t)))), 0.0)
+  on_data = r <= p["sigma_min"]
+  assert 2 <= on_data.sum() <= 6  # both kinds of target
+
+  def f(level):
+    return p["consistency_fn"](params, p["mean_scale"](level)[:, None] * (p["x"] + level[:, None] * p["noise"]), level)
+
+  target = np.where(on_data[:, None], p["x"], f(np.maximum(r, p["sigma_min"])))
+  expected = p["pseudo_huber"](f(t), target) / (t - r)
+  loss = _objective_loss(objective, model, sde, p["x"], draws, params, {"step": jnp.int32(150)})
+  np.testing.assert_allclose(loss, expected, rtol=2e-4, atol=1e-6)
+
+
+def _saved_run(path, seed, **values):
+  """A tiny run of `values` saved in `path` (an EMA that differs from the raw weights); its EMA parameters."""
+  from score_jax import checkpoint
+
+  config = tiny_toy_config(**values)
+  state = run_setup.RunSetup(config).initial_state(jax.random.key(seed))
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
+  checkpoint.save(checkpoint.get_manager(str(path / checkpoint.SNAPSHOT_DIR)), 40, state)
+  (path / "config.json").write_text(config.to_json_best_effort())
+  return state.ema_params
+
+
+def test_consistency_distillation_starts_from_its_teachers_weights(tmp_path):
+  """An EDM-preconditioned teacher of the same network and sigma_data starts the student (its EMA weights); a VP
+  score teacher (the `reference` parameterization) or another sigma_data does not (random weights), and such a
+  run given as `training.init_workdir` of a consistency objective is refused in one line."""
+  edm = _saved_run(tmp_path / "edm", 5, **{"training.objective": "edm", "model.parameterization": "edm"})
+  _saved_run(tmp_path / "vp", 6, **{"training.objective": "dsm"})
+  student = {"training.objective": "consistency_distillation", "training.teacher_workdir": str(tmp_path / "edm")}
+
+  def start(**values):
+    return jax.tree.leaves(run_setup.RunSetup(tiny_toy_config(**{**student, **values})).init_state().params)
+
+  for got, want in zip(start(), jax.tree.leaves(edm)):
+    np.testing.assert_array_equal(got, want)
+  for values in ({"model.sigma_data": 1.15}, {"training.teacher_workdir": str(tmp_path / "vp")},
+                 {"training.init_from_teacher": False}):
+    assert not np.array_equal(start(**values)[0], jax.tree.leaves(edm)[0]), values
+  for objective in ("consistency_distillation", "consistency_training"):
+    with pytest.raises(ValueError, match=r"training.init_workdir=.*cannot start a consistency function: its "
+                                         r"model.parameterization='reference'"):
+      start(**{"training.objective": objective, "training.init_workdir": str(tmp_path / "vp")})
+
+
+def test_the_recipes_settings_are_checked_in_one_line():
+  """CD's distance defaults to the squared l2, iCT / ECT's to pseudo-Huber; a target EMA outside [0, 1) and an
+  unknown schedule are one-line errors naming the key."""
+  def objective(**values):
+    config = tiny_toy_config(**values)
+    return objectives.get_objective(config, sde_lib.get_sde(config)[0], models.get_model(config))
+
+  assert objective(**{"training.objective": "consistency_distillation",
+                      "training.teacher_workdir": "unused"}).distance == "l2"
+  assert objective(**{"training.objective": "consistency_training"}).distance == "pseudo_huber"
+  assert objective(**{"training.objective": "consistency_training",
+                      "training.consistency_schedule": "ect"}).schedule == "ect"
+  with pytest.raises(ValueError, match=r"training.consistency_target_ema=1.0 must lie in \[0, 1\)"):
+    objective(**{"training.objective": "consistency_distillation", "training.teacher_workdir": "unused",
+                 "training.consistency_target_ema": 1.0})
+  with pytest.raises(ValueError, match="training.consistency_schedule='ctm' is not valid; choose one of: ect, ict"):
+    objective(**{"training.objective": "consistency_training", "training.consistency_schedule": "ctm"})

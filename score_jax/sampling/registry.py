@@ -48,7 +48,8 @@ def default_class_labels(num_classes, batch_size):
 
 
 # Option name -> its `config.sampling` key, where the reference named it otherwise.
-CONFIG_KEYS = {"n_steps": "n_steps_each", "denoise": "noise_removal", "times": "consistency_times"}
+CONFIG_KEYS = {"n_steps": "n_steps_each", "denoise": "noise_removal", "times": "consistency_times",
+               "grid": "consistency_grid"}
 
 
 def config_key(option):
