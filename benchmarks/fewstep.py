@@ -1,15 +1,16 @@
 """Few-step generation on the checkerboard: the fraction of samples on the board against the step count.
 
     python benchmarks/fewstep.py [--steps 1,2,4,8,16] [--out_dir benchmarks/results/fewstep] [--train_steps 6000]
-                                 [--dry_run]
+                                 [--models edm,ect_tuned,...] [--dry_run]
 
 Trains (through main.py; a finished run is reused) the toy quickstart (configs/toy/checkerboard.py: VP SDE,
 denoising score matching), configs/fewstep/checkerboard_rf.py (the same network and recipe on the linear
 path x(t) = (1 - t) x(0) + t z, regressing the velocity) and its reflow (configs/fewstep/checkerboard_reflow.py,
-1500 steps from the flow model's weights on its ODE's pairs), configs/fewstep/checkerboard_ect.py (the same
-network trained by consistency training), configs/fewstep/checkerboard_edm.py (EDM's objective) and the
-consistency config again tuned from that EDM model (`training.init_workdir`), configs/fewstep/checkerboard_cd.py
-(distilled from the VP model, `training.teacher_workdir`), configs/fewstep/checkerboard_scm.py (continuous-time
+1500 steps from the flow model's weights on its ODE's pairs), configs/fewstep/checkerboard_ect.py with iCT's
+schedule from random weights, configs/fewstep/checkerboard_edm.py (EDM's objective) and ECT tuned from that EDM
+model (configs/fewstep/checkerboard_ect.py, `training.init_workdir`), configs/fewstep/checkerboard_cd.py
+(distilled from the EDM model and started from its weights, `training.teacher_workdir`),
+configs/fewstep/checkerboard_scm.py (continuous-time
 consistency training, in float32 and in bfloat16) and the same distilled (sCD) from
 configs/fewstep/checkerboard_trigflow.py, then draws 4096 samples of each (the EDM and TrigFlow teachers with
 DPM-Solver++ at 5 / 10 / 20 and Heun at 35 evaluations): the diffusion and flow models
@@ -18,7 +19,9 @@ equal time steps and on the log-SNR grid, and with DPM-Solver++ (3M); the consis
 consistency sampling at 1, 2 and 4 steps; for reference the VP model with PC at 1000 steps. Prints the
 table, writes `fewstep.json` (with each model's training wall time, `train_seconds`, from the run's
 `benchmark_seconds.json`: the first complete training, through main.py) and `fewstep.png` (the samples at 1,
-2, 4 and 8 steps). `--dry_run`: every model and sampler of the table on tiny networks trained 2 steps (in this
+2, 4 and 8 steps). `--models`: train and measure only these rows (and the runs they start from), replacing their
+rows in an existing `fewstep.json` and keeping the others; the picture then goes to `fewstep_<models>.png`.
+`--dry_run`: every model and sampler of the table on tiny networks trained 2 steps (in this
 process), 64 samples, the first step count of each sampler: the plumbing on a CPU (tests/test_benchmarks.py).
 """
 
@@ -43,10 +46,11 @@ MODELS = {"vp_dsm": ("configs/toy/checkerboard.py", {}, {}),
           "reflow": ("configs/fewstep/checkerboard_reflow.py",
                      {"training.teacher_workdir": "rectified_flow", "training.init_workdir": "rectified_flow"},
                      {"training.n_iters": 1500}),
-          "consistency_training": ("configs/fewstep/checkerboard_ect.py", {}, {}),
+          "consistency_training": ("configs/fewstep/checkerboard_ect.py", {},
+                                   {"training.consistency_schedule": "ict", "training.init_workdir": ""}),
           "edm": ("configs/fewstep/checkerboard_edm.py", {}, {}),
           "ect_tuned": ("configs/fewstep/checkerboard_ect.py", {"training.init_workdir": "edm"}, {}),
-          "consistency_distillation": ("configs/fewstep/checkerboard_cd.py", {"training.teacher_workdir": "vp_dsm"}, {}),
+          "consistency_distillation": ("configs/fewstep/checkerboard_cd.py", {"training.teacher_workdir": "edm"}, {}),
           "scm": ("configs/fewstep/checkerboard_scm.py", {}, {}),
           "scm_bf16": ("configs/fewstep/checkerboard_scm.py", {}, {"model.dtype": "bfloat16"}),
           "trigflow": ("configs/fewstep/checkerboard_trigflow.py", {}, {}),
@@ -76,18 +80,30 @@ def main(argv=None):
   parser.add_argument("--train_steps", type=int, default=6000)
   parser.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results" / "fewstep"))
   parser.add_argument("--workdir", default=str(ROOT / "runs" / "benchmark_fewstep"))
+  parser.add_argument("--models", default="", help="comma-separated rows of MODELS to measure; empty: all")
   parser.add_argument("--dry_run", action="store_true", help="tiny networks, 2 training steps, 64 samples")
   args = parser.parse_args(argv)
   steps = [int(s) for s in args.steps.split(",")]
   num_samples = 64 if args.dry_run else NUM_SAMPLES
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  chosen = [name for name in args.models.split(",") if name]
+  unknown = sorted(set(chosen) - set(MODELS))
+  if unknown:
+    raise ValueError(f"--models: {unknown} are not rows; choose from {', '.join(MODELS)}")
+  chosen = [name for name in MODELS if name in chosen] or list(MODELS)
+  kept = []
+  if len(chosen) < len(MODELS) and (out_dir / "fewstep.json").exists():
+    kept = [row for row in json.loads((out_dir / "fewstep.json").read_text()) if row["model"] not in chosen]
   rows, pictures = [], {}
-  for name, (config_path, workdirs, values) in MODELS.items():
+  for name in needed(chosen):
+    config_path, workdirs, values = MODELS[name]
     workdir = pathlib.Path(args.workdir) / name
     others = {key: pathlib.Path(args.workdir) / value for key, value in workdirs.items()}
     seconds = train(config_path, workdir, {"training.n_iters": args.train_steps, **values, **others,
                                            **(DRY_RUN if args.dry_run else {})}, in_process=args.dry_run)
+    if name not in chosen:  # a run that a chosen row starts from or learns from: trained, not measured
+      continue
     config = trained_model.run_config(str(workdir))
     model, variables, step = trained_model.load_model(str(workdir))
     if name in CONSISTENCY_MODELS:
@@ -111,13 +127,30 @@ def main(argv=None):
       fraction, nfe, _ = on_board(config, model, variables, "pc", num_samples)
       rows.append({"model": name, "sampler": "pc", "schedule": "-", "steps": 1000, "nfe": nfe, "on_board": fraction,
                    "train_steps": step, "train_seconds": seconds})
-    (out_dir / "fewstep.json").write_text(json.dumps(rows, indent=1))
+    (out_dir / "fewstep.json").write_text(json.dumps(in_table_order(kept + rows), indent=1))
   print(f"{'model':<22}{'sampler':<12}{'schedule':<14}{'steps':>6}{'NFE':>6}{'on board':>10}")
   for row in rows:
     print(f"{row['model']:<22}{row['sampler']:<12}{row['schedule']:<14}{row['steps']:>6}{row['nfe']:>6}"
           f"{row['on_board']:>10.4f}")
-  plot(pictures, out_dir / "fewstep.png")
-  print(f"wrote {out_dir / 'fewstep.json'} and {out_dir / 'fewstep.png'}")
+  picture = out_dir / ("fewstep.png" if len(chosen) == len(MODELS) else f"fewstep_{'_'.join(chosen)}.png")
+  plot(pictures, picture)
+  print(f"wrote {out_dir / 'fewstep.json'} and {picture}")
+
+
+def needed(chosen):
+  """The rows of `chosen` and, before them, the runs they name in their workdirs (a teacher, a start), in
+  MODELS order."""
+  names = set(chosen)
+  for name in reversed(list(MODELS)):
+    if name in names:
+      names.update(MODELS[name][1].values())
+  return [name for name in MODELS if name in names]
+
+
+def in_table_order(rows):
+  """`rows` sorted by their model's place in MODELS (each model's rows in the order they came)."""
+  order = list(MODELS)
+  return sorted(rows, key=lambda row: order.index(row["model"]) if row["model"] in order else len(order))
 
 
 def plot(pictures, path):

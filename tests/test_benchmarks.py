@@ -67,6 +67,12 @@ def test_fewstep_dry_run_writes_every_model_and_sampler(tmp_path):
   for row in rows:
     assert 0.0 <= row["on_board"] <= 1.0 and row["nfe"] > 0 and row["train_steps"] == 2 and row["train_seconds"] > 0
   assert (tmp_path / "out" / "fewstep.png").exists()
+  (tmp_path / "out" / "fewstep.png").unlink()
+  again = _dry_run("fewstep", tmp_path, "--models", "consistency_distillation")  # its runs reused, others kept
+  assert [r["model"] for r in again] == [r["model"] for r in rows]
+  assert (tmp_path / "out" / "fewstep_consistency_distillation.png").exists()
+  assert not (tmp_path / "out" / "fewstep.png").exists()
+  assert fewstep.needed(["consistency_distillation"]) == ["edm", "consistency_distillation"]
 
 
 def test_fewstep_digits_dry_run_writes_every_model(tmp_path):
