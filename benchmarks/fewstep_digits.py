@@ -3,7 +3,7 @@ sCM against their EDM teacher at 35 evaluations, and what each costs to train (2
 
     python benchmarks/fewstep_digits.py [--teacher_steps 1500] [--student_steps 1000] [--num_samples 500]
                                         [--out_dir benchmarks/results/fewstep_digits] [--workdir runs/benchmark_fewstep_digits]
-                                        [--dry_run]
+                                        [--models consistency_distillation,ect_tuned] [--dry_run]
 
 Trains through main.py (a finished run is reused; its training time is kept in the run's
 `benchmark_seconds.json`): the EDM teacher (configs/edm/digits.py), consistency distillation from it
@@ -13,6 +13,8 @@ Trains through main.py (a finished run is reused; its training time is kept in t
 models at 1 and 2 steps) and measures the Fréchet distance in the digits classifier's features
 (`score_jax.metrics.digits`, not FID) to the 297 held-out digits. Prints the table, writes
 `fewstep_digits.json` and `fewstep_digits.png` (an 8 x 8 grid of each model at 1 step and the teacher).
+`--models`: train and measure only these rows (and the teacher), replacing their rows in an existing
+`fewstep_digits.json` and keeping the others; the picture then goes to `fewstep_digits_<models>.png`.
 `--dry_run`: every model and sampler on tiny networks trained 2 steps (in this process), 64 samples, the teacher
 sampled in 2 steps: the plumbing on a CPU (tests/test_benchmarks.py).
 """
@@ -64,17 +66,27 @@ def main(argv=None):
   parser.add_argument("--num_samples", type=int, default=500)
   parser.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results" / "fewstep_digits"))
   parser.add_argument("--workdir", default=str(ROOT / "runs" / "benchmark_fewstep_digits"))
+  parser.add_argument("--models", default="", help="comma-separated rows of MODELS to measure; empty: all")
   parser.add_argument("--dry_run", action="store_true", help="tiny networks, 2 training steps, 64 samples")
   args = parser.parse_args(argv)
   if args.dry_run:
     args.num_samples = 64  # the figure's 8 x 8 grid
   out_dir = pathlib.Path(args.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  chosen = [name for name in args.models.split(",") if name]
+  unknown = sorted(set(chosen) - set(MODELS))
+  if unknown:
+    raise ValueError(f"--models: {unknown} are not rows; choose from {', '.join(MODELS)}")
+  chosen = [name for name in MODELS if name in chosen or MODELS[name][2]] if chosen else list(MODELS)
+  kept = []
+  if len(chosen) < len(MODELS) and (out_dir / "fewstep_digits.json").exists():
+    kept = [row for row in json.loads((out_dir / "fewstep_digits.json").read_text()) if row["model"] not in chosen]
   images, _ = toy_data.load_digits(16)
   held_out = images[toy_data.DIGITS_TRAIN_SIZE:]
   features_fn = digits_metrics.digits_features_fn()
   rows, pictures = [], {}
-  for name, (config_path, workdirs, teacher) in MODELS.items():
+  for name in chosen:
+    config_path, workdirs, teacher = MODELS[name]
     workdir = pathlib.Path(args.workdir) / name
     steps = args.teacher_steps if teacher else args.student_steps
     overrides = {"training.n_iters": steps, "training.snapshot_freq": steps,
@@ -95,17 +107,21 @@ def main(argv=None):
       if nfe == 1 or method == "heun":
         pictures[name] = samples[:64]
       print(f"  {name} {method} {nfe} NFE: FD {fd:.2f}", file=sys.stderr, flush=True)
-    (out_dir / "fewstep_digits.json").write_text(json.dumps(rows, indent=1))
+    (out_dir / "fewstep_digits.json").write_text(json.dumps(kept + rows, indent=1))
   teacher_fd = next(r["digits_fd"] for r in rows if r["model"] == "edm_teacher" and r["sampler"] == "heun")
-  for row in rows:
+  for row in kept + rows:
     row["fd_over_teacher"] = row["digits_fd"] / teacher_fd
-  (out_dir / "fewstep_digits.json").write_text(json.dumps(rows, indent=1))
+  order = list(MODELS)
+  (out_dir / "fewstep_digits.json").write_text(json.dumps(
+      sorted(kept + rows, key=lambda row: order.index(row["model"])), indent=1))
   print(f"{'model':<26}{'sampler':<12}{'NFE':>5}{'FD':>9}{'/ teacher':>11}{'train s':>9}{'ms/step':>9}")
   for row in rows:
     print(f"{row['model']:<26}{row['sampler']:<12}{row['nfe']:>5}{row['digits_fd']:>9.2f}{row['fd_over_teacher']:>11.2f}"
           f"{row['train_seconds']:>9.0f}{row['train_ms_per_step']:>9.0f}")
-  plot(pictures, out_dir / "fewstep_digits.png")
-  print(f"wrote {out_dir / 'fewstep_digits.json'} and {out_dir / 'fewstep_digits.png'}")
+  picture = out_dir / ("fewstep_digits.png" if len(chosen) == len(MODELS) else
+                        f"fewstep_digits_{'_'.join(chosen)}.png")
+  plot(pictures, picture)
+  print(f"wrote {out_dir / 'fewstep_digits.json'} and {picture}")
 
 
 def plot(pictures, path):
