@@ -31,7 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.plots import image_grid  # noqa: E402
+from benchmarks.plots import save_image_panels  # noqa: E402
 from benchmarks.trained_runs import DRY_RUN_TRAINING, train  # noqa: E402
 from score_jax import datasets, sampling, sde as sde_lib, toy_data, trained_model  # noqa: E402
 from score_jax.metrics import digits as digits_metrics  # noqa: E402
@@ -128,23 +128,13 @@ def main(argv=None):
 
 
 def plot(pictures, rows, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   best = {}
   for row in rows:  # each model and guidance at its best weight
     key = (row["model"], row["guidance"])
     if key not in best or row["digits_fd"] < best[key]["digits_fd"]:
       best[key] = row
-  fig, axes = plt.subplots(1, len(best), figsize=(2.6 * len(best), 3.0))
-  for ax, ((name, guidance), row) in zip(np.atleast_1d(axes), best.items()):
-    samples = pictures[(name, guidance, row["w"])]
-    ax.imshow(image_grid(samples), cmap="gray", vmin=0, vmax=1)
-    ax.set_title(f"{name}\n{guidance} w={row['w']:g}: FD {row['digits_fd']:.1f}", fontsize=7)
-    ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save_image_panels(path, [(f"{name}\n{guidance} w={row['w']:g}: FD {row['digits_fd']:.1f}",
+                            pictures[(name, guidance, row["w"])]) for (name, guidance), row in best.items()])
 
 
 if __name__ == "__main__":
