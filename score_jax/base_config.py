@@ -21,7 +21,7 @@ def get_config():
   training.sde = "vesde"                    # vpsde | subvpsde | vesde | learned_vpsde (VDM) | rectified_flow | cosine
   training.continuous = True                # continuous-time DSM loss (False: SMLD/DDPM discrete losses)
   training.likelihood_weighting = False     # weight the DSM loss by g(t)^2 (Song et al. 2021b)
-  training.objective = "dsm"                # dsm | edm | vdm | ssm | consistency_training | consistency_distillation | scm | reflow | autoencoder
+  training.objective = "dsm"                # dsm | edm | vdm | ssm | consistency_training | consistency_distillation | scm | meanflow | reflow | autoencoder
   training.importance_sampling = False      # importance-sampled t for likelihood_weighting (Song et al. 2021b)
   training.edm_p_mean = -1.2                # edm objective: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022)
   training.edm_p_std = 1.2
@@ -37,6 +37,11 @@ def get_config():
   training.teacher_solver = "heun"          # consistency_distillation, reflow: the teacher's ODE step, euler | heun
   training.teacher_steps = 18               # the teacher's grid: distillation's levels, reflow's ODE (Karras rho = 7)
   training.scm_warmup_steps = 10000         # scm: steps over which the tangent's second term ramps up (Lu & Song 2025)
+  training.meanflow_form = "original"       # meanflow: original | improved (the jvp's tangent: the model's own velocity)
+  training.meanflow_r_equals_t = 0.75       # meanflow: share of examples with r = t; logit(t) ~ N(edm_p_mean, edm_p_std^2)
+  training.meanflow_weight_power = 1.0      # meanflow: p of the adaptive weighting loss / sg(loss + 0.01)^p
+  training.meanflow_guidance_scale = 0.0    # meanflow: classifier-free guidance w folded into the target (conditional)
+  training.meanflow_guidance_mix = 0.0      # meanflow: kappa, the model's own conditional velocity's share of the target
   training.loss_weighting = "none"          # none | uncertainty: the learned per-noise-level weighting L / exp(u) + u
   training.class_dropout = 0.0              # class-conditional models: probability of the null class (CFG: 0.1-0.2)
   training.ema_snapshot_freq = 50000               # model.ema_type=power: steps between stored EMA snapshots
@@ -58,7 +63,7 @@ def get_config():
   training.step_loop = "auto"               # auto | scan | dispatch: how a block of n_jitted_steps runs
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "pc"                    # pc | ode | ddim | dpm_solver | heun | adaptive_sde | consistency
+  sampling.method = "pc"                    # pc | ode | ddim | dpm_solver | heun | adaptive_sde | consistency | flow_map
   sampling.predictor = "reverse_diffusion"  # euler_maruyama | reverse_diffusion | ancestral_sampling | none
   sampling.corrector = "langevin"           # langevin | ald | none
   sampling.n_steps_each = 1                 # corrector steps per predictor step
@@ -127,7 +132,7 @@ def get_config():
   model.beta_max = 20.0
   model.dropout = 0.1                       # dropout inside residual blocks
   model.scale_by_sigma = True               # divide the output by sigma (VE; reference parameterization)
-  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | flow | edm
+  model.parameterization = "reference"      # what the network predicts: reference | eps | x0 | v | flow | average_velocity | edm
   model.sigma_data = 0.5                    # data std of the edm parameterization (Karras et al. 2022)
   model.gamma_min = -13.3                   # learned_vpsde: initial gamma(0) = -log SNR(0) (Kingma et al. 2021)
   model.gamma_max = 5.0                     # learned_vpsde: initial gamma(1)

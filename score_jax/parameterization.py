@@ -16,6 +16,8 @@ the score: D = (x + std^2 s) / m, s = (m D - x) / std^2. Conventions (`model.par
   Ho 2022), on inputs scaled to unit-variance-ish x / sqrt(m^2 + std^2), with the reference labels.
 * `flow`: the network predicts the path's velocity dx(t)/dt = m' x(0) + std' z (z - x(0) on the linear
   path; the conditional flow-matching target, Lipman et al. 2023), on the scaled inputs of `eps`.
+* `average_velocity`: `flow` with a second time r: the network predicts the average velocity over [r, t] (a flow
+  map; MeanFlow, Geng et al. 2025), the velocity at r = t.
 * `edm`: Karras et al. 2022, Table 1: D = c_skip x_hat + c_out F(c_in x_hat; c_noise) on
   x_hat = x / m at noise level sigma = std / m, c_noise = log(sigma) / 4.
 
@@ -134,6 +136,7 @@ class ScoreFunction:
   score: Callable
   denoiser: Optional[Callable] = None
   network_evaluations: int = 1
+  average_velocity: Optional[Callable] = None  # u(x, r, t) of a flow map (`AverageVelocity`); None: a one-time model
 
   def __call__(self, x, t):
     return self.score(x, t)
@@ -144,6 +147,21 @@ def denoiser_of(score_fn, sde):
   if isinstance(score_fn, ScoreFunction) and score_fn.denoiser is not None:
     return score_fn.denoiser
   return tweedie_denoiser(score_fn, sde)
+
+
+def average_velocity_of(score_fn, sde):
+  """`u_fn(x, r, t)`: a flow map's average velocity over [r, t] (`ScoreFunction.average_velocity`), else the
+  probability-flow ODE's velocity f - g^2 s / 2 at t (Song et al. 2021, Eq. (13)), which u(x, t, t) equals: a jump
+  from t to r is then an Euler step."""
+  if isinstance(score_fn, ScoreFunction) and score_fn.average_velocity is not None:
+    return score_fn.average_velocity
+
+  def velocity_fn(x, r, t):
+    del r
+    drift, diffusion = sde.sde(x, t)
+    return drift - batch_mul(0.5 * diffusion**2, score_fn(x, t))
+
+  return velocity_fn
 
 
 def network_evaluations_of(score_fn):
@@ -162,6 +180,7 @@ class Parameterization(abc.ABC):
 
   dtype: str = "float32"  # compute dtype of the network
   denoises: ClassVar[bool] = True  # gives D(x, t) (False: `autoencoder`, whose network encodes and decodes)
+  two_time: ClassVar[bool] = False  # the network also takes a second time r (`AverageVelocity`: a flow map)
 
   @classmethod
   def from_config(cls, config, network=None):
@@ -336,6 +355,33 @@ class Flow(_Scaled):
     return batch_mul(1.0 / std, batch_mul(std_rate, x) - batch_mul(det, denoised))
 
 
+@dataclasses.dataclass(frozen=True)
+class AverageVelocity(Flow):
+  """A flow map (MeanFlow, Geng et al. 2025): the network also takes a second time r <= t and predicts the average
+  velocity u(x, r, t) = (x(t) - x(r)) / (t - r) of the probability-flow ODE over [r, t], so x(r) = x(t) - (t - r) u
+  in one evaluation (`sampling.method = "flow_map"`). At r = t, u is the velocity: this is `flow` (its inputs, its
+  output's meaning, its denoiser and target), and the network's one-time calls are those at r = t.
+
+  The network's time label is t itself (MeanFlow's; not `flow`'s 999 t): the objective follows the total derivative
+  du/dt through the network (`objectives.meanflow`), and a label that moves 999 per unit of t makes it, and with it
+  the target, some 100 times larger than u on a toy network, which then does not learn r (measured on 1-D Gaussian
+  data; the reason TrigFlow feeds its angle). The second time enters as the label gap t - r (zero at r = t), which
+  every network family embeds beside t, zero-initialised (`networks.layers.add_interval_embedding`): `two_time`
+  tells `models.ScoreModel` to create that embedding."""
+
+  two_time: ClassVar[bool] = True
+  time_scale: ClassVar[float] = 1.0  # labels = time_scale * t
+
+  def network_inputs(self, sde, x, t, continuous):
+    return batch_mul(1.0 / coefficients(sde, t)[2], x), self.time_scale * t
+
+  def apply_two_time_network(self, network_fn, sde, x, r, t, continuous):
+    """u(x, r, t): `network_fn(x_in, labels, interval_labels)` on the inputs at t and the gap to the labels at r."""
+    x_in, labels = self.network_inputs(sde, x, t, continuous)
+    interval_labels = labels - self.network_inputs(sde, x, r, continuous)[1]
+    return network_fn(x_in.astype(self.dtype), labels, interval_labels).astype(jnp.float32)
+
+
 def _scaled_input_options(config, network):
   """What EDM's and TrigFlow's input scaling read: the dtype, `model.sigma_data`, and whether the network embeds
   the log of its noise label (NCSN++'s Fourier features)."""
@@ -441,7 +487,8 @@ class Autoencoder(Parameterization):
 
 
 PARAMETERIZATIONS = {"reference": Reference, "eps": Epsilon, "x0": Data, "v": Velocity, "flow": Flow,
-                     "trigflow": TrigFlow, "edm": EDM, "consistency": Consistency, "autoencoder": Autoencoder}
+                     "average_velocity": AverageVelocity, "trigflow": TrigFlow, "edm": EDM, "consistency": Consistency,
+                     "autoencoder": Autoencoder}
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -76,10 +76,10 @@ def gaussian_denoiser(sde, mu=1.5, scale=0.5):
   return denoise
 
 
-def train_on_gaussian(config, objective, steps, ema_decay=None):
-  """`steps` of Adam (1e-3) on batches of 256 from 1-D N(1.5, 0.5^2) with `objective`, its state advanced after
-  each step as the train step does; returns the variables (raw parameters), their EMA (None without
-  `ema_decay`) and the objective's state."""
+def train_on_gaussian(config, objective, steps, ema_decay=None, dim=1):
+  """`steps` of Adam (1e-3) on batches of 256 from 1-D N(1.5, 0.5^2) (`dim`-D N(1.5, 0.5^2 I)) with `objective`,
+  its state advanced after each step as the train step does; returns the variables (raw parameters), their EMA
+  (None without `ema_decay`) and the objective's state."""
   loss_fn = objectives.get_loss_fn(objective, train=True)
   variables = models.init_model(jax.random.key(0), config)
   optimizer = optax.adam(1e-3)
@@ -88,7 +88,7 @@ def train_on_gaussian(config, objective, steps, ema_decay=None):
   @jax.jit
   def step(params, opt_state, state, ema, rng, k):
     data_key, loss_key = jax.random.split(rng)
-    batch = 1.5 + 0.5 * jax.random.normal(data_key, (256, 1))
+    batch = 1.5 + 0.5 * jax.random.normal(data_key, (256, dim))
     inputs = {"step": k, **(state or {}), **frozen}
     grads = jax.grad(lambda p: loss_fn(loss_key, {**variables, "params": p}, batch, inputs).loss)(params)
     updates, opt_state = optimizer.update(grads, opt_state)

@@ -70,14 +70,20 @@ class ScoreModel(nn.Module):
     if self.repa_projector is not None:
       self.repa_head = RepaProjector(*self.repa_projector, name="repa_projector")
 
-  def __call__(self, x, labels, train=False, class_labels=None):
+  def __call__(self, x, labels, train=False, class_labels=None, interval_labels=None):
+    if self.parameterization.two_time and interval_labels is None:  # a flow map called at r = t: the velocity
+      interval_labels = jnp.zeros(labels.shape, jnp.float32)
+    if interval_labels is not None and not self.parameterization.two_time:
+      raise ValueError("a second time (interval_labels) needs a two-time model (model.parameterization="
+                       "'average_velocity', which training.objective='meanflow' trains)")
     if self.learned_weighting and self.is_initializing():  # its parameters are created with the network's
       self.log_variance(jnp.ones(x.shape[:1], jnp.float32))
     if self.repa_projector is not None and self.is_initializing():
       self.repa_projection(jnp.zeros((1, 1, self.network.hidden_size), jnp.float32))
-    if class_labels is None:  # every network, class-conditional ones given the null class
-      return self.network(x, labels, train=train)
-    return self.network(x, labels, train=train, class_labels=class_labels)
+    conditioning = {} if class_labels is None else {"class_labels": class_labels}  # None: every network, the
+    if interval_labels is not None:                                                # null class of conditional ones
+      conditioning["interval_labels"] = interval_labels
+    return self.network(x, labels, train=train, **conditioning)
 
   def network_method(self, name, *args):
     """The network's own method `name` on `args` (an autoencoder's `encode` / `decode`), in this module's scope."""
@@ -120,9 +126,10 @@ def get_network_fn(model, variables, *, train=False, rng=None, class_labels=None
   """
   conditioning = {} if class_labels is None else {"class_labels": class_labels}  # any network takes none
 
-  def network_fn(x, labels):
+  def network_fn(x, labels, interval_labels=None):
     rngs = {"dropout": rng} if train and rng is not None else {}
-    return model.apply(variables, x, labels, train=train, rngs=rngs, **conditioning)
+    second = {} if interval_labels is None else {"interval_labels": interval_labels}  # a flow map's second time
+    return model.apply(variables, x, labels, train=train, rngs=rngs, **conditioning, **second)
   return network_fn
 
 
@@ -139,8 +146,9 @@ def guided_network_fn(model, variables, class_labels, guidance_scale, *, train=F
   network_fn = get_network_fn(model, variables, train=train, rng=rng,
                               class_labels=jnp.concatenate([batch_labels, null]))
 
-  def guided_fn(x, labels, active):
-    both = network_fn(jnp.concatenate([x, x]), jnp.concatenate([labels, labels]))
+  def guided_fn(x, labels, active, interval_labels=None):
+    twice = None if interval_labels is None else jnp.concatenate([interval_labels, interval_labels])
+    both = network_fn(jnp.concatenate([x, x]), jnp.concatenate([labels, labels]), twice)
     conditional, unconditional = jnp.split(both, 2)
     weight = jnp.where(active, guidance_scale, 0.0).astype(both.dtype)
     return conditional + batch_mul(weight, conditional - unconditional)
@@ -260,8 +268,44 @@ def get_score_fn(sde, model, variables, *, train=False, continuous=True, rng=Non
                   guide=guide)
   score = _get_output_fn(sde, model, variables, train, continuous, rng, lambda p, *args: p.score(*args), **guidance)
   denoiser = get_denoiser_fn(sde, model, variables, train=train, continuous=continuous, rng=rng, **guidance)
+  average_velocity = None  # a flow map's u(x, r, t) (`sampling.method = "flow_map"`)
+  if parameterization_of(model).two_time and guide is None:
+    average_velocity = get_average_velocity_fn(sde, model, variables, train=train, continuous=continuous, rng=rng,
+                                               class_labels=class_labels, guidance_scale=guidance_scale,
+                                               guidance_interval=guidance_interval)
   # A guided evaluation is one network call on twice the batch: two network evaluations per sample.
-  return parameterization_lib.ScoreFunction(score, denoiser, network_evaluations=2 if guidance_scale else 1)
+  return parameterization_lib.ScoreFunction(score, denoiser, network_evaluations=2 if guidance_scale else 1,
+                                            average_velocity=average_velocity)
+
+
+def get_average_velocity_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None,
+                            guidance_scale=0.0, guidance_interval=None):
+  """Returns `u_fn(x, r, t) -> the average velocity shaped like x` of a flow map (`model.parameterization =
+  "average_velocity"`): (x(t) - x(r)) / (t - r) along the probability-flow ODE as the model predicts it, so
+  x(r) = x - (t - r) u; at r = t the velocity. Same arguments as `get_score_fn` (classifier-free guidance mixes
+  the conditional and null predictions of u, (1 + w) u(x, r, t, c) - w u(x, r, t, null), where the noise level at
+  t lies in `guidance_interval`; autoguidance is not defined for flow maps).
+
+  Raises:
+    ValueError: the model is not a two-time model, or the guidance does not fit it (before any compile).
+  """
+  parameterization = parameterization_of(model)
+  if not parameterization.two_time:
+    raise ValueError("an average velocity u(x, r, t) needs a flow map: model.parameterization='average_velocity' "
+                     f"(training.objective='meanflow'), not {type(parameterization).__name__}")
+  check_guidance(model, class_labels, guidance_scale, guidance_interval)
+  sde = sde.bind(variables)
+  if guidance_scale:
+    guided_fn = guided_network_fn(model, variables, class_labels, guidance_scale, train=train, rng=rng)
+
+    def u_fn(x, r, t):
+      active = _in_interval(sde, t, guidance_interval)
+      network_fn = lambda x_in, labels, gap: guided_fn(x_in, labels, active, gap)  # noqa: E731
+      return parameterization.apply_two_time_network(network_fn, sde, x, r, t, continuous)
+
+    return u_fn
+  network_fn = get_network_fn(model, variables, train=train, rng=rng, class_labels=class_labels)
+  return lambda x, r, t: parameterization.apply_two_time_network(network_fn, sde, x, r, t, continuous)
 
 
 def get_output_fn(sde, model, variables, *, train=False, continuous=True, rng=None, class_labels=None):

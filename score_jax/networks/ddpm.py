@@ -31,14 +31,16 @@ class DDPM(nn.Module):
     block_cls = layers.rematerialized(layers.ResnetBlockDDPM) if self.remat else layers.ResnetBlockDDPM
     return block_cls(act=layers.get_act(self.nonlinearity), out_ch=out_ch, dropout=self.dropout, dtype=self.dtype)
 
-  def _embed(self, labels, class_labels):
+  def _embed(self, labels, class_labels, interval_labels=None):
     if not self.conditional:
-      return layers.add_class_embedding(None, class_labels, self.num_classes)
+      return layers.add_interval_embedding(layers.add_class_embedding(None, class_labels, self.num_classes),
+                                           interval_labels)
     act = layers.get_act(self.nonlinearity)
     temb = layers.get_timestep_embedding(labels, self.nf)
     temb = layers.dense(4 * self.nf, self.dtype)(temb)  # the embedding itself is float32
     temb = layers.dense(4 * self.nf, self.dtype)(act(temb))
-    return layers.add_class_embedding(temb, class_labels, self.num_classes)
+    temb = layers.add_class_embedding(temb, class_labels, self.num_classes)
+    return layers.add_interval_embedding(temb, interval_labels, self.dtype)  # a flow map's second time
 
   def _encode(self, x, temb, train):
     hs = [layers.conv3x3(self.nf, dtype=self.dtype)(x)]
@@ -66,8 +68,8 @@ class DDPM(nn.Module):
     return h
 
   @nn.compact
-  def __call__(self, x, labels, train=False, class_labels=None):
-    temb = self._embed(labels, class_labels)
+  def __call__(self, x, labels, train=False, class_labels=None, interval_labels=None):
+    temb = self._embed(labels, class_labels, interval_labels)
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
     h = layers.AttnBlock(dtype=self.dtype)(h)

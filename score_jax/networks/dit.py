@@ -176,16 +176,17 @@ class DiT(nn.Module):
   remat: bool = False
   dtype: Any = None
 
-  def _conditioning(self, labels, class_labels):
-    """c = MLP(sinusoids(labels)) + class embedding: `(B, D)`."""
+  def _conditioning(self, labels, class_labels, interval_labels=None):
+    """c = MLP(sinusoids(labels)) + class embedding (+ a flow map's second time): `(B, D)`."""
     normal = nn.initializers.normal(0.02)
     c = timestep_embedding(labels, FREQUENCY_CHANNELS, self.time_freq_shift)
     c = _dense(self.hidden_size, self.dtype, "time_embed_0", normal)(c)
     c = _dense(self.hidden_size, self.dtype, "time_embed_1", normal)(nn.silu(c))
-    return layers.add_class_embedding(c, class_labels, self.num_classes, stddev=0.02)
+    c = layers.add_class_embedding(c, class_labels, self.num_classes, stddev=0.02)
+    return layers.add_interval_embedding(c, interval_labels, self.dtype)
 
   @nn.compact
-  def __call__(self, x, labels, train=False, class_labels=None):
+  def __call__(self, x, labels, train=False, class_labels=None, interval_labels=None):
     del train  # DiT has no dropout
     batch, height, width, channels = x.shape
     p = self.patch_size
@@ -197,7 +198,7 @@ class DiT(nn.Module):
     grid = tokens.shape[1:3]
     tokens = tokens.reshape(batch, -1, self.hidden_size)
     tokens = tokens + position_embedding(self.hidden_size, *grid).astype(tokens.dtype)
-    c = self._conditioning(labels, class_labels)
+    c = self._conditioning(labels, class_labels, interval_labels)
     block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
     for index in range(self.depth):
       tokens = block_cls(self.num_heads, self.mlp_ratio, self.attention, self.attention_block, self.mlp_norm_eps,

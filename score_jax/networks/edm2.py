@@ -184,18 +184,19 @@ class EDM2UNet(nn.Module):
     block_cls = layers.rematerialized(Block) if self.remat else Block
     return block_cls(out_channels, flavor, dropout=self.dropout, dtype=self.dtype, **options)
 
-  def _embedding(self, labels, class_labels, batch):
+  def _embedding(self, labels, class_labels, batch, interval_labels=None):
     emb_channels = self.nf * max(self.ch_mult)
     emb = MPConv(emb_channels, 0, name="emb_noise")(fourier_features(labels, self.nf))
     if self.num_classes:
       classes = jnp.full((batch,), self.num_classes) if class_labels is None else jnp.asarray(class_labels)
       one_hot = jax.nn.one_hot(classes, self.num_classes) * math.sqrt(self.num_classes)  # the null class: zeros
       emb = mp_sum(emb, MPConv(emb_channels, 0, name="emb_label")(one_hot), self.label_balance)
-    return mp_silu(emb)
+    # A flow map's second time: added (zero at initialisation), not blended, so a fresh two-time network is this one.
+    return mp_silu(layers.add_interval_embedding(emb, interval_labels))
 
   @nn.compact
-  def __call__(self, x, labels, train=False, class_labels=None):
-    emb = self._embedding(labels, class_labels, x.shape[0])
+  def __call__(self, x, labels, train=False, class_labels=None, interval_labels=None):
+    emb = self._embedding(labels, class_labels, x.shape[0], interval_labels)
     out_channels = x.shape[-1]
     x = jnp.concatenate([x, jnp.ones_like(x[..., :1])], axis=-1)
     skips = []

@@ -121,6 +121,29 @@ def add_class_embedding(temb, class_labels, num_classes, stddev=1.0):
   return temb + table(jnp.asarray(class_labels, jnp.int32)).astype(temb.dtype)
 
 
+def add_interval_embedding(temb, interval_labels, dtype=None):
+  """`temb + E(interval_labels)` for a two-time network (a flow map u(x, r, t): `training.objective = "meanflow"`),
+  else `temb` (`interval_labels=None`: a one-time network, whose parameters have no such embedding).
+
+  `interval_labels` `(B,)` are the second time as the gap labels(t) - labels(r) between the labels of t and r (zero
+  at r = t; `parameterization.AverageVelocity`), embedded beside the network's own time embedding as sinusoids and
+  two dense layers, the parameters `interval_embed_0` and `interval_embed_1` of the calling network (float32, like
+  the time embedding). The last layer starts at zero (weights and bias), so a fresh two-time network computes what
+  the one-time network of the same other weights computes, for any r: a flow-matching model's weights start a
+  flow map. Every network family calls this one function where it adds the class embedding.
+  """
+  if interval_labels is None:
+    return temb
+  if temb is None:
+    raise ValueError("a second time (a flow map's r) needs a noise-conditional network (model.conditional=True)")
+  features = temb.shape[-1]
+  embedding = get_timestep_embedding(jnp.asarray(interval_labels, jnp.float32), features)
+  embedding = nn.Dense(features, dtype=dtype, name="interval_embed_0")(embedding)
+  embedding = nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.zeros, name="interval_embed_1")(
+      nn.swish(embedding))
+  return temb + embedding.astype(temb.dtype)
+
+
 def group_norm(channels, num_groups=None, dtype=None):
   """GroupNorm with epsilon 1e-6 (statistics in float32); `num_groups=None` is NCSN++'s `min(C // 4, 32)`."""
   return nn.GroupNorm(num_groups=num_groups or min(channels // 4, 32), epsilon=1e-6, dtype=dtype)

@@ -15,7 +15,8 @@ class MLPScoreModel(nn.Module):
 
   `embedding_type='fourier'` embeds log(label) (continuous VE: the label is sigma);
   `'positional'` embeds the label itself (t * 999 for VP, an index for discrete models). With
-  `num_classes`, the `(B,)` int `class_labels` (None: the null class) add a learned embedding.
+  `num_classes`, the `(B,)` int `class_labels` (None: the null class) add a learned embedding; `interval_labels`
+  `(B,)`, a flow map's second time (`layers.add_interval_embedding`), another.
   """
 
   hidden: int = 128
@@ -38,7 +39,7 @@ class MLPScoreModel(nn.Module):
                            axis=-1)
 
   @nn.compact
-  def __call__(self, x, labels, train=False, class_labels=None):
+  def __call__(self, x, labels, train=False, class_labels=None, interval_labels=None):
     if self.embedding_type == "fourier":
       temb = layers.GaussianFourierProjection(self.embedding_dim // 2, self.fourier_scale)(jnp.log(labels))
     else:
@@ -46,6 +47,7 @@ class MLPScoreModel(nn.Module):
     dense = lambda features, **kwargs: nn.Dense(features, dtype=self.dtype, **kwargs)
     temb = dense(self.hidden)(nn.swish(dense(self.hidden)(temb)))  # the embedding itself is float32
     temb = layers.add_class_embedding(temb, class_labels, self.num_classes)
+    temb = layers.add_interval_embedding(temb, interval_labels, self.dtype)  # a flow map's second time
     h = dense(self.hidden)(self._input_features(x))
     for _ in range(self.num_layers):
       residual = dense(self.hidden)(nn.swish(h)) + temb

@@ -69,18 +69,20 @@ class NCSNpp(nn.Module):
   def _merge(self, a, b):
     return (a + b) / math.sqrt(2.0) if self.skip_rescale else a + b
 
-  def _embed(self, labels, class_labels):
+  def _embed(self, labels, class_labels, interval_labels=None):
     """Time (and class) embedding (B, 4nf), or None for an unconditional network."""
     if self.embedding_type == "fourier":
       temb = layers.GaussianFourierProjection(self.nf, self.fourier_scale)(jnp.log(labels))
     else:
       temb = layers.get_timestep_embedding(labels, self.nf)
     if not self.conditional:
-      return layers.add_class_embedding(None, class_labels, self.num_classes)
+      return layers.add_interval_embedding(layers.add_class_embedding(None, class_labels, self.num_classes),
+                                           interval_labels)
     act = layers.get_act(self.nonlinearity)
     temb = layers.dense(4 * self.nf, self.dtype)(temb)  # the embedding itself is float32
     temb = layers.dense(4 * self.nf, self.dtype)(act(temb))
-    return layers.add_class_embedding(temb, class_labels, self.num_classes)
+    temb = layers.add_class_embedding(temb, class_labels, self.num_classes)
+    return layers.add_interval_embedding(temb, interval_labels, self.dtype)  # a flow map's second time
 
   def _encode(self, x, temb, train):
     """Encoder; returns the skip stack (its last entry feeds the middle block)."""
@@ -149,14 +151,14 @@ class NCSNpp(nn.Module):
     return self._output_head(h, num_channels)
 
   @nn.compact
-  def __call__(self, x, labels, train=False, class_labels=None):
+  def __call__(self, x, labels, train=False, class_labels=None, interval_labels=None):
     for key, value, choices in [("progressive", self.progressive, _PROGRESSIVE),
                                 ("progressive_input", self.progressive_input, _PROGRESSIVE_INPUT),
                                 ("resblock_type", self.resblock_type, _RESBLOCKS),
                                 ("embedding_type", self.embedding_type, _EMBEDDINGS)]:
       if value not in choices:
         raise choice_error(f"model.{key}", value, choices)
-    temb = self._embed(labels, class_labels)
+    temb = self._embed(labels, class_labels, interval_labels)
     hs = self._encode(x, temb, train)
     h = self._resnet_block()(hs[-1], temb, train)
     h = self._attn_block()(h)

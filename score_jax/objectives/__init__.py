@@ -7,6 +7,7 @@
   ssm.py       sliced score matching (Song et al. 2019)
   consistency.py  improved consistency training (Song & Dhariwal 2024) and consistency distillation (Song et al. 2023)
   scm.py       continuous-time consistency training and distillation on TrigFlow's path (Lu & Song 2025)
+  meanflow.py  MeanFlow's average-velocity objective for flow maps, and its improved form (Geng et al. 2025)
   reflow.py    rectified flow's reflow: flow matching on a teacher's (noise, sample) pairs (Liu et al. 2023)
   autoencoder.py  a KL-regularised autoencoder (reconstruction + KL; Rombach et al. 2022), for latent diffusion
   uncertainty.py  the learned per-noise-level loss weighting (`training.loss_weighting`, Karras et al. 2024)
@@ -20,8 +21,8 @@ package, `register_objective(name)(cls)`).
 """
 
 from score_jax import sde as sde_lib
-from score_jax.objectives import (autoencoder, consistency, discrete, dsm, edm, reflow, scm, ssm, uncertainty,
-                                  vdm)
+from score_jax.objectives import (autoencoder, consistency, discrete, dsm, edm, meanflow, reflow, scm, ssm,
+                                  uncertainty, vdm)
 from score_jax.objectives.base import (PURPOSES, LossConfig, LossOutput, ModelCall, Objective, pixel_levels,
                                        purpose_keys)
 from score_jax.objectives.loss import drop_labels, get_loss_fn, split_batch
@@ -35,6 +36,7 @@ OBJECTIVES = {
     "consistency_training": consistency.ConsistencyTraining,
     "consistency_distillation": consistency.ConsistencyDistillation,
     "scm": scm.SCM,
+    "meanflow": meanflow.MeanFlow,
     "reflow": reflow.Reflow,
     "autoencoder": autoencoder.Autoencoder,
     "smld": discrete.SMLD,   # training.continuous=False on the VE SDE

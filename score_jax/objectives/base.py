@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from score_jax import elbo
 from score_jax.base_config import BASE
-from score_jax.models import get_denoiser_fn, get_model_fn, get_output_fn, get_score_fn
+from score_jax.models import (get_average_velocity_fn, get_denoiser_fn, get_model_fn, get_output_fn,
+                              get_score_fn)
 from score_jax.objectives.repa import RepaConfig
 from score_jax.rng import PURPOSES, per_example, purpose_keys  # noqa: F401 -- the purposes, named here too
 
@@ -106,6 +107,10 @@ class ModelCall:
 
   def output_fn(self):
     return get_output_fn(self.sde, self.model, self.variables, **self._options())
+
+  def average_velocity_fn(self):
+    """`u_fn(x, r, t)`: a flow map's average velocity over [r, t] (`models.get_average_velocity_fn`)."""
+    return get_average_velocity_fn(self.sde, self.model, self.variables, **self._options())
 
   def log_variance(self, noise_levels):
     """u(sigma), `(B,)`: the model's learned log-variance of the loss at `noise_levels` (`training.loss_weighting

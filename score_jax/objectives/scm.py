@@ -41,6 +41,14 @@ def velocity_tangent(velocity_fn, x, t, dx_dt):
   return jax.jvp(velocity_fn, (x, t), (dx_dt, jnp.ones_like(t)))
 
 
+def refuse_cudnn_attention(model, objective):
+  """Raises a `ValueError` for a network with cuDNN's attention, which `jax.jvp` cannot go through (before any
+  compile); `objective` names the `training.objective` that takes the jvp."""
+  if getattr(getattr(model, "network", model), "attention", None) == "cudnn":
+    raise ValueError(f"training.objective={objective!r} takes jax.jvp through the network, which cuDNN's attention "
+                     "(model.attention='cudnn', reverse-mode only) refuses: use 'xla' or 'chunked'")
+
+
 def consistency_tangent(velocity, velocity_rate, x, t, dx_dt, warmup=1.0):
   """g = cos(theta) df/dtheta in angle units from the velocity v = dx/dt predicted at (x, t), its total derivative
   `velocity_rate` along the ODE, the ODE's velocity `dx_dt` and the warm-up factor r of the second term; zero
@@ -86,9 +94,7 @@ class SCM(Objective):
                        f"{type(self.sde).__name__}")
     if self.warmup_steps < 0:
       raise ValueError(f"training.scm_warmup_steps={self.warmup_steps} must be >= 0")
-    if getattr(getattr(self.model, "network", self.model), "attention", None) == "cudnn":
-      raise ValueError("training.objective='scm' takes jax.jvp through the network, which cuDNN's attention "
-                       "(model.attention='cudnn', reverse-mode only) refuses: use 'xla' or 'chunked'")
+    refuse_cudnn_attention(self.model, "scm")
 
   def frozen_variables(self):
     return {"teacher": attached_teacher(self).variables} if self.teacher_workdir else {}

@@ -14,6 +14,7 @@ A new family is one module here and one line of `registry.FAMILIES`. Families:
   heun.py              Karras et al. 2022, Algorithms 1 and 2
   adaptive_sde.py      Gotta Go Fast (Jolicoeur-Martineau et al. 2021)
   consistency.py       multistep consistency sampling (Song et al. 2023, Algorithm 1)
+  flow_map.py          a flow map's jumps z_r = z_t - (t - r) u(z_t, r, t) (MeanFlow, Geng et al. 2025)
   schedules.py         time grids; common.py: Sampler, SampleOutput, the prior draw, the data prediction
   registry.py          FAMILIES, SAMPLERS, sample(..., method=...), get_sampling_fn(config, ...)
 """
@@ -25,6 +26,7 @@ from score_jax.sampling.common import SampleOutput, Sampler, count_network_evalu
 from score_jax.sampling.consistency import ConsistencySampler, consistency_sample
 from score_jax.sampling.ddim import DDIMSampler, ddim_sample
 from score_jax.sampling.dpm_solver import DPMSolverSampler, dpm_solver_sample
+from score_jax.sampling.flow_map import FlowMapSampler, flow_map_sample
 from score_jax.sampling.heun import HeunSampler, heun_sample
 from score_jax.sampling.pc import (CORRECTORS, LANGEVIN_NORMS, PREDICTORS, PCSampler, ancestral_sampling_predictor,
                                    annealed_langevin_corrector, euler_maruyama_predictor, langevin_corrector,
@@ -37,11 +39,11 @@ from score_jax.sampling.registry import (CONFIG_KEYS, FAMILIES, SAMPLERS, config
 from score_jax.sampling.schedules import SCHEDULES, get_timesteps
 
 __all__ = ["CONFIG_KEYS", "CORRECTORS", "FAMILIES", "LANGEVIN_NORMS", "PREDICTORS", "SAMPLERS", "SCHEDULES",
-           "AdaptiveSDESampler", "ConsistencySampler", "DDIMSampler", "DPMSolverSampler", "HeunSampler",
-           "ODESampler", "PCSampler", "SampleOutput", "Sampler", "ScoreFunction",
+           "AdaptiveSDESampler", "ConsistencySampler", "DDIMSampler", "DPMSolverSampler", "FlowMapSampler",
+           "HeunSampler", "ODESampler", "PCSampler", "SampleOutput", "Sampler", "ScoreFunction",
            "adaptive_sde_sample", "ancestral_sampling_predictor", "annealed_langevin_corrector", "config_key",
            "config_options", "consistency_sample", "count_network_evaluations", "default_class_labels",
-           "guidance_options", "ddim_sample", "dpm_solver_sample", "euler_maruyama_predictor", "fold_in",
+           "flow_map_sample", "guidance_options", "ddim_sample", "dpm_solver_sample", "euler_maruyama_predictor", "fold_in",
            "gaussian_noise", "get_sampling_fn", "get_seed_sampling_fn", "get_timesteps", "heun_sample",
            "initial_state", "langevin_corrector", "none_corrector", "none_predictor", "ode_sample", "pc_loop",
            "pc_nfe", "pc_sample", "per_sample_keys", "prior_draw", "reverse_diffusion_predictor", "sample"]

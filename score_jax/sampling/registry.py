@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from score_jax import parallel
 from score_jax.models import check_guidance, get_score_fn, num_classes_of
-from score_jax.sampling import adaptive_sde, consistency, ddim, dpm_solver, heun, pc, probability_flow
+from score_jax.sampling import adaptive_sde, consistency, ddim, dpm_solver, flow_map, heun, pc, probability_flow
 from score_jax.sampling.common import SampleOutput, count_network_evaluations, options_of, prior_draw, sample_function
 from score_jax.utils import choice_error
 
@@ -20,6 +20,7 @@ FAMILIES = {
     "heun": heun.HeunSampler,
     "adaptive_sde": adaptive_sde.AdaptiveSDESampler,
     "consistency": consistency.ConsistencySampler,
+    "flow_map": flow_map.FlowMapSampler,
 }
 SAMPLERS = {name: sample_function(family, f"{name}_sample") for name, family in FAMILIES.items()}
 
