@@ -61,6 +61,8 @@ def get_config():
   training.keep_checkpoints = 0             # snapshot checkpoints kept (0 keeps all, as the reference)
   training.eps = 1e-5                       # smallest diffusion time of the loss (the reference's constant)
   training.step_loop = "auto"               # auto | scan | dispatch: how a block of n_jitted_steps runs
+  training.fsdp = 1                         # mesh axis the train state is sharded over (FSDP); 1 = data parallel
+  training.async_checkpoint = False         # write checkpoints in the background (orbax async); the step goes on
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"                    # pc | ode | ddim | dpm_solver | heun | adaptive_sde | consistency | flow_map

@@ -4,6 +4,11 @@ Two directories live in a workdir: `checkpoints/` (snapshots every
 `snapshot_freq`, the ones evaluation reads) and `checkpoints-meta/` (frequent
 preemption checkpoints, keep 2). Orbax writes each step to a temporary
 directory and renames it when complete, so a killed save leaves no half step.
+Arrays are saved sharded as they lie (each process writes its own shards) and restored into the
+shardings of the target, so a checkpoint written on one mesh restores onto another (another device
+count, another `training.fsdp`). An asynchronous manager (`get_manager(..., asynchronous=True)`,
+`training.async_checkpoint`) copies the arrays to host memory when `save` is called and writes them in
+a background thread; the next save, `wait` and the end of training wait for it.
 A state that names its parts (`checkpoint_items()`, e.g. the train state's model, optimizer and
 objective) is stored as one orbax item per part, so that a part can be read alone (`restore_item`: a
 trained model is its `model` item); anything else is stored as one item, `default` (the layout of every
@@ -24,11 +29,22 @@ SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-meta"
 
 
-def get_manager(directory, max_to_keep=None):
-  """A synchronous orbax CheckpointManager over `directory` (created on first save)."""
+def get_manager(directory, max_to_keep=None, asynchronous=False):
+  """An orbax CheckpointManager over `directory` (created on first save); `asynchronous`: `save` returns once
+  the arrays are on the host and the files are written in the background (the step is committed, by a
+  rename, when all are written)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def is_asynchronous(manager):
+  return manager._options.enable_async_checkpointing  # noqa: SLF001 -- orbax keeps its options private
+
+
+def wait(manager):
+  """Waits until `manager`'s pending save (if any) is on disk and committed."""
+  manager.wait_until_finished()
 
 
 class LayoutError(ValueError):
@@ -45,7 +61,8 @@ def _items(state):
 
 
 def save(manager, step, state):
-  """Saves `state` at `step` (a no-op if that step exists) and waits until it is on disk."""
+  """Saves `state` at `step` (a no-op if that step exists) and, unless `manager` is asynchronous, waits until it
+  is on disk (an asynchronous save returns once the arrays are copied to the host: `state` may then change)."""
   if step in manager.all_steps():
     return
   items = _items(state)
@@ -53,6 +70,9 @@ def save(manager, step, state):
     manager.save(step, args=ocp.args.StandardSave(items[LEGACY_ITEM]))
   else:
     manager.save(step, args=ocp.args.Composite(**{name: ocp.args.StandardSave(item) for name, item in items.items()}))
+  if is_asynchronous(manager):
+    logging.info("Saving checkpoint %s/%d in the background", manager.directory, step)
+    return
   manager.wait_until_finished()
   logging.info("Saved checkpoint %s/%d", manager.directory, step)
 

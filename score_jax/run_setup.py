@@ -85,7 +85,7 @@ class RunSetup:
 
   def __init__(self, config, *, companions=("teacher", "guide", "repa_encoder")):
     self.config = config = prepare_config(config)
-    self.mesh = parallel.make_mesh()
+    self.mesh = parallel.make_mesh(fsdp=config.training.fsdp)  # (data, fsdp); checks training.fsdp
     self.data_shape = get_data_shape(config)  # one example in model space
     self.sde, self.sampling_eps = sde_lib.get_sde(config)
     self.model = get_model(config)
@@ -168,27 +168,37 @@ class RunSetup:
       frozen[repa.ROLE] = self.repa_encoder
     if self.repa_decoder is not None:
       frozen[repa.DECODER_ROLE] = self.repa_decoder
-    return jax.device_put(frozen, parallel.replicated(self.mesh))
+    return jax.device_put(frozen, parallel.fsdp_shardings(self.mesh, frozen))  # sharded like the state
 
   @functools.cached_property
   def _jitted_steps(self):
     base_rng = jax.random.PRNGKey(self.config.seed)
     train_step = get_train_step(self.objective, self.optimizer, ema_rate=self.config.model.ema_rate,
                                 rng=jax.random.fold_in(base_rng, 0), ema_gammas=self.ema_gammas)
-    replicated = parallel.replicated(self.mesh)
+    replicated, state, frozen = parallel.replicated(self.mesh), self.state_shardings, self._frozen_shardings
     if step_loop(self.config, self.data_shape) == "scan":
       multi_step = jax.jit(get_multi_step(train_step), donate_argnums=0,
-                           in_shardings=(replicated, parallel.data_sharded(self.mesh, 1), replicated),
-                           out_shardings=(replicated, replicated))
+                           in_shardings=(state, parallel.data_sharded(self.mesh, 1), frozen),
+                           out_shardings=(state, replicated))
     else:
       single_step = jax.jit(train_step, donate_argnums=0,
-                            in_shardings=(replicated, parallel.data_sharded(self.mesh, 0), replicated),
-                            out_shardings=(replicated, replicated))
+                            in_shardings=(state, parallel.data_sharded(self.mesh, 0), frozen),
+                            out_shardings=(state, replicated))
       multi_step = functools.partial(_dispatch_steps, single_step)
     eval_step = jax.jit(get_eval_step(self.objective, rng=jax.random.fold_in(base_rng, 1)),
-                        in_shardings=(replicated, parallel.data_sharded(self.mesh, 0), replicated),
+                        in_shardings=(state, parallel.data_sharded(self.mesh, 0), frozen),
                         out_shardings=replicated)
     return multi_step, eval_step
+
+  @functools.cached_property
+  def state_shardings(self):
+    """The sharding of each array of the train state on the run's mesh: `parallel.fsdp_shardings` of its
+    shapes (`training.fsdp` = 1: all replicated)."""
+    return parallel.fsdp_shardings(self.mesh, jax.eval_shape(lambda: self.initial_state(jax.random.PRNGKey(0))))
+
+  @functools.cached_property
+  def _frozen_shardings(self):
+    return jax.tree_util.tree_map(lambda x: x.sharding, self._frozen)
 
   def multi_step(self, state, batches):
     """`training.n_jitted_steps` train steps on `batches` (a leading axis of steps): `(state, losses)`."""
@@ -211,7 +221,7 @@ class RunSetup:
   def init_state(self):
     """The state the run starts from: random weights, or those of `training.init_workdir`."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 2)
-    init = jax.jit(self.initial_state, out_shardings=parallel.replicated(self.mesh))
+    init = jax.jit(self.initial_state, out_shardings=self.state_shardings)  # made sharded, never whole
     return init(rng, self.initial_params())
 
   def initial_params(self):

@@ -17,7 +17,10 @@ LATENT_SCALE_BATCHES = 8  # an autoencoder's latent scale: at most this many eva
 
 
 def _snapshot_samples(run, workdir, state, step, reference=None):
-  output = run.sampler(run.config.sampling.batch_size)(jax.random.fold_in(jax.random.PRNGKey(run.config.seed + 2), step), state.variables())
+  variables = state.variables()
+  if parallel.fsdp_size(run.mesh) > 1:  # the sampler is data parallel: the EMA parameters gathered on each device
+    variables = parallel.gather_to_replicated(run.mesh, variables)
+  output = run.sampler(run.config.sampling.batch_size)(jax.random.fold_in(jax.random.PRNGKey(run.config.seed + 2), step), variables)
   output = parallel.gather(output)  # every process takes part; process 0 writes
   if jax.process_index() != 0:
     return None
@@ -34,7 +37,7 @@ def _autoencoder_snapshot(run, workdir, state, step):
   1 / std of the posterior means of the first training examples (`eval_batches(split="train")`, at most
   `LATENT_SCALE_BATCHES` batches: the same examples at every snapshot), recorded for `load_autoencoder(workdir)`;
   with `training.snapshot_sampling`, held-out images (top half of the grid) over their reconstructions."""
-  trained = autoencoder.Autoencoder(run.model.network, jax.device_get(state.variables()), 1.0)
+  trained = autoencoder.Autoencoder(run.model.network, parallel.gather(state.variables()), 1.0)
   batches = itertools.islice(run.dataset.eval_batches(split="train"), LATENT_SCALE_BATCHES)
   scaling_factor = 1.0 / latent_std(trained.encode, [run.scaler(batch) for batch in batches])
   if jax.process_index() != 0:
@@ -72,13 +75,19 @@ def train_and_evaluate(config, workdir):
     elif training.snapshot_sampling:
       _snapshot_samples(run, workdir, state, step, reference)
 
+  managers = [checkpoint.get_manager(os.path.join(workdir, directory), keep, training.async_checkpoint)
+              for directory, keep in ((checkpoint.SNAPSHOT_DIR, training.keep_checkpoints),
+                                      (checkpoint.PREEMPTION_DIR, 2))]
   task = loop.TrainingTask(
       name=f"score model ({config.model.name})",
       cadence=loop.Cadence(n_iters=training.n_iters, block=training.n_jitted_steps, log=training.log_freq,
                            eval=training.eval_freq, snapshot=training.snapshot_freq,
                            preemption=training.snapshot_freq_for_preemption),
       init_state=run.init_state, step_block=step_block,
-      snapshots=checkpoint.get_manager(os.path.join(workdir, checkpoint.SNAPSHOT_DIR), training.keep_checkpoints),
-      preemption=checkpoint.get_manager(os.path.join(workdir, checkpoint.PREEMPTION_DIR), 2),
+      snapshots=managers[0], preemption=managers[1],
       evaluate=lambda state: {"eval_loss": run.eval_loss(state)}, after_block=after_block, on_snapshot=on_snapshot)
-  return loop.run_training(task, workdir)
+  try:
+    return loop.run_training(task, workdir)
+  finally:  # asynchronous saves (training.async_checkpoint) are on disk before the run returns or raises
+    for manager in managers:
+      checkpoint.wait(manager)
