@@ -155,6 +155,13 @@ def _dry_run_single(script, tmp_path):
   return json.loads((tmp_path / "out" / f"{script}.json").read_text())
 
 
+def test_meanflow_dry_run_writes_its_rows_and_the_step_cost(tmp_path):
+  """The checkerboard MeanFlow run (2 steps): a flow-map row with each square's share, and the step-cost ratio."""
+  result = _dry_run_single("meanflow", tmp_path)
+  assert [(row["sampler"], row["steps"], row["nfe"]) for row in result["rows"]] == [("flow_map", 1, 1)]
+  assert len(result["rows"][0]["square_shares"]) == 8 and result["step_cost"]["ratio"] > 0
+
+
 def test_latent_digits_dry_run_decodes_each_snapshot(tmp_path):
   """A tiny own autoencoder (2 steps), then DiT + REPA on its latents (2 steps): each snapshot's samples decoded to
   8x8 digits and measured, beside the autoencoder's floor."""
