@@ -233,7 +233,7 @@ class RunSetup:
       ValueError: the workdir has no config.json or checkpoint, or its network differs from this one (a teacher
         chosen by default is then passed over, in one log line).
     """
-    workdir, key = self.objective.start_from(self.config)
+    workdir, key = self.objective.start_from() or (self.config.training.init_workdir, "training.init_workdir")
     if not workdir:
       return None
     _, variables, step = trained_model.load_model(workdir)

@@ -164,7 +164,7 @@ def test_t_end_is_an_alias_of_eps():
 def test_bad_options_raise_value_errors_listing_choices():
   sde, score_fn, key = VP, lambda x, t: -x, jax.random.key(0)
   run = lambda method, **options: sampling.sample(key, score_fn, sde, (2, 2), method=method, **options)
-  with pytest.raises(ValueError, match="adaptive_sde, consistency, ddim, dpm_solver, heun, ode, pc"):
+  with pytest.raises(ValueError, match="adaptive_sde, consistency, ddim, dpm_solver, flow_map, heun, ode, pc"):
     run("dpm")
   with pytest.raises(ValueError, match=r"\['step'\].*steps"):
     run("ddim", step=3)

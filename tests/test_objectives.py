@@ -442,7 +442,7 @@ def test_bad_objective_settings_name_the_key():
 
   config = training_config("dsm-v")
   config.training.objective = "score_matching"
-  with pytest.raises(ValueError, match="training.objective=.*dsm, edm, reflow, scm, ssm, vdm"):
+  with pytest.raises(ValueError, match="training.objective=.*dsm, edm, meanflow, reflow, scm, ssm, vdm"):
     validate_config(config)
   config = training_config("dsm-v")
   config.training.importance_sampling = True

@@ -58,7 +58,7 @@ def optimal_output(name, sde, x, t, denoised):
     return denoised
   if name == "v":  # v = alpha z - sigma x0 with alpha = m / a, sigma = std / a, z = (x - m x0) / std
     return batch_mul(mean_scale / (a * std), x - batch_mul(mean_scale, denoised)) - batch_mul(std / a, denoised)
-  if name in ("flow", "trigflow"):  # F = m' D + std' z, z = (x - m D) / std
+  if name in ("flow", "trigflow", "average_velocity"):  # F = m' D + std' z, z = (x - m D) / std (u at r = t)
     m_rate, std_rate = marginal_rates(sde, t)
     noise = batch_mul(1.0 / std, x - batch_mul(mean_scale, denoised))
     return batch_mul(m_rate, denoised) + batch_mul(std_rate, noise)
@@ -187,7 +187,7 @@ def test_compute_dtype_is_applied_at_the_boundary():
 
 def test_unknown_parameterization_or_dtype_names_the_key():
   with pytest.raises(ValueError,
-                     match="model.parameterization=.*choose one of: autoencoder, consistency, edm, eps, flow, reference, trigflow, v, x0"):
+                     match="model.parameterization=.*choose one of: autoencoder, average_velocity, consistency, edm, eps, flow, reference, trigflow, v, x0"):
     models.get_model(tiny_mlp_config("score"))
   with pytest.raises(ValueError, match="model.dtype"):
     models.get_model(tiny_mlp_config("eps", dtype="int8"))

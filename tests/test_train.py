@@ -205,7 +205,7 @@ def test_posthoc_ema_through_main_reproduces_a_tracked_width(uninterrupted_80):
      "training.sde='linear' is not valid; choose one of: cosine, learned_vpsde, rectified_flow, subvpsde, vesde, "
      "vpsde"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.training.nonexistent=1"],
-     "--config.training.nonexistent: config.training has no key 'nonexistent'; choose one of: batch_size,"),
+     "--config.training.nonexistent: config.training has no key 'nonexistent'; choose one of: async_checkpoint, batch_size,"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir=/proc/x"], "--workdir=/proc/x cannot be created"),
     (["--config=tests/configs/tiny_checkerboard.py", "--workdir={tmp}", "--config.optim.lr=-1"],
      "optim.lr=-1.0 must be > 0"),
@@ -238,7 +238,7 @@ def test_main_reports_bad_invocations_in_one_line(tmp_path, args, message):
     ("training.eps", 0.0, "training.eps=0.0 must lie in (0, 1)"),
     ("sampling.snr", -0.1, "sampling.snr=-0.1 must be >= 0"),
     ("model.parameterization", "score",
-     "model.parameterization='score' is not valid; choose one of: autoencoder, consistency, edm, eps, flow,"),
+     "model.parameterization='score' is not valid; choose one of: autoencoder, average_velocity, consistency, edm, eps, flow,"),
     ("model.dtype", "int8", "model.dtype='int8' is not valid"),
 ])
 def test_validate_config_names_the_bad_key(key, value, message):

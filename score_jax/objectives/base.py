@@ -179,10 +179,10 @@ class Objective:
     """`{role: variables}` of the frozen companions the step needs (a teacher's); empty for most objectives."""
     return {}
 
-  def start_from(self, config):
+  def start_from(self):
     """`(workdir, key)`: the trained run whose EMA weights the run starts from ("" for random weights) and the
-    config key that names it: `training.init_workdir` unless the objective says otherwise."""
-    return config.training.init_workdir, "training.init_workdir"
+    config key that names it; None: `training.init_workdir`, as for most objectives."""
+    return None
 
   def init_state(self, params):
     """The objective's own checkpointed state, from the initial parameters; None when it has none."""

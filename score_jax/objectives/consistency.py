@@ -69,29 +69,44 @@ def truncated_log_normal(uniform, sigma_min, sigma_max):
   return jnp.exp(P_MEAN + P_STD * jax.scipy.special.ndtri(low + uniform * (high - low)))
 
 
-def start_mismatch(source_config, config):
-  """Why the weights of the run of `source_config` cannot start the consistency function of `config` (one
-  phrase), or "" when they can: the source must have EDM's preconditioning (`edm` or `consistency`: the
-  consistency function's c_in, c_noise and, up to sigma_min, c_skip and c_out are EDM's), the same
-  `model.sigma_data` and the same path; the network's shapes are checked when the weights are read."""
+@dataclasses.dataclass(frozen=True)
+class StartingPoint:
+  """What decides the run a consistency objective may start from: `training.init_workdir` and the settings that
+  run must share with this one (read once, with the objective's other options)."""
+
+  init_workdir: str = ""
+  sigma_data: float = 0.5
+  sde: str = "vesde"
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(init_workdir=config.training.init_workdir, sigma_data=float(config.model.sigma_data),
+               sde=config.training.sde)
+
+
+def start_mismatch(source_config, start):
+  """Why the weights of the run of `source_config` cannot start the consistency function of a run whose
+  `StartingPoint` is `start` (one phrase), or "" when they can: the source must have EDM's preconditioning (`edm`
+  or `consistency`: the consistency function's c_in, c_noise and, up to sigma_min, c_skip and c_out are EDM's),
+  the same `model.sigma_data` and the same path; the network's shapes are checked when the weights are read."""
   theirs = source_config.model.parameterization
   if theirs not in START_PARAMETERIZATIONS:
     return (f"its model.parameterization={theirs!r} is not EDM's preconditioning (one of "
             f"{', '.join(START_PARAMETERIZATIONS)})")
-  if float(source_config.model.sigma_data) != float(config.model.sigma_data):
-    return f"its model.sigma_data={source_config.model.sigma_data} is not this run's {config.model.sigma_data}"
-  if source_config.training.sde != config.training.sde:
-    return f"its training.sde={source_config.training.sde!r} is not this run's {config.training.sde!r}"
+  if float(source_config.model.sigma_data) != start.sigma_data:
+    return f"its model.sigma_data={source_config.model.sigma_data} is not this run's {start.sigma_data}"
+  if source_config.training.sde != start.sde:
+    return f"its training.sde={source_config.training.sde!r} is not this run's {start.sde!r}"
   return ""
 
 
-def consistency_start(config):
+def consistency_start(start):
   """`(training.init_workdir, its key)`, refused in one line when that run cannot start a consistency function."""
   from score_jax import trained_model  # noqa: PLC0415 (trained_model builds objectives)
 
-  workdir = config.training.init_workdir
+  workdir = start.init_workdir
   if workdir:
-    reason = start_mismatch(trained_model.run_config(workdir), config)
+    reason = start_mismatch(trained_model.run_config(workdir), start)
     if reason:
       raise ValueError(f"training.init_workdir={workdir!r} cannot start a consistency function: {reason}")
   return workdir, "training.init_workdir"
@@ -129,6 +144,7 @@ class ConsistencyTraining(Objective):
   schedule: str = "ict"         # `training.consistency_schedule`: ict (the discretisation curriculum) | ect
   distance: str = "pseudo_huber"  # `training.consistency_loss`: pseudo_huber | l2 ("" = pseudo_huber)
   total_steps: int = 1          # `training.n_iters`: the run's length (the curriculum's stages)
+  start: StartingPoint = StartingPoint()  # `training.init_workdir` and what it must share with this run
 
   parameterization: ClassVar[str] = "consistency"
   refines: ClassVar[tuple] = ("reference", "edm")
@@ -137,7 +153,7 @@ class ConsistencyTraining(Objective):
   def options(cls, config):
     return dict(schedule=config.training.consistency_schedule,
                 distance=distance_of(config.training.consistency_loss, "pseudo_huber"),
-                total_steps=config.training.n_iters)
+                total_steps=config.training.n_iters, start=StartingPoint.from_config(config))
 
   def check(self):
     if self.schedule not in SCHEDULES:
@@ -145,8 +161,8 @@ class ConsistencyTraining(Objective):
     if self.distance not in LOSSES:
       raise choice_error("training.consistency_loss", self.distance, LOSSES)
 
-  def start_from(self, config):
-    return consistency_start(config)
+  def start_from(self):
+    return consistency_start(self.start)
 
   def draw(self, keys, x):
     return {"noise": normal_per_example(keys["noise"], x), "time": scalar_per_example(keys["time"], x.shape[0])}
@@ -245,8 +261,8 @@ def teacher_step(denoiser_fn, sde, x, sigma, sigma_next, solver):
 @dataclasses.dataclass(frozen=True)
 class ConsistencyDistillation(LearnsFromTeacher):
   """Consistency distillation (Song et al. 2023, Algorithm 2): on Karras's rho = 7 grid of `training.teacher_steps`
-  levels (18, the paper's CIFAR-10 setting) between sigma_min and sigma_max, an interval (sigma_n, sigma_n+1) uniformly per example, x at sigma_n+1
-  from the data, the teacher's ODE step (`training.teacher_solver`) down to sigma_n, and the distance
+  levels (18, the paper's CIFAR-10 setting) between sigma_min and sigma_max, an interval (sigma_n, sigma_n+1)
+  uniformly per example, x at sigma_n+1 from the data, the teacher's ODE step (`training.teacher_solver`) down to sigma_n, and the distance
   (`training.consistency_loss`) between the student's f at sigma_n+1 and its EMA target's f at the teacher's
   point. As the paper: the squared l2 distance by default, the target the current weights (mu = 0: its CIFAR-10
   setting; `training.consistency_target_ema`, 0.95 its ImageNet-64 / LSUN one, then the target is the objective's
@@ -256,6 +272,7 @@ class ConsistencyDistillation(LearnsFromTeacher):
   distance: str = "l2"          # `training.consistency_loss`: l2 | pseudo_huber ("" = l2)
   target_ema: float = 0.0       # `training.consistency_target_ema`: the target's decay mu in [0, 1)
   init_from_teacher: bool = True  # `training.init_from_teacher`
+  start: StartingPoint = StartingPoint()  # `training.init_workdir` and what the teacher's run must share with it
 
   parameterization: ClassVar[str] = "consistency"
   refines: ClassVar[tuple] = ("reference", "edm")
@@ -264,7 +281,8 @@ class ConsistencyDistillation(LearnsFromTeacher):
   def options(cls, config):
     training = config.training
     return dict(super().options(config), distance=distance_of(training.consistency_loss, "l2"),
-                target_ema=float(training.consistency_target_ema), init_from_teacher=bool(training.init_from_teacher))
+                target_ema=float(training.consistency_target_ema), init_from_teacher=bool(training.init_from_teacher),
+                start=StartingPoint.from_config(config))
 
   def check(self):
     super().check()
@@ -274,12 +292,12 @@ class ConsistencyDistillation(LearnsFromTeacher):
       raise ValueError(f"training.consistency_target_ema={self.target_ema} must lie in [0, 1) (0: the current "
                        "weights as target)")
 
-  def start_from(self, config):
+  def start_from(self):
     """`training.init_workdir` when set; else the teacher's run where its weights can start the student
     (`start_mismatch`), said in one log line where they cannot."""
-    if config.training.init_workdir or not self.init_from_teacher:
-      return consistency_start(config)
-    reason = start_mismatch(attached_teacher(self).config, config)
+    if self.start.init_workdir or not self.init_from_teacher:
+      return consistency_start(self.start)
+    reason = start_mismatch(attached_teacher(self).config, self.start)
     if reason:
       logging.info("consistency_distillation starts from random weights: training.teacher_workdir=%r %s",
                    self.teacher_workdir, reason)
