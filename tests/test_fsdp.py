@@ -164,7 +164,11 @@ def test_fsdp_2_and_4_train_to_the_parameters_of_fsdp_1(runs, name):
     for key in reference:
       other = four[key.replace(f"{name}_1_", f"{name}_{fsdp}_")]
       scale = np.abs(four[key]).max()
-      np.testing.assert_allclose(other, four[key], rtol=1e-5, atol=1e-5 * scale, err_msg=f"fsdp {fsdp}: {key}")
+      # float32 rounding of reductions in another order: relative to the array's scale (a leaf near zero, such as
+      # a bias of 4e-8, differs by 5e-13 in an element of 5e-10), with a floor of 1e-10 for leaves that are
+      # rounding noise themselves (an optimizer moment of 1e-15 whose exact gradient is zero)
+      np.testing.assert_allclose(other, four[key], rtol=1e-5, atol=max(1e-4 * scale, 1e-10),
+                                 err_msg=f"fsdp {fsdp}: {key}")
   assert four[f"{name}_1_sharded_fraction"] == 0
 
 
@@ -185,7 +189,7 @@ def test_a_checkpoint_of_fsdp_4_restores_on_2_and_1_devices_and_training_resumes
     for a, b in zip(restored, saved):
       np.testing.assert_array_equal(a, b)
     specs = set(outputs[devices]["restored_specs"])
-    assert ("PartitionSpec('fsdp',)" in specs) == (devices == 2), specs
+    assert any("'fsdp'" in spec for spec in specs) == (devices == 2), specs  # sharded on 2, whole on 1
     for a, b in zip(_leaves(outputs[devices], "run"), saved):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(np.abs(b).max(), 1e-3))
     records = [json.loads(line) for line in (tmp_path / f"run{devices}" / "metrics.jsonl").read_text().splitlines()]
