@@ -54,12 +54,13 @@ def network_parameters(variables):
   return int(sum(np.size(a) for a in jax.tree.leaves(params)))
 
 
-def decoded_samples(config, variables, num_samples, heun_steps):
-  """`num_samples` samples of the trained latent model, decoded to pixels in [0, 1] (Heun's method)."""
+def decoded_sampler(config, num_samples, heun_steps):
+  """`sample(variables)`: `num_samples` samples of a trained latent model of `config`, decoded to pixels in [0, 1]
+  (Heun's method); the autoencoder is read and the sampler compiled once, for every snapshot."""
   config = config.copy_and_resolve_references()
   config.sampling.method, config.sampling.steps = "heun", heun_steps
-  run = run_setup.RunSetup(config, companions=("guide",))  # reads the autoencoder: the samples come back decoded
-  return np.clip(np.asarray(run.sampler(num_samples)(jax.random.PRNGKey(0), variables).samples), 0.0, 1.0)
+  sample_fn = run_setup.RunSetup(config, companions=("guide",)).sampler(num_samples)  # decodes what it samples
+  return lambda variables: np.clip(np.asarray(sample_fn(jax.random.PRNGKey(0), variables).samples), 0.0, 1.0)
 
 
 def main(argv=None):
@@ -100,11 +101,11 @@ def main(argv=None):
                  **extra, **({**DRY_RUN_TRAINING, "training.snapshot_freq": 1, **DRY_RUN[run]} if args.dry_run
                              else {})}
     seconds = train(config_path, workdir, overrides, in_process=args.dry_run)
-    config = trained_model.run_config(str(workdir))
+    sample = decoded_sampler(trained_model.run_config(str(workdir)), args.num_samples, args.heun_steps)
     for step in trained_model.checkpoint_steps(str(workdir)):
       _, variables, _ = trained_model.load_model(str(workdir), step=step)
       start = time.time()
-      samples = decoded_samples(config, variables, args.num_samples, args.heun_steps)
+      samples = sample(variables)
       fd = float(digits_metrics.digits_frechet_distance(samples, held_out, features_fn))
       pictures[run] = (step, fd, samples)
       rows.append({"run": run, "config": config_path, "step": step, "digits_fd": fd,
